@@ -1,0 +1,1 @@
+//! Inputs: image files, folders and list files, and the dataset layout of the reference.

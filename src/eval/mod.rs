@@ -1,0 +1,3 @@
+//! Evaluation: metrics on plain slices of scores and labels, knowing nothing of models.
+
+pub mod metrics;

@@ -1,0 +1,6 @@
+//! The detector: CLIP vision encoder + linear head, and the checkpoint formats it loads from.
+
+pub mod clip;
+pub mod config;
+pub mod head;
+pub mod weights;

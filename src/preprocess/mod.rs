@@ -1,0 +1,3 @@
+//! Turning images into encoder input: the CLIP pixel pipeline (and, later, face crops).
+
+pub mod pixels;
