@@ -12,3 +12,6 @@ pub mod model;
 pub mod preprocess;
 
 pub use error::{Error, Result};
+pub mod bench;
+pub mod cli;
+pub mod predict;

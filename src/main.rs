@@ -1,3 +1,178 @@
-fn main() {
-    println!("Hello, world!");
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use dfdet::cli::{BenchArgs, Cli, Command, ConvertArgs, Dtype, Format, InfoArgs, ModelArgs, PredictArgs};
+use dfdet::data::expand_inputs;
+use dfdet::model::{load_checkpoint, Detector};
+use dfdet::predict::{aggregate_videos, score_frames, FrameScore, VideoScore};
+
+/// Exit codes: 0 all went well, 1 some inputs failed (the rest were still scored), 2 fatal.
+const EXIT_PARTIAL: u8 = 1;
+const EXIT_FATAL: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Predict(args) => predict(args),
+        Command::Info(args) => info(args),
+        Command::Convert(args) => convert(args),
+        Command::Bench(args) => bench(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
+    }
+    Ok(())
+}
+
+fn float_dtype(d: Dtype) -> FloatDType {
+    match d {
+        Dtype::F32 => FloatDType::F32,
+        Dtype::Bf16 => FloatDType::BF16,
+    }
+}
+
+fn load_detector(args: &ModelArgs, device: &Device) -> Result<Detector> {
+    let ckpt = load_checkpoint(&args.weights, args.backbone.as_deref())
+        .with_context(|| format!("loading weights `{}`", args.weights))?;
+    Ok(Detector::from_checkpoint(ckpt, device, float_dtype(args.dtype))
+        .with_context(|| format!("building the model from `{}`", args.weights))?)
+}
+
+fn predict(args: PredictArgs) -> Result<ExitCode> {
+    set_threads(args.model.threads)?;
+    let device = Device::flex();
+    let inputs = expand_inputs(&args.inputs);
+    let detector = load_detector(&args.model, &device)?;
+
+    let total = inputs.frames.len() as u64;
+    // A bar only when there is more than a screenful of work and someone to see it.
+    let bar = if total > 24 && std::io::stderr().is_terminal() {
+        ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} frames  {per_sec}  eta {eta}")
+                .expect("valid template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let (frames, mut errors) = score_frames(&detector, &device, &inputs.frames, args.batch_size, |n| bar.inc(n as u64));
+    bar.finish_and_clear();
+    errors.splice(0..0, inputs.errors);
+    for e in &errors {
+        eprintln!("error: {}: {}", e.path, e.reason);
+    }
+    let videos = aggregate_videos(&frames);
+    let out = render_predictions(&frames, &videos, &errors, args.format);
+    std::io::stdout().write_all(out.as_bytes()).context("writing to stdout")?;
+    if !errors.is_empty() {
+        eprintln!("{} of {} inputs failed", errors.len(), frames.len() + errors.len());
+        return Ok(ExitCode::from(EXIT_PARTIAL));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_predictions(
+    frames: &[FrameScore],
+    videos: &[VideoScore],
+    errors: &[dfdet::data::InputError],
+    format: Format,
+) -> String {
+    match format {
+        Format::Json => {
+            let errors: Vec<_> =
+                errors.iter().map(|e| serde_json::json!({"path": e.path, "reason": e.reason})).collect();
+            let doc = serde_json::json!({ "frames": frames, "videos": videos, "errors": errors });
+            format!("{}\n", serde_json::to_string_pretty(&doc).expect("serialisable"))
+        }
+        Format::Csv => {
+            let video_score: std::collections::HashMap<&str, f32> =
+                videos.iter().map(|v| (v.video.as_str(), v.p_fake)).collect();
+            let mut s = String::from("path,video,p_fake,video_p_fake\n");
+            for f in frames {
+                let v = dfdet::data::video_of(&f.path);
+                s += &format!("{},{},{:.6},{:.6}\n", csv_field(&f.path), csv_field(v), f.p_fake, video_score[v]);
+            }
+            s
+        }
+        Format::Table => {
+            let width = frames.iter().map(|f| f.path.len()).max().unwrap_or(4).max(5);
+            let mut s = format!("{:<width$}  p_fake\n", "frame");
+            for f in frames {
+                s += &format!("{:<width$}  {:.4}\n", f.path, f.p_fake);
+            }
+            let width = videos.iter().map(|v| v.video.len()).max().unwrap_or(5).max(5);
+            s += &format!("\n{:<width$}  frames  p_fake\n", "video");
+            for v in videos {
+                s += &format!("{:<width$}  {:>6}  {:.4}\n", v.video, v.frames, v.p_fake);
+            }
+            s
+        }
+    }
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+fn info(args: InfoArgs) -> Result<ExitCode> {
+    let ckpt = load_checkpoint(&args.weights, args.backbone.as_deref())
+        .with_context(|| format!("loading weights `{}`", args.weights))?;
+    let path = ckpt.path.display().to_string();
+    let device = Device::flex();
+    let detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32)
+        .with_context(|| format!("building the model from `{}`", args.weights))?;
+    let (total, trainable) = (detector.num_params(), detector.num_trainable());
+    let spec = &detector.spec;
+    let enc = &detector.backbone.encoder;
+    println!("weights      {path}");
+    println!("backbone     {}", detector.backbone.name);
+    println!(
+        "encoder      hidden {}, {} layers, {} heads, MLP {}, patch {}, image {}",
+        enc.hidden_size, enc.num_hidden_layers, enc.num_attention_heads, enc.intermediate_size, enc.patch_size, enc.image_size
+    );
+    println!("head         {:?}, {} classes", spec.head, spec.num_classes);
+    println!("tuning       {:?}", spec.tuning);
+    println!("parameters   {total}");
+    println!("trainable    {trainable} ({:.4}%)", 100.0 * trainable as f64 / total as f64);
+    println!("precision    {}", spec.precision.as_deref().unwrap_or("unknown"));
+    if let Some(name) = &spec.run_name {
+        println!("run          {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn convert(args: ConvertArgs) -> Result<ExitCode> {
+    let ckpt = load_checkpoint(&args.weights, args.backbone.as_deref())
+        .with_context(|| format!("loading weights `{}`", args.weights))?;
+    dfdet::model::weights::save_dfdet(&args.out, &ckpt.spec, &ckpt.backbone, &ckpt.tensors)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    set_threads(args.threads)?;
+    let report = dfdet::bench::run(&args.backbone, &args.batch, &args.dtype.iter().map(|d| float_dtype(*d)).collect::<Vec<_>>(), args.iters)?;
+    let out = match args.format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+        _ => dfdet::bench::render_table(&report),
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,148 @@
-//! Inputs: image files, folders and list files, and the dataset layout of the reference.
+//! Inputs: image files, folders and list files, and the dataset layout of the reference
+//! (`<dataset>/<source>/<video>/<frame>`, METHOD.md §8).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// File extensions read as images.
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"];
+
+/// Whether `path` has an image extension.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// An input that could not be turned into frames, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputError {
+    /// The path as given or as written in a list file.
+    pub path: String,
+    /// Why, including the list file and line where it came from one.
+    pub reason: String,
+}
+
+/// Frames found in the inputs, in the order given, without duplicates, and what failed.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub frames: Vec<PathBuf>,
+    pub errors: Vec<InputError>,
+}
+
+impl Inputs {
+    fn push(&mut self, seen: &mut HashSet<PathBuf>, path: PathBuf) {
+        if seen.insert(path.clone()) {
+            self.frames.push(path);
+        }
+    }
+}
+
+/// Expands image files, folders (recursively, sorted) and `.txt` list files (one path per line;
+/// a path not found as written is resolved relative to the list file's folder).
+pub fn expand_inputs(inputs: &[PathBuf]) -> Inputs {
+    let mut out = Inputs::default();
+    let mut seen = HashSet::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files = Vec::new();
+            collect_images(input, &mut files, &mut out.errors);
+            files.sort();
+            for f in files {
+                out.push(&mut seen, f);
+            }
+        } else if input.extension().is_some_and(|e| e == "txt") {
+            match read_list(input) {
+                Ok((paths, errors)) => {
+                    out.errors.extend(errors);
+                    for p in paths {
+                        out.push(&mut seen, p);
+                    }
+                }
+                Err(reason) => out.errors.push(InputError { path: input.display().to_string(), reason }),
+            }
+        } else if input.is_file() {
+            out.push(&mut seen, input.clone());
+        } else {
+            out.errors.push(InputError { path: input.display().to_string(), reason: "no such file or folder".into() });
+        }
+    }
+    out
+}
+
+fn collect_images(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(InputError { path: dir.display().to_string(), reason: format!("cannot list folder: {e}") });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_images(&path, files, errors);
+        } else if is_image(&path) {
+            files.push(path);
+        }
+    }
+}
+
+/// Reads a list file: the paths it names that exist (as written, or relative to the list's
+/// folder), and an error naming the list file and line for each that does not.
+pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String> {
+    let text = std::fs::read_to_string(list).map_err(|e| format!("cannot read list file: {e}"))?;
+    let base = list.parent().unwrap_or(Path::new(""));
+    let mut paths = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let as_written = PathBuf::from(line);
+        if as_written.is_file() {
+            paths.push(as_written);
+        } else if base.join(line).is_file() {
+            paths.push(base.join(line));
+        } else {
+            errors.push(InputError {
+                path: line.to_string(),
+                reason: format!("listed in {} line {} but not found", list.display(), i + 1),
+            });
+        }
+    }
+    Ok((paths, errors))
+}
+
+/// The video a frame belongs to: its parent folder (the full path), as the reference groups them.
+pub fn video_of(frame: &str) -> &str {
+    match frame.rfind(['/', '\\']) {
+        Some(i) => &frame[..i],
+        None => "",
+    }
+}
+
+/// The reference's label rule: 0 (real) if the source folder's name contains "real", else 1.
+pub fn label_of(frame: &Path) -> Option<usize> {
+    let source = frame.parent()?.parent()?.file_name()?.to_str()?;
+    Some(if source.contains("real") { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_is_parent_folder() {
+        assert_eq!(video_of("FF/DF/000_003/025.png"), "FF/DF/000_003");
+        assert_eq!(video_of("025.png"), "");
+    }
+
+    #[test]
+    fn labels_follow_source_names() {
+        assert_eq!(label_of(Path::new("CDFv2/Celeb-real/id0_0000/000.png")), Some(0));
+        assert_eq!(label_of(Path::new("CDFv2/YouTube-real/00000/000.png")), Some(0));
+        assert_eq!(label_of(Path::new("FF/DF/000_003/025.png")), Some(1));
+    }
+}

@@ -1,0 +1,284 @@
+//! The CLIP vision transformer (HF `CLIPVisionModel`), as METHOD.md §1 specifies it.
+//!
+//! Module paths mirror Hugging Face's weight names (`vision_model.encoder.layers.{i}.self_attn.q_proj`,
+//! the `pre_layrnorm` typo included) so that a checkpoint maps onto it one to one.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::FloatDType;
+
+use super::config::EncoderConfig;
+use super::weights::{HostTensor, TensorMap};
+use crate::Result;
+
+/// Builds burn tensors from checkpoint tensors, on one device and in one float dtype.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    pub device: Device,
+    pub dtype: FloatDType,
+}
+
+impl Loader {
+    /// A tensor of rank `D` from host data, cast to the loader's dtype.
+    pub fn tensor<const D: usize>(&self, t: HostTensor) -> Tensor<D> {
+        let data = TensorData::new(t.data, t.shape);
+        let x = Tensor::<D>::from_data(data, &self.device);
+        if self.dtype == FloatDType::F32 { x } else { x.cast(self.dtype) }
+    }
+
+    /// `key` from `map`, with its shape checked.
+    pub fn take<const D: usize>(&self, map: &mut TensorMap, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        Ok(self.tensor(map.take(key, &shape)?))
+    }
+
+    /// An `nn.Linear` (PyTorch weight `[out, in]`) as burn's `Linear` (weight `[in, out]`).
+    pub fn linear(&self, map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        let w = map.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        // Transposed once here, on the host, so that every forward multiplies contiguous memory.
+        let w = HostTensor { shape: vec![d_in, d_out], data: transpose(&w.data, d_out, d_in) };
+        let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
+        Ok(Linear { weight: Param::from_tensor(self.tensor(w)), bias: Some(Param::from_tensor(self.tensor(b))) })
+    }
+
+    /// An `nn.LayerNorm` with weight and bias.
+    pub fn layer_norm(&self, map: &mut TensorMap, prefix: &str, d: usize, eps: f64) -> Result<LayerNorm> {
+        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
+        ln.gamma = Param::from_tensor(self.take(map, &format!("{prefix}.weight"), [d])?);
+        ln.beta = Some(Param::from_tensor(self.take(map, &format!("{prefix}.bias"), [d])?));
+        Ok(ln)
+    }
+}
+
+/// Row-major `[rows, cols]` -> `[cols, rows]`.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// `CLIPVisionEmbeddings`: patch embedding, class token, position embedding.
+#[derive(Module, Debug)]
+pub struct Embeddings {
+    /// The patch convolution (kernel = stride = patch, no bias) as a matrix `[3·p·p, d]`.
+    pub patch_embedding: Param<Tensor<2>>,
+    /// `[d]`
+    pub class_embedding: Param<Tensor<1>>,
+    /// `[n + 1, d]`
+    pub position_embedding: Param<Tensor<2>>,
+    patch_size: usize,
+}
+
+impl Embeddings {
+    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+        let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
+        let w = map.take(&format!("{prefix}.patch_embedding.weight"), &[d, c, p, p])?;
+        let w = HostTensor { shape: vec![c * p * p, d], data: transpose(&w.data, d, c * p * p) };
+        Ok(Self {
+            patch_embedding: Param::from_tensor(ld.tensor(w)),
+            class_embedding: Param::from_tensor(ld.take(map, &format!("{prefix}.class_embedding"), [d])?),
+            position_embedding: Param::from_tensor(ld.take(
+                map,
+                &format!("{prefix}.position_embedding.weight"),
+                [cfg.num_positions(), d],
+            )?),
+            patch_size: p,
+        })
+    }
+
+    /// `[b, c, s, s]` -> `[b, n + 1, d]`
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let [b, c, h, w] = pixels.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        // A stride-p convolution with a p×p kernel is a matmul over non-overlapping patches.
+        let patches = pixels
+            .reshape([b, c, gh, p, gw, p]) // [b, c, gh, p, gw, p]
+            .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
+            .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
+        let patches = patches.matmul(self.patch_embedding.val().unsqueeze::<3>()); // [b, n, d]
+        let d = patches.dims()[2];
+        let class = self.class_embedding.val().reshape([1, 1, d]).expand([b as i64, 1, d as i64]); // [b, 1, d]
+        let tokens = Tensor::cat(vec![class, patches], 1); // [b, n + 1, d]
+        tokens + self.position_embedding.val().unsqueeze::<3>() // [b, n + 1, d]
+    }
+}
+
+/// `CLIPAttention`: multi-head self-attention, all projections with bias.
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    num_heads: usize,
+}
+
+impl SelfAttention {
+    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            q_proj: ld.linear(map, &format!("{prefix}.q_proj"), d, d)?,
+            k_proj: ld.linear(map, &format!("{prefix}.k_proj"), d, d)?,
+            v_proj: ld.linear(map, &format!("{prefix}.v_proj"), d, d)?,
+            out_proj: ld.linear(map, &format!("{prefix}.out_proj"), d, d)?,
+            num_heads: cfg.num_attention_heads,
+        })
+    }
+
+    /// `[b, t, d]` -> `[b, t, d]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (self.num_heads, d / self.num_heads);
+        let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
+        let q = heads(self.q_proj.forward(x.clone()));
+        let k = heads(self.k_proj.forward(x.clone()));
+        let v = heads(self.v_proj.forward(x));
+        // softmax(q kᵀ · hd^-0.5) v, the scale HF applies to q.
+        let opts = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
+        let ctx = attention(q, k, v, None, None, opts); // [b, h, t, hd]
+        self.out_proj.forward(ctx.swap_dims(1, 2).reshape([b, t, d])) // [b, t, d]
+    }
+}
+
+/// `CLIPMLP`: `fc1 -> quick_gelu -> fc2`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    quick: bool,
+}
+
+impl Mlp {
+    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+        let (d, m) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            fc1: ld.linear(map, &format!("{prefix}.fc1"), d, m)?,
+            fc2: ld.linear(map, &format!("{prefix}.fc2"), m, d)?,
+            quick: cfg.hidden_act == "quick_gelu",
+        })
+    }
+
+    /// `[b, t, d]` -> `[b, t, d]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.fc1.forward(x); // [b, t, m]
+        let x = if self.quick { quick_gelu(x) } else { gelu(x) };
+        self.fc2.forward(x) // [b, t, d]
+    }
+}
+
+/// `x · sigmoid(1.702 x)`, the activation of the OpenAI CLIP checkpoints.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * sigmoid(x * 1.702)
+}
+
+/// `CLIPEncoderLayer`: pre-norm attention and MLP blocks with residuals.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub self_attn: SelfAttention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: Mlp,
+    pub layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            self_attn: SelfAttention::load(ld, map, &format!("{prefix}.self_attn"), cfg)?,
+            layer_norm1: ld.layer_norm(map, &format!("{prefix}.layer_norm1"), d, eps)?,
+            mlp: Mlp::load(ld, map, &format!("{prefix}.mlp"), cfg)?,
+            layer_norm2: ld.layer_norm(map, &format!("{prefix}.layer_norm2"), d, eps)?,
+        })
+    }
+
+    /// `[b, t, d]` -> `[b, t, d]`
+    pub fn forward(&self, h: Tensor<3>) -> Tensor<3> {
+        let h = h.clone() + self.self_attn.forward(self.layer_norm1.forward(h));
+        h.clone() + self.mlp.forward(self.layer_norm2.forward(h))
+    }
+}
+
+/// `CLIPEncoder`: the stack of layers.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+}
+
+/// `CLIPVisionTransformer`: the feature extractor. Its output is `pooler_output`.
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    pub embeddings: Embeddings,
+    pub pre_layrnorm: LayerNorm,
+    pub encoder: Encoder,
+    pub post_layernorm: LayerNorm,
+}
+
+impl VisionTransformer {
+    /// Takes the `vision_model.*` tensors out of `map` (HF names), checking every shape.
+    pub fn load(ld: &Loader, map: &mut TensorMap, cfg: &EncoderConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let embeddings = Embeddings::load(ld, map, "vision_model.embeddings", cfg)?;
+        let pre_layrnorm = ld.layer_norm(map, "vision_model.pre_layrnorm", d, eps)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::load(ld, map, &format!("vision_model.encoder.layers.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let post_layernorm = ld.layer_norm(map, "vision_model.post_layernorm", d, eps)?;
+        Ok(Self { embeddings, pre_layrnorm, encoder: Encoder { layers }, post_layernorm })
+    }
+
+    /// The hidden states after the last layer: `[b, c, s, s]` -> `[b, n + 1, d]`.
+    pub fn last_hidden_state(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let mut h = self.pre_layrnorm.forward(self.embeddings.forward(pixels)); // [b, n + 1, d]
+        for layer in &self.encoder.layers {
+            h = layer.forward(h);
+        }
+        h
+    }
+
+    /// `pooler_output = post_layernorm(h[:, 0])`: `[b, c, s, s]` -> `[b, d]`.
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
+        let h = self.last_hidden_state(pixels); // [b, n + 1, d]
+        let [b, _, d] = h.dims();
+        let cls = h.slice([0..b, 0..1, 0..d]).reshape([b, d]); // [b, d]
+        self.post_layernorm.forward(cls)
+    }
+}
+
+/// Every `vision_model.*` tensor the encoder loads, with its PyTorch shape.
+pub fn tensor_shapes(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, m, p, c) = (cfg.hidden_size, cfg.intermediate_size, cfg.patch_size, cfg.num_channels);
+    let mut out = vec![
+        ("vision_model.embeddings.patch_embedding.weight".to_string(), vec![d, c, p, p]),
+        ("vision_model.embeddings.class_embedding".to_string(), vec![d]),
+        ("vision_model.embeddings.position_embedding.weight".to_string(), vec![cfg.num_positions(), d]),
+    ];
+    let mut ln = |out: &mut Vec<(String, Vec<usize>)>, name: String| {
+        out.push((format!("{name}.weight"), vec![d]));
+        out.push((format!("{name}.bias"), vec![d]));
+    };
+    ln(&mut out, "vision_model.pre_layrnorm".into());
+    for i in 0..cfg.num_hidden_layers {
+        let l = format!("vision_model.encoder.layers.{i}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            out.push((format!("{l}.self_attn.{proj}.weight"), vec![d, d]));
+            out.push((format!("{l}.self_attn.{proj}.bias"), vec![d]));
+        }
+        ln(&mut out, format!("{l}.layer_norm1"));
+        out.push((format!("{l}.mlp.fc1.weight"), vec![m, d]));
+        out.push((format!("{l}.mlp.fc1.bias"), vec![m]));
+        out.push((format!("{l}.mlp.fc2.weight"), vec![d, m]));
+        out.push((format!("{l}.mlp.fc2.bias"), vec![d]));
+        ln(&mut out, format!("{l}.layer_norm2"));
+    }
+    ln(&mut out, "vision_model.post_layernorm".into());
+    out
+}

@@ -1,0 +1,280 @@
+//! Encoder and pixel configurations: named presets for the CLIP checkpoints the reference
+//! supports, and readers for a Hugging Face model folder (`config.json`,
+//! `preprocessor_config.json`).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The CLIP vision transformer's shape (HF `CLIPVisionConfig` field names and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EncoderConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for EncoderConfig {
+    /// `CLIPVisionConfig()`'s defaults, used for fields a `config.json` leaves out.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl EncoderConfig {
+    /// `openai/clip-vit-base-patch32`.
+    pub fn clip_vit_base_patch32() -> Self {
+        Self::default()
+    }
+    /// `openai/clip-vit-base-patch16`.
+    pub fn clip_vit_base_patch16() -> Self {
+        Self { patch_size: 16, ..Self::default() }
+    }
+    /// `openai/clip-vit-large-patch14`: the paper's backbone.
+    pub fn clip_vit_large_patch14() -> Self {
+        Self {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            patch_size: 14,
+            ..Self::default()
+        }
+    }
+    /// `openai/clip-vit-large-patch14-336`.
+    pub fn clip_vit_large_patch14_336() -> Self {
+        Self { image_size: 336, ..Self::clip_vit_large_patch14() }
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Tokens per image: patches plus the class token.
+    pub fn num_positions(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Checks what the encoder relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Invalid(format!("invalid encoder config: {what} ({self:?})")));
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return bad("hidden_size must be a positive multiple of num_attention_heads");
+        }
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return bad("image_size must be a multiple of patch_size");
+        }
+        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return bad("hidden_act must be quick_gelu or gelu");
+        }
+        Ok(())
+    }
+
+    /// Reads a HF `config.json`: a `CLIPConfig` (its `vision_config`) or a `CLIPVisionConfig`.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+        let vision = value.get("vision_config").unwrap_or(&value);
+        let config: Self = serde_json::from_value(vision.clone())
+            .map_err(|e| Error::format(path, format!("not a CLIP vision config: {e}")))?;
+        config.validate().map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// What HF `CLIPImageProcessor` does to an image (the fields of `preprocessor_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PixelConfig {
+    /// Shortest side after resizing.
+    pub shortest_edge: usize,
+    /// Center crop `[height, width]`.
+    pub crop_size: [usize; 2],
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+    pub do_resize: bool,
+    pub do_center_crop: bool,
+    pub do_normalize: bool,
+    pub do_rescale: bool,
+    pub rescale_factor: f32,
+}
+
+/// OpenAI CLIP's normalisation constants.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's normalisation constants.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+impl PixelConfig {
+    /// The processor of the OpenAI CLIP checkpoints at `size` pixels.
+    pub fn clip(size: usize) -> Self {
+        Self {
+            shortest_edge: size,
+            crop_size: [size, size],
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
+            do_resize: true,
+            do_center_crop: true,
+            do_normalize: true,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+        }
+    }
+
+    /// Reads a HF `preprocessor_config.json`; absent fields take `CLIPImageProcessor`'s defaults.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+        let bad = |key: &str| Error::format(path, format!("`{key}` has an unexpected value"));
+        let mut config = Self::clip(224);
+        // `size` is an int (old files) or {"shortest_edge": n}.
+        if let Some(size) = v.get("size") {
+            config.shortest_edge = match size {
+                serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| bad("size"))? as usize,
+                obj => obj
+                    .get("shortest_edge")
+                    .and_then(|n| n.as_u64())
+                    .ok_or_else(|| bad("size"))? as usize,
+            };
+        }
+        // `crop_size` is an int or {"height": h, "width": w}.
+        if let Some(crop) = v.get("crop_size") {
+            config.crop_size = match crop {
+                serde_json::Value::Number(n) => {
+                    let n = n.as_u64().ok_or_else(|| bad("crop_size"))? as usize;
+                    [n, n]
+                }
+                obj => {
+                    let h = obj.get("height").and_then(|n| n.as_u64()).ok_or_else(|| bad("crop_size"))?;
+                    let w = obj.get("width").and_then(|n| n.as_u64()).ok_or_else(|| bad("crop_size"))?;
+                    [h as usize, w as usize]
+                }
+            };
+        }
+        let triple = |key: &str| -> Result<Option<[f32; 3]>> {
+            match v.get(key) {
+                None => Ok(None),
+                Some(x) => serde_json::from_value::<[f32; 3]>(x.clone()).map(Some).map_err(|_| bad(key)),
+            }
+        };
+        if let Some(mean) = triple("image_mean")? {
+            config.image_mean = mean;
+        }
+        if let Some(std) = triple("image_std")? {
+            config.image_std = std;
+        }
+        let flag = |key: &str, default: bool| v.get(key).and_then(|b| b.as_bool()).unwrap_or(default);
+        config.do_resize = flag("do_resize", true);
+        config.do_center_crop = flag("do_center_crop", true);
+        config.do_normalize = flag("do_normalize", true);
+        config.do_rescale = flag("do_rescale", true);
+        if let Some(f) = v.get("rescale_factor") {
+            config.rescale_factor = f.as_f64().ok_or_else(|| bad("rescale_factor"))? as f32;
+        }
+        if let Some(r) = v.get("resample") {
+            // Only bicubic (3) is what the CLIP checkpoints use.
+            if r.as_u64() != Some(3) {
+                return Err(Error::format(path, format!("resample {r} is not supported (only 3, bicubic)")));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The encoder and pixel settings of a backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backbone {
+    /// The name it was given by (preset, folder or hub id).
+    pub name: String,
+    pub encoder: EncoderConfig,
+    pub pixels: PixelConfig,
+}
+
+/// The presets dfdet knows by name.
+pub const PRESETS: [&str; 4] = [
+    "openai/clip-vit-base-patch16",
+    "openai/clip-vit-base-patch32",
+    "openai/clip-vit-large-patch14",
+    "openai/clip-vit-large-patch14-336",
+];
+
+impl Backbone {
+    /// A named preset, matched case-insensitively as the reference does (`backbone.lower()`).
+    pub fn preset(name: &str) -> Option<Self> {
+        let encoder = match name.to_ascii_lowercase().as_str() {
+            "openai/clip-vit-base-patch16" => EncoderConfig::clip_vit_base_patch16(),
+            "openai/clip-vit-base-patch32" => EncoderConfig::clip_vit_base_patch32(),
+            "openai/clip-vit-large-patch14" => EncoderConfig::clip_vit_large_patch14(),
+            "openai/clip-vit-large-patch14-336" => EncoderConfig::clip_vit_large_patch14_336(),
+            _ => return None,
+        };
+        let pixels = PixelConfig::clip(encoder.image_size);
+        Some(Self { name: name.to_string(), encoder, pixels })
+    }
+
+    /// A local HF folder with `config.json` and, optionally, `preprocessor_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let encoder = EncoderConfig::from_hf_config(&dir.join("config.json"))?;
+        let pre = dir.join("preprocessor_config.json");
+        let pixels = if pre.is_file() {
+            PixelConfig::from_hf_config(&pre)?
+        } else {
+            PixelConfig::clip(encoder.image_size)
+        };
+        Ok(Self { name: dir.display().to_string(), encoder, pixels })
+    }
+
+    /// A preset name or a local folder.
+    pub fn resolve(name: &str) -> Result<Self> {
+        if let Some(b) = Self::preset(name) {
+            return Ok(b);
+        }
+        let dir = Path::new(name);
+        if dir.is_dir() {
+            return Self::from_dir(dir);
+        }
+        Err(Error::UnknownBackbone { name: name.to_string(), known: PRESETS.join(", ") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_patch14_shapes() {
+        let c = EncoderConfig::clip_vit_large_patch14();
+        assert_eq!(c.num_positions(), 257);
+        assert_eq!(c.head_dim(), 64);
+        assert_eq!(EncoderConfig::clip_vit_large_patch14_336().num_positions(), 577);
+    }
+
+    #[test]
+    fn unknown_backbone_lists_presets() {
+        let err = Backbone::resolve("openai/clip-vit-huge").unwrap_err().to_string();
+        assert!(err.contains("openai/clip-vit-large-patch14"), "{err}");
+    }
+}

@@ -4,3 +4,7 @@ pub mod clip;
 pub mod config;
 pub mod head;
 pub mod weights;
+pub mod detector;
+
+pub use detector::Detector;
+pub use weights::{load_checkpoint, Checkpoint, HeadKind, ModelSpec, Tuning};

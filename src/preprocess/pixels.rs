@@ -1,0 +1,428 @@
+//! The CLIP pixel pipeline, exactly as HF `CLIPImageProcessor` (transformers 4.50) runs it on
+//! a Pillow image: `convert("RGB")`, shortest-edge bicubic resize (Pillow's `Image.resize`),
+//! center crop (padding with zeros when the crop is larger), rescale, normalise, `[3, H, W]`.
+//!
+//! The resize is a port of Pillow's `ImagingResample` (`src/libImaging/Resample.c`), not a
+//! call into `image` or `fast_image_resize`: those differ from Pillow by 2-5 levels near
+//! edges (other support/antialiasing and rounding), and the detector was trained on Pillow's
+//! pixels. The parity tests in `tests/pixels.rs` hold this file to Pillow 13 / transformers
+//! 4.50 outputs (`scripts/fixtures/make_pixel_fixtures.py`).
+
+use std::path::Path;
+
+use image::{ColorType, ImageDecoder, ImageError, ImageReader, RgbImage};
+
+use crate::model::config::PixelConfig;
+use crate::{Error, Result};
+
+/// Decodes an image file and converts it to RGB as Pillow's `convert("RGB")` does.
+///
+/// Grey is replicated, alpha (RGBA, LA) dropped, palettes expanded. 16-bit samples become
+/// 8-bit as Pillow does it: the high byte for RGB(A)/LA, but 16-bit grey (Pillow's `I;16`)
+/// is *clipped* at 255. A truncated file is decoded as far as the decoder gets, the rest
+/// black (the original sets Pillow's `LOAD_TRUNCATED_IMAGES`); see [`load_rgb_lenient`] to
+/// learn that it happened. An undecodable file is [`Error::Image`] naming the path and why.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    load_rgb_lenient(path).map(|(image, _)| image)
+}
+
+/// [`load_rgb`], also returning the decoder's complaint when the file was truncated or
+/// corrupt part-way and only partly decoded (so that callers can warn about it).
+pub fn load_rgb_lenient(path: &Path) -> Result<(RgbImage, Option<String>)> {
+    let bad = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    let mut limits = image::Limits::default();
+    limits.reserve(decoder.total_bytes()).map_err(|e| bad(e.to_string()))?;
+    // Zeroed, so that rows a truncated file never reaches stay black, as in Pillow.
+    let mut buf = vec![0u8; decoder.total_bytes() as usize];
+    let note = match decoder.read_image(&mut buf) {
+        Ok(()) => None,
+        // Decoders fill `buf` front to back; what they wrote before the error is the image
+        // as far as it goes. Only trusted for 8-bit samples: a 16-bit PNG's partial rows are
+        // still big-endian (`image` swaps them only on success).
+        Err(e @ (ImageError::Decoding(_) | ImageError::IoError(_))) if color.bytes_per_pixel() == color.channel_count() => {
+            Some(e.to_string())
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let rgb = to_rgb8(&buf, color).ok_or_else(|| bad(format!("unsupported colour type {color:?}")))?;
+    let image = RgbImage::from_raw(width, height, rgb).ok_or_else(|| bad("decoded size mismatch".into()))?;
+    Ok((image, note))
+}
+
+/// Pillow's `convert("RGB")` of decoded samples (`buf` in `image`'s layout for `color`).
+fn to_rgb8(buf: &[u8], color: ColorType) -> Option<Vec<u8>> {
+    let u16s = || buf.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]]));
+    let rgb = match color {
+        ColorType::Rgb8 => buf.to_vec(),
+        ColorType::Rgba8 => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        ColorType::L8 => buf.iter().flat_map(|&v| [v; 3]).collect(),
+        ColorType::La8 => buf.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        // Pillow opens 16-bit grey as `I;16`, and `I16_RGB` clips instead of scaling.
+        ColorType::L16 => u16s().flat_map(|v| [v.min(255) as u8; 3]).collect(),
+        // Pillow unpacks 16-bit colour (`RGB;16B`, `LA;16B`, ...) keeping the high byte.
+        ColorType::La16 => u16s().step_by(2).flat_map(|v| [(v >> 8) as u8; 3]).collect(),
+        ColorType::Rgb16 => u16s().map(|v| (v >> 8) as u8).collect(),
+        ColorType::Rgba16 => {
+            let hi: Vec<u8> = u16s().map(|v| (v >> 8) as u8).collect();
+            hi.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
+        }
+        // Float images (TIFF): Pillow has no float RGB; take `image`'s clamp-and-round.
+        ColorType::Rgb32F | ColorType::Rgba32F => {
+            let channels = color.channel_count() as usize;
+            buf.chunks_exact(4 * channels)
+                .flat_map(|p| {
+                    let f = |i: usize| {
+                        let v = f32::from_ne_bytes([p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]]);
+                        (v.clamp(0.0, 1.0) * 255.0).round() as u8
+                    };
+                    [f(0), f(1), f(2)]
+                })
+                .collect()
+        }
+        _ => return None,
+    };
+    Some(rgb)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow's bicubic resample (Resample.c), 8 bits per channel.
+
+/// Fixed-point fraction bits of the coefficients: `PRECISION_BITS = 32 - 8 - 2`.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's `bicubic_filter` (Keys' cubic convolution with a = -0.5).
+fn bicubic_filter(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// The resampling weights of one axis: per output index, the first input index, how many
+/// inputs it reads, and `ksize` fixed-point coefficients.
+struct Coeffs {
+    ksize: usize,
+    /// `(first, count)` per output index.
+    bounds: Vec<(usize, usize)>,
+    /// `[out_size, ksize]`, zero past `count`.
+    k: Vec<i32>,
+}
+
+impl Coeffs {
+    /// Pillow's `precompute_coeffs` over the whole axis (`box` = `[0, in_size]`) followed by
+    /// `normalize_coeffs_8bpc`, with the same f64 expressions in the same order.
+    fn bicubic(in_size: usize, out_size: usize) -> Self {
+        const SUPPORT: f64 = 2.0;
+        // Pillow's box is float: `scale = (double)(in1 - in0) / outSize`.
+        let (in0, in1) = (0.0f32, in_size as f32);
+        let scale = f64::from(in1 - in0) / out_size as f64;
+        // Widen the filter when shrinking: this is the antialiasing.
+        let filterscale = scale.max(1.0);
+        let support = SUPPORT * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let ss = 1.0 / filterscale;
+
+        let mut bounds = Vec::with_capacity(out_size);
+        let mut k = vec![0i32; out_size * ksize];
+        let mut w = vec![0f64; ksize];
+        for xx in 0..out_size {
+            let center = f64::from(in0) + (xx as f64 + 0.5) * scale;
+            // C's `(int)` truncates toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+            let count = xmax.max(0) as usize;
+            let mut ww = 0.0;
+            for (x, wx) in w[..count].iter_mut().enumerate() {
+                *wx = bicubic_filter(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                ww += *wx;
+            }
+            for (x, &wx) in w[..count].iter().enumerate() {
+                let wx = if ww != 0.0 { wx / ww } else { wx };
+                let scaled = wx * f64::from(1u32 << PRECISION_BITS);
+                k[xx * ksize + x] = if wx < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            }
+            bounds.push((xmin as usize, count));
+        }
+        Self { ksize, bounds, k }
+    }
+
+    fn row(&self, out: usize) -> (usize, &[i32]) {
+        let (first, count) = self.bounds[out];
+        (first, &self.k[out * self.ksize..out * self.ksize + count])
+    }
+}
+
+/// Pillow's `clip8`: drop the fraction bits (arithmetic shift) and saturate to a byte.
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// The rounding term every accumulator starts from.
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+/// Pillow-exact bicubic resize: `Image.resize((width, height), Image.BICUBIC)` of an RGB
+/// uint8 image.
+///
+/// Two separable passes as in `ImagingResampleInner`: horizontal first (only over the rows
+/// the vertical pass will read), then vertical, each rounded and clipped to 8 bits; an axis
+/// whose size does not change is not resampled at all.
+pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
+    let (out_w, out_h) = (width as usize, height as usize);
+    if (out_w, out_h) == (in_w, in_h) {
+        return img.clone();
+    }
+    if out_w == 0 || out_h == 0 || in_w == 0 || in_h == 0 {
+        return RgbImage::new(width, height);
+    }
+    let vert = Coeffs::bicubic(in_h, out_h);
+    // Rows of the source the vertical pass reads.
+    let row_first = vert.bounds[0].0;
+    let row_last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
+
+    // Horizontal pass: [rows, out_w, 3], rows shifted by `row_first`.
+    let (temp, temp_w, shift) = if out_w != in_w {
+        let horiz = Coeffs::bicubic(in_w, out_w);
+        let src = img.as_raw();
+        let mut temp = vec![0u8; (row_last - row_first) * out_w * 3];
+        for (y, out_row) in temp.chunks_exact_mut(out_w * 3).enumerate() {
+            let in_row = &src[(y + row_first) * in_w * 3..][..in_w * 3];
+            for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
+                let (first, k) = horiz.row(xx);
+                let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+                for (p, &kx) in in_row[first * 3..][..k.len() * 3].chunks_exact(3).zip(k) {
+                    r += i32::from(p[0]) * kx;
+                    g += i32::from(p[1]) * kx;
+                    b += i32::from(p[2]) * kx;
+                }
+                px.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
+            }
+        }
+        (std::borrow::Cow::Owned(temp), out_w, row_first)
+    } else {
+        (std::borrow::Cow::Borrowed(img.as_raw().as_slice()), in_w, 0)
+    };
+    if out_h == in_h {
+        return RgbImage::from_raw(width, height, temp.into_owned()).expect("resize buffer size");
+    }
+
+    // Vertical pass, a whole output row at a time (integer sums: order does not matter).
+    let stride = temp_w * 3;
+    let mut out = vec![0u8; out_h * stride];
+    let mut acc = vec![0i32; stride];
+    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        let (first, k) = vert.row(yy);
+        acc.fill(HALF);
+        for (y, &ky) in k.iter().enumerate() {
+            let in_row = &temp[(first - shift + y) * stride..][..stride];
+            for (a, &v) in acc.iter_mut().zip(in_row) {
+                *a += i32::from(v) * ky;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    RgbImage::from_raw(width, height, out).expect("resize buffer size")
+}
+
+// ---------------------------------------------------------------------------------------------
+// HF's resize and center crop.
+
+/// HF's `get_resize_output_image_size(default_to_square=False)`: the short side becomes
+/// `shortest_edge`, the long side `int(shortest_edge * long / short)` (f64, truncated).
+/// Returns `(width, height)`.
+pub fn resize_output_size(width: u32, height: u32, shortest_edge: usize) -> (u32, u32) {
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let new_short = shortest_edge as u32;
+    let new_long = if short == 0 { 0 } else { (shortest_edge as f64 * f64::from(long) / f64::from(short)) as u32 };
+    if width <= height { (new_short, new_long) } else { (new_long, new_short) }
+}
+
+/// HF's `center_crop` to `crop_h` x `crop_w`: offsets `(orig - crop) // 2`; where the image
+/// is smaller than the crop it is first zero-padded (`ceil((new - orig) / 2)` before), as
+/// HF does, so the result is always the crop size.
+pub fn center_crop(img: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
+    let (orig_h, orig_w) = (img.height() as i64, img.width() as i64);
+    let (ch, cw) = (crop_h as i64, crop_w as i64);
+    // Source offset of the crop's first row/column along one axis.
+    let offset = |orig: i64, crop: i64| -> i64 {
+        let start = (orig - crop).div_euclid(2); // Python's floor division
+        if start >= 0 && start + crop <= orig {
+            return start;
+        }
+        // HF pads only when some side is out of bounds; it then pads *both* axes by
+        // `ceil((max(crop, orig) - orig) / 2)`, which is zero along an axis that fits.
+        let new = crop.max(orig);
+        let pad = (new - orig + 1).div_euclid(2);
+        (start + pad).max(0) - pad
+    };
+    let (top, left) = (offset(orig_h, ch), offset(orig_w, cw));
+    let src = img.as_raw();
+    let mut out = RgbImage::new(crop_w as u32, crop_h as u32);
+    for (y, row) in out.chunks_exact_mut(crop_w * 3).enumerate() {
+        let sy = top + y as i64;
+        if !(0..orig_h).contains(&sy) {
+            continue;
+        }
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let sx = left + x as i64;
+            if (0..orig_w).contains(&sx) {
+                let i = (sy * orig_w + sx) as usize * 3;
+                px.copy_from_slice(&src[i..i + 3]);
+            }
+        }
+    }
+    out
+}
+
+/// HF's resize (shortest edge, bicubic) then center crop, per `cfg`'s flags: the uint8
+/// image before rescaling and normalisation.
+pub fn resize_and_crop(img: &RgbImage, cfg: &PixelConfig) -> RgbImage {
+    let resized = if cfg.do_resize {
+        let (w, h) = resize_output_size(img.width(), img.height(), cfg.shortest_edge);
+        resize_bicubic(img, w, h)
+    } else {
+        img.clone()
+    };
+    if cfg.do_center_crop {
+        center_crop(&resized, cfg.crop_size[0], cfg.crop_size[1])
+    } else {
+        resized
+    }
+}
+
+/// The full pipeline: `[3, H, W]` f32, channel-major, as `CLIPImageProcessor` computes it.
+///
+/// HF rescales in f64 and casts to f32 (`(x.astype(float64) * 1/255).astype(float32)`),
+/// then normalises in f32 (`(x - f32(mean)) / f32(std)`); this does the same, so the values
+/// are bit-identical to HF's.
+pub fn pixel_values(img: &RgbImage, cfg: &PixelConfig) -> Vec<f32> {
+    let img = resize_and_crop(img, cfg);
+    let plane = img.width() as usize * img.height() as usize;
+    // `rescale_factor` is stored as f32; HF multiplies by the Python float. Recover the f64
+    // for the usual 1/255 (the f32 product differs from HF's in 126 of the 256 levels).
+    let scale = if cfg.rescale_factor == (1.0f64 / 255.0) as f32 {
+        1.0 / 255.0
+    } else {
+        f64::from(cfg.rescale_factor)
+    };
+    let mut out = vec![0f32; 3 * plane];
+    for c in 0..3 {
+        let (mean, std) = (cfg.image_mean[c], cfg.image_std[c]);
+        // The 256 possible values of this channel.
+        let lut: Vec<f32> = (0..=255u8)
+            .map(|v| {
+                let mut x = if cfg.do_rescale { (f64::from(v) * scale) as f32 } else { f32::from(v) };
+                if cfg.do_normalize {
+                    x = (x - mean) / std;
+                }
+                x
+            })
+            .collect();
+        for (o, p) in out[c * plane..(c + 1) * plane].iter_mut().zip(img.pixels()) {
+            *o = lut[p.0[c] as usize];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]))
+    }
+
+    #[test]
+    fn same_size_resize_is_a_copy() {
+        let img = gradient(37, 23);
+        assert_eq!(resize_bicubic(&img, 37, 23), img);
+    }
+
+    #[test]
+    fn resize_shapes() {
+        let img = gradient(256, 256);
+        for (w, h) in [(224, 224), (100, 37), (500, 300), (256, 100), (1, 1)] {
+            let out = resize_bicubic(&img, w, h);
+            assert_eq!(out.dimensions(), (w, h));
+        }
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        // Normalised weights sum to 1 (to within the fixed-point rounding): a flat image stays flat.
+        let img = RgbImage::from_pixel(97, 61, image::Rgb([200, 3, 128]));
+        for (w, h) in [(224, 141), (40, 25), (97, 300)] {
+            assert!(resize_bicubic(&img, w, h).pixels().all(|p| p.0 == [200, 3, 128]));
+        }
+    }
+
+    #[test]
+    fn coefficients_sum_to_one_in_fixed_point() {
+        for (i, o) in [(256, 224), (224, 256), (97, 61), (61, 97), (640, 7)] {
+            let c = Coeffs::bicubic(i, o);
+            for xx in 0..o {
+                let sum: i32 = c.row(xx).1.iter().sum();
+                assert!((sum - (1 << PRECISION_BITS)).abs() <= c.ksize as i32, "{i}->{o} at {xx}: {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn hf_output_sizes() {
+        assert_eq!(resize_output_size(256, 256, 224), (224, 224));
+        assert_eq!(resize_output_size(300, 241, 224), (278, 224));
+        assert_eq!(resize_output_size(241, 300, 224), (224, 278));
+        assert_eq!(resize_output_size(640, 200, 224), (716, 224));
+    }
+
+    #[test]
+    fn center_crop_offsets_and_padding() {
+        let img = gradient(10, 7);
+        // Fits: offsets (7-4)//2 = 1 and (10-5)//2 = 2.
+        let c = center_crop(&img, 4, 5);
+        assert_eq!(c.get_pixel(0, 0), img.get_pixel(2, 1));
+        // Too tall: padded by ceil((9-7)/2) = 1 row above; width still cropped.
+        let c = center_crop(&img, 9, 6);
+        assert_eq!(c.dimensions(), (6, 9));
+        assert_eq!(c.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(c.get_pixel(0, 1), img.get_pixel(2, 0));
+        assert_eq!(c.get_pixel(5, 7), img.get_pixel(7, 6));
+        assert_eq!(c.get_pixel(5, 8).0, [0, 0, 0]);
+        // Odd padding: ceil((8-5)/2) = 2 columns on the left, 1 on the right.
+        let c = center_crop(&gradient(5, 3), 3, 8);
+        assert_eq!(c.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(c.get_pixel(2, 0).0, [0, 0, 0]);
+        assert_eq!(c.get_pixel(7, 0).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn pixel_values_layout_and_range() {
+        let cfg = PixelConfig::clip(224);
+        let v = pixel_values(&gradient(256, 300), &cfg);
+        assert_eq!(v.len(), 3 * 224 * 224);
+        let lo = (0.0 - cfg.image_mean[0]) / cfg.image_std[0];
+        assert!(v.iter().all(|x| x.is_finite() && *x >= lo - 1.0 && *x <= 3.0));
+        // Channel planes: a pure-red image has a constant plane per channel.
+        let red = RgbImage::from_pixel(224, 224, image::Rgb([255, 0, 0]));
+        let v = pixel_values(&red, &cfg);
+        let r = (1.0f32 - cfg.image_mean[0]) / cfg.image_std[0];
+        assert!(v[..224 * 224].iter().all(|&x| x == r));
+        assert!(v[224 * 224..].iter().all(|&x| x < 0.0));
+    }
+}

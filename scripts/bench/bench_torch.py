@@ -1,0 +1,82 @@
+"""PyTorch baseline for `dfdet bench`: the same encoder (HF CLIPVisionModel, random weights) +
+a LinearNorm head, same batch sizes and dtypes, timed the same way (median of N passes after
+one warm-up), peak RSS per setting.
+
+Pinned: torch==2.6.0 transformers==4.50.0 (see scripts/fixtures/requirements.txt).
+Usage: python scripts/bench/bench_torch.py --batch 1,8 --dtype f32,bf16 --iters 3 --threads 2
+Prints JSON rows with the fields of dfdet's BenchRow.
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+PRESETS = {
+    "openai/clip-vit-large-patch14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                          num_attention_heads=16, patch_size=14, image_size=224),
+    "openai/clip-vit-base-patch16": dict(patch_size=16),
+    "openai/clip-vit-base-patch32": dict(patch_size=32),
+}
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="openai/clip-vit-large-patch14")
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--dtype", default="f32,bf16")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(**PRESETS[args.backbone], attn_implementation="sdpa")
+    rows = []
+    for dtype_name in args.dtype.split(","):
+        dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        reset_peak_rss()
+        model = CLIPVisionModel(cfg).eval().to(dtype)
+        head = torch.nn.Linear(cfg.hidden_size, 2).to(dtype)
+        for b in [int(x) for x in args.batch.split(",")]:
+            x = torch.randn(b, 3, cfg.image_size, cfg.image_size)
+            with torch.inference_mode():
+                def run():
+                    f = model(x.to(dtype)).pooler_output
+                    return head(F.normalize(f, dim=1)).float().softmax(1)
+                run()
+                times = []
+                for _ in range(max(args.iters, 1)):
+                    t = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - t)
+            times.sort()
+            s = times[len(times) // 2] / b
+            rows.append(dict(backbone=args.backbone, dtype=dtype_name, batch=b, threads=torch.get_num_threads(),
+                             s_per_img=s, img_per_s=1 / s, peak_rss_mib=peak_rss_mib()))
+        del model
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

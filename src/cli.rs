@@ -1,0 +1,118 @@
+//! Command-line options. Doc comments are the help text; each subcommand resolves its options
+//! and calls one library function.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Deepfake detection with a LayerNorm-tuned CLIP vision transformer (arXiv 2503.19683).
+#[derive(Debug, Parser)]
+#[command(name = "dfdet", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The published detector, fetched from the Hugging Face Hub when not in the local cache.
+pub const DEFAULT_WEIGHTS: &str = "yermandy/deepfake-detection";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score face crops: p(fake) per frame and per video (a frame's parent folder).
+    Predict(PredictArgs),
+    /// Describe a checkpoint: backbone, head, tuning method, parameter counts.
+    Info(InfoArgs),
+    /// Convert a checkpoint (Lightning .ckpt, GenD folder, hub id) to dfdet's own folder format.
+    Convert(ConvertArgs),
+    /// Measure inference speed and memory of a full-size encoder with random weights.
+    Bench(BenchArgs),
+}
+
+/// Where the model comes from.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Checkpoint: a Lightning .ckpt, a GenD or dfdet folder, or a Hugging Face repo id.
+    #[arg(short, long, default_value = DEFAULT_WEIGHTS)]
+    pub weights: String,
+    /// Encoder architecture and pixel settings (preset name or HF folder), replacing the
+    /// checkpoint's own.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Float type to compute in.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Image files, folders (searched recursively) and .txt list files (one path per line).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images per forward pass.
+    #[arg(short, long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Output format on stdout.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Checkpoint: a Lightning .ckpt, a GenD or dfdet folder, or a Hugging Face repo id.
+    #[arg(default_value = DEFAULT_WEIGHTS)]
+    pub weights: String,
+    /// Encoder architecture replacing the checkpoint's own.
+    #[arg(long)]
+    pub backbone: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// Checkpoint to read.
+    pub weights: String,
+    /// Folder to write (model.safetensors + dfdet.json).
+    pub out: PathBuf,
+    /// Encoder architecture replacing the checkpoint's own.
+    #[arg(long)]
+    pub backbone: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Encoder preset to measure.
+    #[arg(long, default_value = "openai/clip-vit-large-patch14")]
+    pub backbone: String,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
+    pub batch: Vec<usize>,
+    /// Float types to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Dtype::F32, Dtype::Bf16])]
+    pub dtype: Vec<Dtype>,
+    /// Timed forward passes per setting (after one warm-up pass).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Output format on stdout.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}

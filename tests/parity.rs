@@ -1,0 +1,120 @@
+//! Numeric parity with the reference implementation (transformers 4.50 + peft 0.14, fp32):
+//! expected numbers come from `scripts/fixtures/make_model_fixtures.py`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use dfdet::model::clip::{Loader, VisionTransformer};
+use dfdet::model::config::Backbone;
+use dfdet::model::weights::{HostTensor, TensorMap};
+use dfdet::model::{load_checkpoint, Detector};
+use dfdet::preprocess::pixels::{load_rgb, pixel_values};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/samples")
+}
+
+fn read_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The `vision_model.*` tensors of a HF CLIP folder's `model.safetensors`.
+fn vision_tensors(dir: &Path) -> TensorMap {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut map = TensorMap::new(dir.join("model.safetensors"));
+    for (name, view) in st.tensors() {
+        if !name.starts_with("vision_model.") || name.ends_with("position_ids") {
+            continue;
+        }
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        map.insert(name.to_string(), HostTensor { shape: view.shape().to_vec(), data });
+    }
+    map
+}
+
+fn batch(paths: &[PathBuf], backbone: &Backbone, device: &Device) -> Tensor<4> {
+    let [h, w] = backbone.pixels.crop_size;
+    let mut data = Vec::new();
+    for p in paths {
+        data.extend(pixel_values(&load_rgb(p).unwrap(), &backbone.pixels));
+    }
+    Tensor::from_data(TensorData::new(data, [paths.len(), 3, h, w]), device)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn encoder_pooler_output_matches_transformers() {
+    let expected = read_json("encoder_outputs.json");
+    let device = Device::flex();
+    for (key, folder) in [("p14", "tiny-clip-p14"), ("p32", "tiny-clip-p32")] {
+        let dir = fixtures().join(folder);
+        let backbone = Backbone::from_dir(&dir).unwrap();
+        let mut map = vision_tensors(&dir);
+        let ld = Loader { device: device.clone(), dtype: FloatDType::F32 };
+        let encoder = VisionTransformer::load(&ld, &mut map, &backbone.encoder).unwrap();
+        map.finish().unwrap();
+
+        let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[key].clone()).unwrap();
+        assert!(cases.len() >= 6);
+        let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
+        let out: Vec<f32> = encoder.forward(batch(&paths, &backbone, &device)).into_data().to_vec().unwrap();
+        let d = backbone.encoder.hidden_size;
+        for (i, (name, want)) in cases.iter().enumerate() {
+            let diff = max_abs_diff(&out[i * d..(i + 1) * d], want);
+            assert!(diff <= 1e-4, "{folder} {name}: max |Δ| = {diff:e}");
+        }
+    }
+}
+
+/// p(real), p(fake) of every sample crop, for each checkpoint format, against the reference.
+#[test]
+fn checkpoint_probabilities_match_reference() {
+    let expected = read_json("expected_probs.json");
+    let device = Device::flex();
+    for (name, cases) in expected.as_object().unwrap() {
+        let source = fixtures().join(name);
+        let ckpt = load_checkpoint(source.to_str().unwrap(), None).unwrap();
+        let detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32).unwrap();
+        let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(cases.clone()).unwrap();
+        assert_eq!(cases.len(), 32, "{name}");
+        let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
+        let mut worst = 0.0f64;
+        for (chunk_paths, chunk_want) in paths.chunks(8).zip(cases.values().collect::<Vec<_>>().chunks(8)) {
+            let probs = detector.probabilities(batch(chunk_paths, &detector.backbone, &device));
+            for (got, want) in probs.iter().zip(chunk_want) {
+                worst = worst.max(max_abs_diff(got, want));
+            }
+        }
+        assert!(worst <= 1e-4, "{name}: max |Δp| = {worst:e}");
+    }
+}
+
+/// bf16 compute stays close to the fp32 reference (a smoke check of the bf16 path, not parity).
+#[test]
+fn bf16_probabilities_are_close() {
+    let expected = read_json("expected_probs.json");
+    let device = Device::flex();
+    let name = "ckpt-ln-linearnorm.ckpt";
+    let ckpt = load_checkpoint(fixtures().join(name).to_str().unwrap(), None).unwrap();
+    let detector = Detector::from_checkpoint(ckpt, &device, FloatDType::BF16).unwrap();
+    let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[name].clone()).unwrap();
+    let paths: Vec<PathBuf> = cases.keys().take(8).map(|k| samples().join(k)).collect();
+    let probs = detector.probabilities(batch(&paths, &detector.backbone, &device));
+    for (got, want) in probs.iter().zip(cases.values()) {
+        let diff = max_abs_diff(got, want);
+        assert!(diff <= 0.05, "bf16 |Δp| = {diff}");
+    }
+}
