@@ -70,7 +70,7 @@ fn encoder_pooler_output_matches_transformers() {
         let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[key].clone()).unwrap();
         assert!(cases.len() >= 6);
         let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
-        let out: Vec<f32> = encoder.forward(batch(&paths, &backbone, &device)).into_data().to_vec().unwrap();
+        let out: Vec<f32> = encoder.forward(batch(&paths, &backbone, &device)).into_data().try_into_vec::<f32>().unwrap();
         let d = backbone.encoder.hidden_size;
         for (i, (name, want)) in cases.iter().enumerate() {
             let diff = max_abs_diff(&out[i * d..(i + 1) * d], want);

@@ -261,7 +261,7 @@ pub fn tensor_shapes(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
         ("vision_model.embeddings.class_embedding".to_string(), vec![d]),
         ("vision_model.embeddings.position_embedding.weight".to_string(), vec![cfg.num_positions(), d]),
     ];
-    let mut ln = |out: &mut Vec<(String, Vec<usize>)>, name: String| {
+    let ln = |out: &mut Vec<(String, Vec<usize>)>, name: String| {
         out.push((format!("{name}.weight"), vec![d]));
         out.push((format!("{name}.bias"), vec![d]));
     };

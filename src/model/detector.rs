@@ -42,7 +42,7 @@ impl Detector {
         let logits = self.forward(pixels).logits.cast(FloatDType::F32);
         let [b, c] = logits.dims();
         let probs = burn::tensor::activation::softmax(logits, 1);
-        let data: Vec<f32> = probs.into_data().to_vec().expect("f32 tensor");
+        let data: Vec<f32> = probs.into_data().try_into_vec::<f32>().expect("f32 tensor");
         (0..b).map(|i| data[i * c..(i + 1) * c].to_vec()).collect()
     }
 

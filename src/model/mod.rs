@@ -3,6 +3,7 @@
 pub mod clip;
 pub mod config;
 pub mod head;
+pub mod hub;
 pub mod weights;
 pub mod detector;
 

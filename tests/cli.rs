@@ -1,0 +1,193 @@
+//! The real `dfdet` binary on real face crops, checked for what a user sees.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/samples")
+}
+
+const CKPT: &str = "ckpt-ln-linearnorm.ckpt";
+
+fn dfdet() -> Command {
+    Command::cargo_bin("dfdet").unwrap()
+}
+
+/// Reference p(fake) per sample crop (path relative to the samples root).
+fn expected(ckpt: &str) -> BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(fixtures().join("expected_probs.json")).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(all[ckpt].clone()).unwrap();
+    cases.into_iter().map(|(k, v)| (k, v[1])).collect()
+}
+
+fn relative_to_samples(path: &str) -> String {
+    let root = samples().display().to_string();
+    path.strip_prefix(&root).unwrap_or(path).trim_start_matches('/').to_string()
+}
+
+fn predict_json(args: &[&str]) -> (serde_json::Value, std::process::Output) {
+    let out = dfdet().arg("predict").args(args).output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (json, out)
+}
+
+#[test]
+fn json_scores_every_crop_like_the_reference() {
+    let weights = fixtures().join(CKPT);
+    let datasets = samples().join("datasets");
+    let (json, out) = predict_json(&["--weights", weights.to_str().unwrap(), "--format", "json", datasets.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let frames = json["frames"].as_array().unwrap();
+    let videos = json["videos"].as_array().unwrap();
+    assert_eq!(frames.len(), 32);
+    assert_eq!(videos.len(), 8);
+    assert!(videos.iter().all(|v| v["frames"] == 4));
+    let want = expected(CKPT);
+    for f in frames {
+        let path = relative_to_samples(f["path"].as_str().unwrap());
+        let got = f["p_fake"].as_f64().unwrap();
+        assert!((got - want[&path]).abs() <= 1e-4, "{path}: {got} vs {}", want[&path]);
+    }
+    // A video's score is the mean of its frames'.
+    let v = &videos[0];
+    let name = v["video"].as_str().unwrap();
+    let mean: f64 = frames
+        .iter()
+        .filter(|f| dfdet::data::video_of(f["path"].as_str().unwrap()) == name)
+        .map(|f| f["p_fake"].as_f64().unwrap())
+        .sum::<f64>()
+        / 4.0;
+    assert!((v["p_fake"].as_f64().unwrap() - mean).abs() < 1e-6);
+}
+
+#[test]
+fn csv_and_table_formats() {
+    let weights = fixtures().join(CKPT);
+    let video = samples().join("datasets/FF/DF/000_003");
+    let out = dfdet()
+        .args(["predict", "-w", weights.to_str().unwrap(), "-f", "csv", video.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,video,p_fake,video_p_fake"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4);
+    let want = expected(CKPT);
+    for r in &rows {
+        assert_eq!(r.len(), 4);
+        let p: f64 = r[2].parse().unwrap();
+        assert!((p - want[&relative_to_samples(r[0])]).abs() < 1e-4);
+        assert_eq!(r[1], video.to_str().unwrap());
+    }
+
+    let out = dfdet().args(["predict", "-w", weights.to_str().unwrap(), video.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("frame"), "{table}");
+    assert!(table.contains("video") && table.contains("frames  p_fake"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.contains("025.png")).count(), 1);
+}
+
+/// One corrupt image among good ones: reported with its path, the rest still scored, exit 1.
+#[test]
+fn corrupt_file_among_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("FF/DF/000_003");
+    std::fs::create_dir_all(&video).unwrap();
+    for f in ["000.png", "012.png", "025.png"] {
+        std::fs::copy(samples().join("datasets/FF/DF/000_003").join(f), video.join(f)).unwrap();
+    }
+    std::fs::write(video.join("999.png"), b"this is not a png").unwrap();
+    let weights = fixtures().join(CKPT);
+    let (json, out) = predict_json(&["-w", weights.to_str().unwrap(), "-f", "json", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("999.png"), "{stderr}");
+    assert_eq!(json["frames"].as_array().unwrap().len(), 3);
+    assert_eq!(json["errors"][0]["path"].as_str().unwrap(), video.join("999.png").to_str().unwrap());
+}
+
+/// List files: relative paths resolve against the list's folder; a missing line names the list and line.
+#[test]
+fn list_file_with_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("data/CDFv2/Celeb-real/id0_0000");
+    std::fs::create_dir_all(&video).unwrap();
+    for f in ["000.png", "015.png"] {
+        std::fs::copy(samples().join("datasets/CDFv2/Celeb-real/id0_0000").join(f), video.join(f)).unwrap();
+    }
+    let list = dir.path().join("data/list.txt");
+    std::fs::write(&list, "CDFv2/Celeb-real/id0_0000/000.png\nCDFv2/Celeb-real/id0_0000/015.png\nCDFv2/missing.png\n").unwrap();
+    let weights = fixtures().join(CKPT);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = dfdet()
+        .current_dir(elsewhere.path())
+        .args(["predict", "-w", weights.to_str().unwrap(), "-f", "json", list.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["frames"].as_array().unwrap().len(), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("list.txt line 3"), "{stderr}");
+}
+
+#[test]
+fn bad_weights_are_a_clear_error() {
+    let png = samples().join("datasets/FF/DF/000_003/025.png");
+    let out = dfdet()
+        .args(["predict", "-w", png.to_str().unwrap(), png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("025.png") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = dfdet()
+        .args(["predict", "-w", fixtures().join(CKPT).to_str().unwrap(), "--backbone", "openai/clip-vit-huge", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("openai/clip-vit-large-patch14"), "{stderr}");
+}
+
+#[test]
+fn info_describes_the_checkpoint() {
+    let out = dfdet().args(["info", fixtures().join(CKPT).to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // tiny-clip-p14: hidden 32, 2 layers -> 6 LayerNorms x 64 + head 32x2+2 = 450 trainable.
+    assert!(text.contains("LinearNorm"), "{text}");
+    assert!(text.contains("LnTuning"), "{text}");
+    assert!(text.contains("trainable    450 "), "{text}");
+}
+
+/// `convert` writes dfdet's folder format, which then predicts the same numbers.
+#[test]
+fn convert_then_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("model");
+    let out = dfdet()
+        .args(["convert", fixtures().join("gend-tiny").to_str().unwrap(), out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_dir.join("model.safetensors").is_file() && out_dir.join("dfdet.json").is_file());
+    let crop = samples().join("datasets/FF/NT/000_003/019.png");
+    let (json, out) = predict_json(&["-w", out_dir.to_str().unwrap(), "-f", "json", crop.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = json["frames"][0]["p_fake"].as_f64().unwrap();
+    let want = expected("gend-tiny")["datasets/FF/NT/000_003/019.png"];
+    assert!((got - want).abs() <= 1e-4, "{got} vs {want}");
+}
