@@ -3,3 +3,5 @@
 pub mod metrics;
 pub mod unifalign;
 pub mod video;
+pub mod plots;
+pub mod report;

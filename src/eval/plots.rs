@@ -1,0 +1,616 @@
+//! Evaluation plots, as PNG or SVG (chosen by the file's extension).
+//!
+//! The plots of yermandy/deepfake-detection `src/plots.py`: one-vs-rest ROC and PR curves,
+//! F1 against the threshold, the confusion matrix raw and row-normalised, and the
+//! distribution of every probability column per true class.
+//!
+//! Text is drawn with a TrueType font read at run time: `$DFDET_FONT` if set, else a common
+//! sans-serif font of the system (DejaVu Sans, Liberation Sans, Noto Sans, Arial...), else any
+//! `.ttf` under the usual font folders. Without one, plotting fails with an error naming
+//! `DFDET_FONT`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::metrics::{
+    argmax_rows, check_inputs, column, confusion_matrix, one_vs_rest, precision_recall_curve,
+    roc_curve,
+};
+use crate::{Error, Result};
+
+/// The environment variable naming the TrueType/OpenType font used for text.
+pub const FONT_ENV: &str = "DFDET_FONT";
+const FONT: &str = "sans-serif";
+
+/// Class colours (matplotlib's tab10).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn color(c: usize) -> RGBColor {
+    PALETTE[c % PALETTE.len()]
+}
+
+/// The font file plots will use, if one is found (see the module docs).
+pub fn find_font() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(FONT_ENV) {
+        return Some(PathBuf::from(path));
+    }
+    let mut dirs: Vec<PathBuf> = [
+        "/usr/share/fonts",
+        "/usr/local/share/fonts",
+        "/Library/Fonts",
+        "/System/Library/Fonts",
+        "C:\\Windows\\Fonts",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".local/share/fonts"));
+        dirs.push(Path::new(&home).join(".fonts"));
+    }
+    let mut found = Vec::new();
+    for dir in dirs {
+        collect_fonts(&dir, 4, &mut found);
+    }
+    const PREFERRED: [&str; 8] = [
+        "DejaVuSans.ttf",
+        "LiberationSans-Regular.ttf",
+        "NotoSans-Regular.ttf",
+        "Arial.ttf",
+        "arial.ttf",
+        "FreeSans.ttf",
+        "Roboto-Regular.ttf",
+        "Ubuntu-R.ttf",
+    ];
+    let file_name = |p: &PathBuf| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    PREFERRED
+        .iter()
+        .find_map(|want| found.iter().find(|p| file_name(p).as_deref() == Some(want)))
+        .or_else(|| found.first())
+        .cloned()
+}
+
+fn collect_fonts(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            if depth > 0 {
+                collect_fonts(&path, depth - 1, out);
+            }
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
+            out.push(path);
+        }
+    }
+}
+
+/// Registers the font with plotters once per process.
+fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let path = find_font().ok_or_else(|| {
+                format!("plots need a TrueType font: none found, set {FONT_ENV}=/path/to/font.ttf")
+            })?;
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            // plotters keeps fonts for the process's lifetime.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font(FONT, FontStyle::Normal, bytes)
+                .map_err(|_| format!("{}: not a TrueType/OpenType font", path.display()))
+        })
+        .clone()
+        .map_err(Error::Invalid)
+}
+
+type Drawn<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// A figure that can be drawn on any plotters backend.
+trait Figure {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB>;
+}
+
+/// Draws `figure` to `path`: SVG for a `.svg` extension, PNG otherwise. Creates the folder.
+fn save(figure: &impl Figure, path: &Path) -> Result<()> {
+    ensure_font()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let (w, h) = figure.size();
+    let plot_error = |e: String| Error::Invalid(format!("{}: cannot draw plot: {e}", path.display()));
+    let svg = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if svg {
+        let mut text = String::new();
+        {
+            let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
+            figure.draw(&root).map_err(|e| plot_error(e.to_string()))?;
+            root.present().map_err(|e| plot_error(e.to_string()))?;
+        }
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    } else {
+        let mut pixels = vec![0u8; w as usize * h as usize * 3];
+        {
+            let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+            figure.draw(&root).map_err(|e| plot_error(e.to_string()))?;
+            root.present().map_err(|e| plot_error(e.to_string()))?;
+        }
+        let image = image::RgbImage::from_raw(w, h, pixels).expect("buffer of w * h * 3 bytes");
+        image
+            .save_with_format(path, image::ImageFormat::Png)
+            .map_err(|e| Error::Invalid(format!("{}: cannot write PNG: {e}", path.display())))
+    }
+}
+
+/// Probabilities, labels and class names of one split at one level (see
+/// [`super::metrics`] for the row-major layout).
+#[derive(Debug, Clone, Copy)]
+pub struct Scores<'a> {
+    /// Row-major probabilities, `n_classes` per sample.
+    pub probs: &'a [f64],
+    /// Class index of each sample.
+    pub labels: &'a [usize],
+    /// Probability columns.
+    pub n_classes: usize,
+    /// Display name of each class; missing names show as the class index.
+    pub class_names: &'a [&'a str],
+}
+
+impl Scores<'_> {
+    fn name(&self, c: usize) -> String {
+        match self.class_names.get(c) {
+            Some(name) => format!("{c}: {name}"),
+            None => c.to_string(),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        check_inputs(self.probs, self.labels, self.n_classes)
+    }
+}
+
+fn caption_style() -> TextStyle<'static> {
+    (FONT, 26).into_font().into()
+}
+
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Drawn<DB> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 18))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.5))
+        .draw()
+}
+
+/// A unit-square chart with grid, axis names and a caption.
+fn unit_chart<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+) -> std::result::Result<
+    ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    DrawingAreaErrorKind<DB::ErrorType>,
+> {
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, caption_style())
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.02f64..1.02f64, -0.02f64..1.02f64)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .axis_desc_style((FONT, 20))
+        .label_style((FONT, 16))
+        .light_line_style(BLACK.mix(0.05))
+        .bold_line_style(BLACK.mix(0.15))
+        .draw()?;
+    Ok(chart)
+}
+
+struct RocFigure<'a> {
+    title: &'a str,
+    scores: Scores<'a>,
+}
+
+impl Figure for RocFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (900, 800)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        let s = &self.scores;
+        let mut chart = unit_chart(root, self.title, "False Positive Rate (FPR)", "True Positive Rate (TPR)")?;
+        chart.draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 8, 6, BLACK.mix(0.4).into()))?;
+        for c in 0..s.n_classes {
+            let Some(roc) = roc_curve(&one_vs_rest(s.labels, c), &column(s.probs, s.n_classes, c)) else {
+                continue;
+            };
+            let mut label = format!("{} (AUC {:.3}", s.name(c), roc.auc());
+            if s.n_classes == 2 && c == 1 {
+                label += &format!(", EER {:.3}", roc.eer());
+            }
+            label += ")";
+            let style = color(c).stroke_width(3);
+            let points = roc.fpr.iter().copied().zip(roc.tpr.iter().copied());
+            chart
+                .draw_series(LineSeries::new(points, style))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
+    }
+}
+
+struct PrFigure<'a> {
+    title: &'a str,
+    scores: Scores<'a>,
+}
+
+impl Figure for PrFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (900, 800)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        let s = &self.scores;
+        let mut chart = unit_chart(root, self.title, "Recall", "Precision")?;
+        // Iso-F1 curves: precision = f r / (2 r - f).
+        for k in 1..=9 {
+            let f = k as f64 / 10.0;
+            let points: Vec<(f64, f64)> = (1..=200)
+                .map(|i| i as f64 / 200.0)
+                .filter(|&r| 2.0 * r > f)
+                .map(|r| (r, f * r / (2.0 * r - f)))
+                .filter(|&(_, p)| p <= 1.0)
+                .collect();
+            let end = points.last().copied();
+            chart.draw_series(LineSeries::new(points, BLACK.mix(0.15)))?;
+            if let Some((r, p)) = end {
+                let at = (r - 0.07, p + 0.02);
+                chart.draw_series([Text::new(format!("F1={f:.1}"), at, (FONT, 14).into_font().color(&BLACK.mix(0.35)))])?;
+            }
+        }
+        for c in 0..s.n_classes {
+            let y = one_vs_rest(s.labels, c);
+            if !y.contains(&true) {
+                continue;
+            }
+            let pr = precision_recall_curve(&y, &column(s.probs, s.n_classes, c));
+            let label = format!("{} (AP {:.3})", s.name(c), pr.average_precision());
+            let style = color(c).stroke_width(3);
+            let points = pr.recall.iter().copied().zip(pr.precision.iter().copied());
+            chart
+                .draw_series(LineSeries::new(points, style))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)
+    }
+}
+
+struct F1Figure<'a> {
+    title: &'a str,
+    scores: Scores<'a>,
+}
+
+impl Figure for F1Figure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (900, 800)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        let s = &self.scores;
+        let mut chart = unit_chart(root, self.title, "Threshold", "F1 score")?;
+        for c in 0..s.n_classes {
+            let y = one_vs_rest(s.labels, c);
+            if !y.contains(&true) {
+                continue;
+            }
+            let pr = precision_recall_curve(&y, &column(s.probs, s.n_classes, c));
+            let f1 = pr.f1();
+            let best = (0..f1.len()).max_by(|&a, &b| f1[a].total_cmp(&f1[b]));
+            let label = match best {
+                Some(i) => format!("{} (max F1 {:.3} at {:.3})", s.name(c), f1[i], pr.thresholds[i]),
+                None => s.name(c),
+            };
+            let style = color(c).stroke_width(3);
+            let points = pr.thresholds.iter().copied().zip(f1.iter().copied());
+            chart
+                .draw_series(LineSeries::new(points, style))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+            if let Some(i) = best {
+                chart.draw_series([Circle::new((pr.thresholds[i], f1[i]), 5, color(c).filled())])?;
+            }
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)
+    }
+}
+
+struct ConfusionFigure<'a> {
+    title: &'a str,
+    confusion: &'a [Vec<usize>],
+    names: Vec<String>,
+    normalize: bool,
+}
+
+/// matplotlib's "Blues" from its lightest to its darkest colour, `t` in [0, 1].
+fn blues(t: f64) -> RGBColor {
+    let (a, b) = ((247.0, 251.0, 255.0), (8.0, 48.0, 107.0));
+    let mix = |a: f64, b: f64| (a + (b - a) * t.clamp(0.0, 1.0)).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+impl Figure for ConfusionFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        let n = self.confusion.len() as u32;
+        let side = 500 + 70 * n.saturating_sub(2);
+        (side + 200, side + 120)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        root.fill(&WHITE)?;
+        let n = self.confusion.len();
+        let values: Vec<Vec<f64>> = self
+            .confusion
+            .iter()
+            .map(|row| {
+                let total: usize = row.iter().sum();
+                row.iter()
+                    .map(|&v| match (self.normalize, total) {
+                        (false, _) => v as f64,
+                        (true, 0) => 0.0,
+                        (true, t) => 100.0 * v as f64 / t as f64,
+                    })
+                    .collect()
+            })
+            .collect();
+        let max = values.iter().flatten().copied().fold(0.0, f64::max).max(1e-12);
+        let longest = self.names.iter().map(String::len).max().unwrap_or(1) as u32;
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, caption_style())
+            .margin(20)
+            .x_label_area_size(70)
+            .y_label_area_size(60 + 10 * longest)
+            .build_cartesian_2d(0f64..n as f64, 0f64..n as f64)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .x_desc("Predicted")
+            .y_desc("Actual")
+            .axis_desc_style((FONT, 20))
+            .draw()?;
+        let font_size = if n <= 4 { 22 } else { 16 };
+        for (r, row) in values.iter().enumerate() {
+            let y = (n - 1 - r) as f64; // row 0 on top
+            for (c, &v) in row.iter().enumerate() {
+                let t = v / max;
+                let x = c as f64;
+                chart.draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], blues(t).filled())])?;
+                let text = if self.normalize { format!("{v:.2}") } else { format!("{v:.0}") };
+                let ink = if t > 0.5 { WHITE } else { BLACK };
+                let style = (FONT, font_size).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
+                chart.draw_series([Text::new(text, (x + 0.5, y + 0.5), style)])?;
+            }
+        }
+        // Class names beside the cells.
+        let style: TextStyle = (FONT, 16).into_font().into();
+        for (i, name) in self.names.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+            root.draw(&Text::new(name.clone(), (px, py + 8), style.pos(Pos::new(HPos::Center, VPos::Top))))?;
+            let (px, py) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
+            root.draw(&Text::new(name.clone(), (px - 8, py), style.pos(Pos::new(HPos::Right, VPos::Center))))?;
+        }
+        Ok(())
+    }
+}
+
+struct DistributionFigure<'a> {
+    title: &'a str,
+    scores: Scores<'a>,
+    bins: usize,
+}
+
+impl Figure for DistributionFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 80 + 330 * self.scores.n_classes as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        let s = &self.scores;
+        root.fill(&WHITE)?;
+        let root = root.titled(self.title, caption_style())?;
+        let panels = root.split_evenly((s.n_classes, 1));
+        let (lo, hi) = s.probs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        let (lo, hi) = if lo < hi { (lo, hi) } else { (lo.min(0.0), hi.max(1.0)) };
+        let width = (hi - lo) / self.bins as f64;
+        let bin_of = |p: f64| (((p - lo) / width) as usize).min(self.bins - 1);
+        for (true_class, panel) in panels.iter().enumerate() {
+            let rows: Vec<&[f64]> = s
+                .probs
+                .chunks_exact(s.n_classes)
+                .zip(s.labels)
+                .filter(|&(_, &l)| l == true_class)
+                .map(|(row, _)| row)
+                .collect();
+            // Fraction of the class's samples in each bin, per probability column.
+            let hists: Vec<Vec<f64>> = (0..s.n_classes)
+                .map(|c| {
+                    let mut h = vec![0.0; self.bins];
+                    for row in &rows {
+                        h[bin_of(row[c])] += 1.0 / rows.len() as f64;
+                    }
+                    h
+                })
+                .collect();
+            let top = hists.iter().flatten().copied().fold(0.0, f64::max).max(0.01) * 1.1;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(
+                    format!("True class: {} ({} samples)", s.name(true_class), rows.len()),
+                    (FONT, 20).into_font().color(&color(true_class)),
+                )
+                .margin(12)
+                .x_label_area_size(45)
+                .y_label_area_size(70)
+                .build_cartesian_2d(lo..hi, 0f64..top)?;
+            chart
+                .configure_mesh()
+                .x_desc("Score")
+                .y_desc("Fraction")
+                .axis_desc_style((FONT, 16))
+                .label_style((FONT, 14))
+                .light_line_style(BLACK.mix(0.05))
+                .bold_line_style(BLACK.mix(0.15))
+                .draw()?;
+            for (c, h) in hists.iter().enumerate() {
+                let x = |i: usize| lo + i as f64 * width;
+                chart.draw_series(
+                    h.iter().enumerate().map(|(i, &v)| Rectangle::new([(x(i), 0.0), (x(i + 1), v)], color(c).mix(0.2).filled())),
+                )?;
+                let step: Vec<(f64, f64)> =
+                    h.iter().enumerate().flat_map(|(i, &v)| [(x(i), v), (x(i + 1), v)]).collect();
+                let style = color(c).stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(step, style))?
+                    .label(format!("p({})", s.name(c)))
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 20, y + 6)], style.color.mix(0.5).filled()));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperMiddle)
+                .label_font((FONT, 15))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.5))
+                .draw()?;
+        }
+        Ok(())
+    }
+}
+
+/// One-vs-rest ROC curve of every class with a defined curve, AUROC (and for 2 classes the
+/// EER) in the legend.
+///
+/// # Errors
+/// Invalid scores, no font, or a file that cannot be written.
+pub fn roc_plot(path: &Path, title: &str, scores: Scores) -> Result<()> {
+    scores.check()?;
+    save(&RocFigure { title, scores }, path)
+}
+
+/// One-vs-rest precision-recall curve of every class with samples, AP in the legend, iso-F1
+/// curves in grey.
+///
+/// # Errors
+/// Invalid scores, no font, or a file that cannot be written.
+pub fn pr_plot(path: &Path, title: &str, scores: Scores) -> Result<()> {
+    scores.check()?;
+    save(&PrFigure { title, scores }, path)
+}
+
+/// One-vs-rest F1 against the threshold on the class's probability, the best point marked.
+///
+/// # Errors
+/// Invalid scores, no font, or a file that cannot be written.
+pub fn f1_plot(path: &Path, title: &str, scores: Scores) -> Result<()> {
+    scores.check()?;
+    save(&F1Figure { title, scores }, path)
+}
+
+/// The confusion matrix (rows actual, columns predicted) with annotated cells; with
+/// `normalize`, each row in percent of its total.
+///
+/// # Errors
+/// A matrix that is not square, no font, or a file that cannot be written.
+pub fn confusion_plot(
+    path: &Path,
+    title: &str,
+    confusion: &[Vec<usize>],
+    class_names: &[&str],
+    normalize: bool,
+) -> Result<()> {
+    let n = confusion.len();
+    if n == 0 || confusion.iter().any(|row| row.len() != n) {
+        return Err(Error::Invalid(format!("{}: confusion matrix is not square", path.display())));
+    }
+    let names = (0..n)
+        .map(|c| class_names.get(c).map_or_else(|| c.to_string(), |name| format!("{c}: {name}")))
+        .collect();
+    save(&ConfusionFigure { title, confusion, names, normalize }, path)
+}
+
+/// For each true class, histograms (fraction of the class's samples, 30 bins) of every
+/// probability column.
+///
+/// # Errors
+/// Invalid scores, no font, or a file that cannot be written.
+pub fn distribution_plot(path: &Path, title: &str, scores: Scores) -> Result<()> {
+    scores.check()?;
+    save(&DistributionFigure { title, scores, bins: 30 }, path)
+}
+
+/// Writes every plot of one split at one level into `dir` with the original's file names
+/// (`{stage}_roc_{level}`, `{stage}_pr_curve`, `{stage}_f1_curve`, `{stage}_confusion`,
+/// `{stage}_confusion_norm`, `{stage}_probs_distribution`), as PNG and, with `svg`, also SVG.
+/// Titles read e.g. "Test ROC (video-level)". Returns the files written.
+///
+/// # Errors
+/// As the single plots.
+pub fn write_plots(dir: &Path, stage: &str, level: &str, scores: Scores, svg: bool) -> Result<Vec<PathBuf>> {
+    scores.check()?;
+    let mut stage_title = stage.to_string();
+    if let Some(first) = stage_title.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    let preds = argmax_rows(scores.probs, scores.n_classes);
+    let confusion = confusion_matrix(scores.labels, &preds, scores.n_classes);
+    let extensions: &[&str] = if svg { &["png", "svg"] } else { &["png"] };
+    let mut written = Vec::new();
+    for ext in extensions {
+        let file = |name: &str| dir.join(format!("{stage}_{name}.{ext}"));
+        let title = |what: &str| format!("{stage_title} {what} ({level}-level)");
+        let path = file(&format!("roc_{level}"));
+        roc_plot(&path, &title("ROC"), scores)?;
+        written.push(path);
+        let path = file("pr_curve");
+        pr_plot(&path, &title("PR Curve"), scores)?;
+        written.push(path);
+        let path = file("f1_curve");
+        f1_plot(&path, &title("F1 Curve"), scores)?;
+        written.push(path);
+        let path = file("confusion");
+        confusion_plot(&path, &title("Confusion Matrix"), &confusion, scores.class_names, false)?;
+        written.push(path);
+        let path = file("confusion_norm");
+        confusion_plot(&path, &title("Confusion Matrix, % of row"), &confusion, scores.class_names, true)?;
+        written.push(path);
+        let path = file("probs_distribution");
+        distribution_plot(&path, &title("Probability Distribution"), scores)?;
+        written.push(path);
+    }
+    Ok(written)
+}
