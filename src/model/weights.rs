@@ -31,7 +31,12 @@ pub struct HostTensor {
 impl HostTensor {
     /// A tensor of `shape` holding `data`; panics if their sizes differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "HostTensor: shape {shape:?} vs {} values", data.len());
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "HostTensor: shape {shape:?} vs {} values",
+            data.len()
+        );
         Self { shape, data }
     }
     /// Number of elements.
@@ -89,7 +94,12 @@ pub enum Tuning {
     /// Every LayerNorm's weight and bias, plus the head (the paper's choice).
     LnTuning,
     /// LoRA adapters (peft semantics: scaling alpha / rank) on `target_modules`.
-    Lora { rank: usize, alpha: f64, dropout: f64, target_modules: Vec<String> },
+    Lora {
+        rank: usize,
+        alpha: f64,
+        dropout: f64,
+        target_modules: Vec<String>,
+    },
     /// Everything trains.
     Full,
 }
@@ -117,7 +127,10 @@ pub struct TensorMap {
 impl TensorMap {
     /// An empty map; `path` names the source in errors.
     pub fn new(path: PathBuf) -> Self {
-        Self { path, tensors: BTreeMap::new() }
+        Self {
+            path,
+            tensors: BTreeMap::new(),
+        }
     }
     /// Adds (or replaces) `key`.
     pub fn insert(&mut self, key: String, t: HostTensor) {
@@ -128,7 +141,10 @@ impl TensorMap {
         let t = self
             .tensors
             .remove(key)
-            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), key: key.to_string() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })?;
         if t.shape != shape {
             return Err(Error::ShapeMismatch {
                 path: self.path.clone(),
@@ -144,7 +160,10 @@ impl TensorMap {
         if self.tensors.is_empty() {
             Ok(())
         } else {
-            Err(Error::UnexpectedTensors { path: self.path, keys: self.tensors.into_keys().collect() })
+            Err(Error::UnexpectedTensors {
+                path: self.path,
+                keys: self.tensors.into_keys().collect(),
+            })
         }
     }
     pub fn keys(&self) -> impl Iterator<Item = &String> {
@@ -197,7 +216,11 @@ pub fn load_checkpoint(source: &str, backbone_override: Option<&str>) -> Result<
 }
 
 /// [`load_checkpoint`] with an explicit Hugging Face cache / offline setting.
-pub fn load_checkpoint_with(source: &str, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
+pub fn load_checkpoint_with(
+    source: &str,
+    backbone_override: Option<&str>,
+    hub: &Hub,
+) -> Result<Checkpoint> {
     let path = Path::new(source);
     if path.exists() {
         return load_local(path, backbone_override, hub);
@@ -214,34 +237,54 @@ pub fn load_checkpoint_with(source: &str, backbone_override: Option<&str>, hub: 
 const HUB_CHECKPOINT_FILES: [&str; 3] = [DFDET_JSON, "config.json", "model.ckpt"];
 
 fn load_from_hub(repo_id: &str, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
-    let mut reasons = Vec::new();
+    // Whatever is cached wins, without a network round trip per candidate file.
     for file in HUB_CHECKPOINT_FILES {
-        match hub.lookup(repo_id, file) {
-            Lookup::Found(p) if file == "model.ckpt" => return load_local(&p, backbone_override, hub),
-            Lookup::Found(p) => {
-                if file == "config.json" && read_json(&p)?.get("backbone").is_none() {
-                    return Err(Error::format(
-                        &p,
-                        format!("`{repo_id}` is not a detector checkpoint (its config.json names no backbone; a CLIP backbone goes to --backbone)"),
-                    ));
-                }
-                // dfdet.json / GenD config.json: the weights sit beside them.
-                hub.file(repo_id, SAFETENSORS)?;
-                let dir = p.parent().unwrap_or(Path::new("."));
-                return load_local(dir, backbone_override, hub);
-            }
-            Lookup::Absent => {}
-            Lookup::Unavailable(reason) => reasons.push(reason),
+        if let Lookup::Found(p) = hub.lookup_cached(repo_id, file) {
+            return load_hub_file(repo_id, file, &p, backbone_override, hub);
         }
     }
-    if reasons.is_empty() {
-        return Err(Error::Hub(format!(
-            "Hugging Face repo `{repo_id}` holds no checkpoint dfdet reads (looked for {})",
-            HUB_CHECKPOINT_FILES.join(", ")
-        )));
+    for file in HUB_CHECKPOINT_FILES {
+        match hub.lookup(repo_id, file) {
+            Lookup::Found(p) => return load_hub_file(repo_id, file, &p, backbone_override, hub),
+            Lookup::Absent => {}
+            // Offline or unreachable: the other files will not fare better.
+            Lookup::Unavailable(reason) => {
+                return Err(hub.missing(repo_id, &HUB_CHECKPOINT_FILES, &reason));
+            }
+        }
     }
-    reasons.dedup();
-    Err(hub.missing(repo_id, &HUB_CHECKPOINT_FILES, &reasons.join("; ")))
+    Err(Error::Hub(format!(
+        "Hugging Face repo `{repo_id}` holds no checkpoint dfdet reads (looked for {})",
+        HUB_CHECKPOINT_FILES.join(", ")
+    )))
+}
+
+fn load_hub_file(
+    repo_id: &str,
+    file: &str,
+    path: &Path,
+    backbone_override: Option<&str>,
+    hub: &Hub,
+) -> Result<Checkpoint> {
+    if file == "model.ckpt" {
+        return load_local(path, backbone_override, hub);
+    }
+    if file == "config.json" && read_json(path)?.get("backbone").is_none() {
+        return Err(Error::format(
+            path,
+            format!(
+                "`{repo_id}` is not a detector checkpoint (its config.json names no backbone; \
+                 a CLIP backbone goes to --backbone)"
+            ),
+        ));
+    }
+    // dfdet.json / GenD config.json: the weights sit beside them.
+    hub.file(repo_id, SAFETENSORS)?;
+    load_local(
+        path.parent().unwrap_or(Path::new(".")),
+        backbone_override,
+        hub,
+    )
 }
 
 fn load_local(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
@@ -265,7 +308,10 @@ fn load_local(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result
         ));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if name == DFDET_JSON || (name.ends_with(".safetensors") && dir.join(DFDET_JSON).is_file()) {
         return load_dfdet(dir, backbone_override, hub);
     }
@@ -278,9 +324,9 @@ fn load_local(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result
 // ---------------------------------------------------------------------------------------------
 // Backbone resolution
 
-/// Resolves a backbone name: a preset, an existing folder, a folder relative to `base`
-/// (the checkpoint's folder), or a Hugging Face repo id whose config files are fetched.
-pub fn resolve_backbone(name: &str, base: Option<&Path>, hub: &Hub) -> Result<Backbone> {
+/// Resolves a backbone name: a preset, an existing folder, a folder relative to one of
+/// `bases` (where the checkpoint is), or a Hugging Face repo id whose config files are fetched.
+pub fn resolve_backbone(name: &str, bases: &[&Path], hub: &Hub) -> Result<Backbone> {
     if let Some(b) = Backbone::preset(name) {
         return Ok(b);
     }
@@ -288,7 +334,7 @@ pub fn resolve_backbone(name: &str, base: Option<&Path>, hub: &Hub) -> Result<Ba
     if as_given.is_dir() {
         return Backbone::from_dir(as_given);
     }
-    if let Some(dir) = base.map(|b| b.join(name)).filter(|d| d.is_dir()) {
+    if let Some(dir) = bases.iter().map(|b| b.join(name)).find(|d| d.is_dir()) {
         return Backbone::from_dir(&dir);
     }
     if hub::looks_like_repo_id(name) {
@@ -301,7 +347,10 @@ pub fn resolve_backbone(name: &str, base: Option<&Path>, hub: &Hub) -> Result<Ba
                 )));
             }
             Lookup::Unavailable(reason) => {
-                let reason = format!("{reason}; it is not a preset ({}) nor a local folder", PRESETS.join(", "));
+                let reason = format!(
+                    "{reason}; it is not a preset ({}) nor a local folder",
+                    PRESETS.join(", ")
+                );
                 return Err(hub.missing(name, &["config.json"], &reason));
             }
         };
@@ -312,7 +361,10 @@ pub fn resolve_backbone(name: &str, base: Option<&Path>, hub: &Hub) -> Result<Ba
         b.name = name.to_string();
         return Ok(b);
     }
-    Err(Error::UnknownBackbone { name: name.to_string(), known: PRESETS.join(", ") })
+    Err(Error::UnknownBackbone {
+        name: name.to_string(),
+        known: PRESETS.join(", "),
+    })
 }
 
 /// Checks the encoder tensors against the backbone's shape, so that a wrong `--backbone`
@@ -321,8 +373,14 @@ fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result<()> {
     let cfg = &backbone.encoder;
     let (d, p) = (cfg.hidden_size, cfg.patch_size);
     let expect = [
-        ("vision_model.embeddings.patch_embedding.weight", vec![d, cfg.num_channels, p, p]),
-        ("vision_model.embeddings.position_embedding.weight", vec![cfg.num_positions(), d]),
+        (
+            "vision_model.embeddings.patch_embedding.weight",
+            vec![d, cfg.num_channels, p, p],
+        ),
+        (
+            "vision_model.embeddings.position_embedding.weight",
+            vec![cfg.num_positions(), d],
+        ),
     ];
     for (key, shape) in expect {
         if let Some(t) = tensors.get(key)
@@ -340,7 +398,13 @@ fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result<()> {
     }
     let layers = tensors
         .keys()
-        .filter_map(|k| k.strip_prefix("vision_model.encoder.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix("vision_model.encoder.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |i| i + 1);
     if layers != 0 && layers != cfg.num_hidden_layers {
@@ -358,7 +422,7 @@ fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result<()> {
 fn finish_checkpoint(
     path: PathBuf,
     mut spec: ModelSpec,
-    base: Option<&Path>,
+    bases: &[&Path],
     embedded: Option<Backbone>,
     backbone_override: Option<&str>,
     tensors: TensorMap,
@@ -367,10 +431,10 @@ fn finish_checkpoint(
     let backbone = match (backbone_override, embedded) {
         (Some(name), _) => {
             spec.backbone = name.to_string();
-            resolve_backbone(name, None, hub)?
+            resolve_backbone(name, &[], hub)?
         }
         (None, Some(b)) => b,
-        (None, None) => resolve_backbone(&spec.backbone, base, hub)?,
+        (None, None) => resolve_backbone(&spec.backbone, bases, hub)?,
     };
     check_backbone(&tensors, &backbone)?;
     if let Some(w) = tensors.get("model.linear.weight")
@@ -378,10 +442,18 @@ fn finish_checkpoint(
     {
         return Err(Error::format(
             &path,
-            format!("head `model.linear.weight` has shape {:?} but num_classes is {}", w.shape, spec.num_classes),
+            format!(
+                "head `model.linear.weight` has shape {:?} but num_classes is {}",
+                w.shape, spec.num_classes
+            ),
         ));
     }
-    Ok(Checkpoint { path, spec, backbone, tensors })
+    Ok(Checkpoint {
+        path,
+        spec,
+        backbone,
+        tensors,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,16 +485,23 @@ fn sniff(path: &Path) -> Result<Option<&'static str>> {
 }
 
 fn not_a_checkpoint(path: &Path, what: &str) -> Error {
-    Error::format(path, format!("not a PyTorch checkpoint (zip/pickle): {what}"))
+    Error::format(
+        path,
+        format!("not a PyTorch checkpoint (zip/pickle): {what}"),
+    )
 }
 
 fn load_lightning(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
     if let Some(what) = sniff(path)? {
         return Err(not_a_checkpoint(path, &format!("it looks like {what}")));
     }
-    let root = PytorchReader::read_pickle_data(path, None).map_err(|e| not_a_checkpoint(path, &e.to_string()))?;
+    let root = PytorchReader::read_pickle_data(path, None)
+        .map_err(|e| not_a_checkpoint(path, &e.to_string()))?;
     let PickleValue::Dict(root) = root else {
-        return Err(not_a_checkpoint(path, "its root object is not a dictionary"));
+        return Err(not_a_checkpoint(
+            path,
+            "its root object is not a dictionary",
+        ));
     };
     let reader = if root.contains_key("state_dict") {
         PytorchReader::with_top_level_key(path, "state_dict")
@@ -448,23 +527,57 @@ fn load_lightning(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Re
         let (_, dtype, shape, read) = t.into_parts();
         let read: ReadFn<'static> = Box::new(move || {
             let bytes = read()?;
-            torch_bytes_to_f32(dtype, &bytes)
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("dtype {dtype:?} is not a float type")))
+            torch_bytes_to_f32(dtype, &bytes).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("dtype {dtype:?} is not a float type"),
+                )
+            })
         });
-        raw.insert(key, RawTensor { shape, dtype: format!("{dtype:?}"), read });
+        raw.insert(
+            key,
+            RawTensor {
+                shape,
+                dtype: format!("{dtype:?}"),
+                read,
+            },
+        );
     }
     let tensors = normalise(path, raw, &spec.tuning)?;
-    let base = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    finish_checkpoint(path.to_path_buf(), spec, Some(base), None, backbone_override, tensors, hub)
+    let base = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    finish_checkpoint(
+        path.to_path_buf(),
+        spec,
+        &[base],
+        None,
+        backbone_override,
+        tensors,
+        hub,
+    )
 }
 
 fn torch_bytes_to_f32(dtype: pytorch_reader::DType, bytes: &[u8]) -> Option<Vec<f32>> {
     use pytorch_reader::DType as D;
     Some(match dtype {
-        D::F32 => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap())).collect(),
-        D::F64 => bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().unwrap()) as f32).collect(),
-        D::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_ne_bytes([b[0], b[1]]).to_f32()).collect(),
-        D::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_ne_bytes([b[0], b[1]]).to_f32()).collect(),
+        D::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes(b.try_into().unwrap()))
+            .collect(),
+        D::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_ne_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        D::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_ne_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        D::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_ne_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         _ => return None,
     })
 }
@@ -477,17 +590,36 @@ fn describe(v: &PickleValue) -> String {
     }
 }
 
-fn spec_from_hparams(path: &Path, hp: &PickleValue, backbone_override: Option<&str>) -> Result<ModelSpec> {
+fn spec_from_hparams(
+    path: &Path,
+    hp: &PickleValue,
+    backbone_override: Option<&str>,
+) -> Result<ModelSpec> {
     let PickleValue::Dict(hp) = hp else {
-        return Err(Error::format(path, format!("`hyper_parameters` is {}, not a dictionary", describe(hp))));
+        return Err(Error::format(
+            path,
+            format!("`hyper_parameters` is {}, not a dictionary", describe(hp)),
+        ));
     };
     let bad = |field: &str, v: &PickleValue, hint: &str| {
-        Error::format(path, format!("hyper_parameters.{field} is {}, which dfdet cannot read{hint}", describe(v)))
+        Error::format(
+            path,
+            format!(
+                "hyper_parameters.{field} is {}, which dfdet cannot read{hint}",
+                describe(v)
+            ),
+        )
     };
     let backbone = match (hp.get("backbone"), backbone_override) {
         (_, Some(name)) => name.to_string(),
         (Some(PickleValue::String(s)), None) => s.clone(),
-        (Some(v), None) => return Err(bad("backbone", v, "; name the backbone with --backbone NAME|DIR")),
+        (Some(v), None) => {
+            return Err(bad(
+                "backbone",
+                v,
+                "; name the backbone with --backbone NAME|DIR",
+            ));
+        }
         (None, None) => {
             return Err(Error::format(
                 path,
@@ -497,7 +629,10 @@ fn spec_from_hparams(path: &Path, hp: &PickleValue, backbone_override: Option<&s
     };
     let head = match hp.get("head") {
         Some(PickleValue::String(s)) => HeadKind::from_name(s).ok_or_else(|| {
-            Error::format(path, format!("head `{s}` is not supported (dfdet implements linear and LinearNorm)"))
+            Error::format(
+                path,
+                format!("head `{s}` is not supported (dfdet implements linear and LinearNorm)"),
+            )
         })?,
         Some(v) => return Err(bad("head", v, " (expected \"linear\" or \"LinearNorm\")")),
         None => HeadKind::Linear, // the original's default
@@ -517,7 +652,14 @@ fn spec_from_hparams(path: &Path, hp: &PickleValue, backbone_override: Option<&s
         Some(PickleValue::String(s)) => Some(s.clone()),
         _ => None,
     };
-    Ok(ModelSpec { backbone, head, num_classes, tuning, precision, run_name })
+    Ok(ModelSpec {
+        backbone,
+        head,
+        num_classes,
+        tuning,
+        precision,
+        run_name,
+    })
 }
 
 type Dict = std::collections::HashMap<String, PickleValue>;
@@ -535,38 +677,66 @@ fn get_f64(d: &Dict, key: &str) -> Option<f64> {
 }
 
 fn tuning_from_hparams(path: &Path, hp: &Dict) -> Result<Tuning> {
-    let frozen = !matches!(hp.get("freeze_feature_extractor"), Some(PickleValue::Bool(false)));
+    let frozen = !matches!(
+        hp.get("freeze_feature_extractor"),
+        Some(PickleValue::Bool(false))
+    );
     let section = |d: &Dict, key: &str| match d.get(key) {
         Some(PickleValue::Dict(s)) => Some(s.clone()),
         _ => None,
     };
     let Some(peft) = section(hp, "peft").filter(|p| get_bool(p, "enabled")) else {
-        return Ok(if frozen { Tuning::LinearProbe } else { Tuning::Full });
+        return Ok(if frozen {
+            Tuning::LinearProbe
+        } else {
+            Tuning::Full
+        });
     };
     if let Some(lora) = section(&peft, "lora").filter(|l| get_bool(l, "enabled")) {
         if get_bool(&lora, "use_dora") {
-            return Err(Error::format(path, "peft DoRA (lora.use_dora) is not supported"));
+            return Err(Error::format(
+                path,
+                "peft DoRA (lora.use_dora) is not supported",
+            ));
         }
         let rank = get_f64(&lora, "rank").unwrap_or(1.0) as usize;
         let alpha = get_f64(&lora, "alpha").unwrap_or(32.0);
         // peft: scaling = alpha / sqrt(r) with rsLoRA; folded into alpha here so that
         // alpha / rank stays the scaling.
-        let alpha = if get_bool(&lora, "use_rslora") { alpha * (rank as f64).sqrt() } else { alpha };
+        let alpha = if get_bool(&lora, "use_rslora") {
+            alpha * (rank as f64).sqrt()
+        } else {
+            alpha
+        };
         let dropout = get_f64(&lora, "dropout").unwrap_or(0.1);
         let target_modules = match lora.get("target_modules") {
             Some(PickleValue::String(s)) => vec![s.clone()],
             Some(PickleValue::List(l)) => l
                 .iter()
-                .filter_map(|v| if let PickleValue::String(s) = v { Some(s.clone()) } else { None })
+                .filter_map(|v| {
+                    if let PickleValue::String(s) = v {
+                        Some(s.clone())
+                    } else {
+                        None
+                    }
+                })
                 .collect(),
             _ => vec!["out_proj".to_string()],
         };
-        return Ok(Tuning::Lora { rank, alpha, dropout, target_modules });
+        return Ok(Tuning::Lora {
+            rank,
+            alpha,
+            dropout,
+            target_modules,
+        });
     }
     if section(&peft, "ln_tuning").is_some_and(|l| get_bool(&l, "enabled")) {
         return Ok(Tuning::LnTuning);
     }
-    Err(Error::format(path, "hyper_parameters.peft is enabled but neither lora nor ln_tuning is"))
+    Err(Error::format(
+        path,
+        "hyper_parameters.peft is enabled but neither lora nor ln_tuning is",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -583,11 +753,22 @@ struct RawTensor<'a> {
 
 impl RawTensor<'_> {
     fn load(self, path: &Path, key: &str) -> Result<HostTensor> {
-        let data = (self.read)().map_err(|e| Error::format(path, format!("tensor `{key}` ({}): {e}", self.dtype)))?;
+        let data = (self.read)()
+            .map_err(|e| Error::format(path, format!("tensor `{key}` ({}): {e}", self.dtype)))?;
         if data.len() != self.shape.iter().product::<usize>() {
-            return Err(Error::format(path, format!("tensor `{key}`: {} values for shape {:?}", data.len(), self.shape)));
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{key}`: {} values for shape {:?}",
+                    data.len(),
+                    self.shape
+                ),
+            ));
         }
-        Ok(HostTensor { shape: self.shape, data })
+        Ok(HostTensor {
+            shape: self.shape,
+            data,
+        })
     }
 }
 
@@ -604,12 +785,21 @@ fn normalise_key(key: &str) -> Option<String> {
 }
 
 /// Renames, drops, and resolves peft wrapping (see the module docs).
-fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning) -> Result<TensorMap> {
+fn normalise(
+    path: &Path,
+    raw: BTreeMap<String, RawTensor<'_>>,
+    tuning: &Tuning,
+) -> Result<TensorMap> {
     let mut renamed: BTreeMap<String, RawTensor<'_>> = BTreeMap::new();
     for (key, t) in raw {
-        let Some(name) = normalise_key(&key) else { continue };
+        let Some(name) = normalise_key(&key) else {
+            continue;
+        };
         if renamed.contains_key(&name) {
-            return Err(Error::format(path, format!("two tensors map to `{name}` (one is `{key}`)")));
+            return Err(Error::format(
+                path,
+                format!("two tensors map to `{name}` (one is `{key}`)"),
+            ));
         }
         renamed.insert(name, t);
     }
@@ -628,12 +818,20 @@ fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning)
         let ln = format!("{m}.ln_tuning_layers.");
         let lora_a = format!("{m}.lora_A.");
         let lora_b = format!("{m}.lora_B.");
-        let params: Vec<String> =
-            renamed.keys().filter_map(|k| k.strip_prefix(&base)).map(str::to_string).collect();
+        let params: Vec<String> = renamed
+            .keys()
+            .filter_map(|k| k.strip_prefix(&base))
+            .map(str::to_string)
+            .collect();
         let adapters = |prefix: &str| -> Vec<String> {
             let mut names: Vec<String> = renamed
                 .keys()
-                .filter_map(|k| k.strip_prefix(prefix)?.split('.').next().map(str::to_string))
+                .filter_map(|k| {
+                    k.strip_prefix(prefix)?
+                        .split('.')
+                        .next()
+                        .map(str::to_string)
+                })
                 .collect();
             names.dedup();
             names
@@ -643,7 +841,9 @@ fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning)
         if ln_adapters.len() + lora_adapters.len() > 1 {
             return Err(Error::format(
                 path,
-                format!("`{m}` carries several peft adapters ({ln_adapters:?} {lora_adapters:?}); dfdet reads one"),
+                format!(
+                    "`{m}` carries several peft adapters ({ln_adapters:?} {lora_adapters:?}); dfdet reads one"
+                ),
             ));
         }
         if let Some(adapter) = ln_adapters.first() {
@@ -651,17 +851,21 @@ fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning)
             for p in &params {
                 renamed.remove(&format!("{base}{p}"));
                 let tuned_key = format!("{ln}{adapter}.{p}");
-                let tuned = renamed.remove(&tuned_key).ok_or_else(|| Error::MissingTensor {
-                    path: path.to_path_buf(),
-                    key: tuned_key.clone(),
-                })?;
+                let tuned = renamed
+                    .remove(&tuned_key)
+                    .ok_or_else(|| Error::MissingTensor {
+                        path: path.to_path_buf(),
+                        key: tuned_key.clone(),
+                    })?;
                 out.insert(format!("{m}.{p}"), tuned.load(path, &tuned_key)?);
             }
         } else if let Some(adapter) = lora_adapters.first() {
             let Tuning::Lora { rank, alpha, .. } = tuning else {
                 return Err(Error::format(
                     path,
-                    format!("`{m}` has LoRA adapters but the checkpoint's settings do not enable LoRA"),
+                    format!(
+                        "`{m}` has LoRA adapters but the checkpoint's settings do not enable LoRA"
+                    ),
                 ));
             };
             let a_key = format!("{lora_a}{adapter}.weight");
@@ -669,7 +873,10 @@ fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning)
             let take_raw = |renamed: &mut BTreeMap<String, RawTensor<'_>>, key: &str| {
                 renamed
                     .remove(key)
-                    .ok_or_else(|| Error::MissingTensor { path: path.to_path_buf(), key: key.to_string() })?
+                    .ok_or_else(|| Error::MissingTensor {
+                        path: path.to_path_buf(),
+                        key: key.to_string(),
+                    })?
                     .load(path, key)
             };
             let a = take_raw(&mut renamed, &a_key)?;
@@ -677,7 +884,11 @@ fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning)
             for p in &params {
                 let key = format!("{base}{p}");
                 let t = take_raw(&mut renamed, &key)?;
-                let t = if p == "weight" { merge_lora(path, &m, t, &a, &b, *rank, *alpha)? } else { t };
+                let t = if p == "weight" {
+                    merge_lora(path, &m, t, &a, &b, *rank, *alpha)?
+                } else {
+                    t
+                };
                 out.insert(format!("{m}.{p}"), t);
             }
         } else {
@@ -709,13 +920,24 @@ fn merge_lora(
 ) -> Result<HostTensor> {
     let (out_dim, in_dim) = match w.shape[..] {
         [o, i] => (o, i),
-        _ => return Err(Error::format(path, format!("LoRA on `{module}`: base weight {:?} is not a matrix", w.shape))),
+        _ => {
+            return Err(Error::format(
+                path,
+                format!(
+                    "LoRA on `{module}`: base weight {:?} is not a matrix",
+                    w.shape
+                ),
+            ));
+        }
     };
     let r = a.shape.first().copied().unwrap_or(0);
     if a.shape != [r, in_dim] || b.shape != [out_dim, r] {
         return Err(Error::format(
             path,
-            format!("LoRA on `{module}`: A {:?} and B {:?} do not fit weight {:?}", a.shape, b.shape, w.shape),
+            format!(
+                "LoRA on `{module}`: A {:?} and B {:?} do not fit weight {:?}",
+                a.shape, b.shape, w.shape
+            ),
         ));
     }
     if r != rank {
@@ -735,7 +957,10 @@ fn merge_lora(
             }
         }
     }
-    Ok(HostTensor { shape: w.shape, data })
+    Ok(HostTensor {
+        shape: w.shape,
+        data,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,10 +984,20 @@ fn read_safetensors(path: &Path, tuning: &Tuning) -> Result<TensorMap> {
         let bytes = view.data();
         let read: ReadFn<'_> = Box::new(move || {
             st_bytes_to_f32(dtype, bytes).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("dtype {dtype:?} is not a float type"))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("dtype {dtype:?} is not a float type"),
+                )
             })
         });
-        raw.insert(name.to_string(), RawTensor { shape: view.shape().to_vec(), dtype: format!("{dtype:?}"), read });
+        raw.insert(
+            name.to_string(),
+            RawTensor {
+                shape: view.shape().to_vec(),
+                dtype: format!("{dtype:?}"),
+                read,
+            },
+        );
     }
     normalise(path, raw, tuning)
 }
@@ -770,10 +1005,22 @@ fn read_safetensors(path: &Path, tuning: &Tuning) -> Result<TensorMap> {
 fn st_bytes_to_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     use safetensors::Dtype as D;
     Some(match dtype {
-        D::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-        D::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-        D::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        D::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        D::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        D::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        D::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        D::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         _ => return None,
     })
 }
@@ -788,7 +1035,9 @@ fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<C
     let config_path = dir.join("config.json");
     let config = read_json(&config_path)?;
     let field = |key: &str| config.get(key).and_then(|v| v.as_str());
-    if field("backbone").is_none() && (config.get("vision_config").is_some() || field("model_type") == Some("clip")) {
+    if field("backbone").is_none()
+        && (config.get("vision_config").is_some() || field("model_type") == Some("clip"))
+    {
         return Err(Error::format(
             dir,
             "a CLIP backbone folder, not a detector checkpoint (pass it as --backbone, with a checkpoint)",
@@ -798,12 +1047,18 @@ fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<C
         (_, Some(name)) => name.to_string(),
         (Some(b), None) => b.to_string(),
         (None, None) => {
-            return Err(Error::format(&config_path, "no `backbone` field (a GenD config.json has one); pass --backbone"));
+            return Err(Error::format(
+                &config_path,
+                "no `backbone` field (a GenD config.json has one); pass --backbone",
+            ));
         }
     };
     let head = match field("head") {
         Some(h) => HeadKind::from_name(h).ok_or_else(|| {
-            Error::format(&config_path, format!("head `{h}` is not supported (dfdet implements linear and LinearNorm)"))
+            Error::format(
+                &config_path,
+                format!("head `{h}` is not supported (dfdet implements linear and LinearNorm)"),
+            )
         })?,
         None => HeadKind::Linear, // GenDConfig's default
     };
@@ -812,9 +1067,21 @@ fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<C
     let tuning = Tuning::LnTuning;
     let weights = dir.join(SAFETENSORS);
     let tensors = read_safetensors(&weights, &tuning)?;
-    let num_classes = tensors.get("model.linear.weight").and_then(|w| w.shape.first().copied()).unwrap_or(2);
-    let spec = ModelSpec { backbone, head, num_classes, tuning, precision: None, run_name: None };
-    finish_checkpoint(weights, spec, Some(dir), None, backbone_override, tensors, hub)
+    let num_classes = tensors
+        .get("model.linear.weight")
+        .and_then(|w| w.shape.first().copied())
+        .unwrap_or(2);
+    let spec = ModelSpec {
+        backbone,
+        head,
+        num_classes,
+        tuning,
+        precision: None,
+        run_name: None,
+    };
+    // Relative to the folder itself, or to the folder holding it (a backbone beside it).
+    let bases: Vec<&Path> = std::iter::once(dir).chain(dir.parent()).collect();
+    finish_checkpoint(weights, spec, &bases, None, backbone_override, tensors, hub)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -840,17 +1107,34 @@ fn load_dfdet(dir: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<
     }
     let weights = dir.join(SAFETENSORS);
     let tensors = read_safetensors(&weights, &meta.spec.tuning)?;
-    finish_checkpoint(weights, meta.spec, Some(dir), Some(meta.backbone), backbone_override, tensors, hub)
+    finish_checkpoint(
+        weights,
+        meta.spec,
+        &[dir],
+        Some(meta.backbone),
+        backbone_override,
+        tensors,
+        hub,
+    )
 }
 
 /// dfdet's own format: `<dir>/model.safetensors` (normalised keys) + `<dir>/dfdet.json`
 /// ({"format": "dfdet", "version": 1, "spec": ModelSpec, "backbone": Backbone}), each written
 /// atomically (temp file + rename). Self-contained: the backbone's configs are embedded.
-pub fn save_dfdet(dir: &Path, spec: &ModelSpec, backbone: &Backbone, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+pub fn save_dfdet(
+    dir: &Path,
+    spec: &ModelSpec,
+    backbone: &Backbone,
+    tensors: &BTreeMap<String, HostTensor>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for (key, t) in tensors {
         if t.shape.iter().product::<usize>() != t.data.len() {
-            return Err(Error::Invalid(format!("tensor `{key}`: {} values for shape {:?}", t.data.len(), t.shape)));
+            return Err(Error::Invalid(format!(
+                "tensor `{key}`: {} values for shape {:?}",
+                t.data.len(),
+                t.shape
+            )));
         }
     }
     let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = tensors
@@ -873,7 +1157,8 @@ pub fn save_dfdet(dir: &Path, spec: &ModelSpec, backbone: &Backbone, tensors: &B
         spec: spec.clone(),
         backbone: backbone.clone(),
     };
-    let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Invalid(format!("dfdet.json: {e}")))?;
+    let json =
+        serde_json::to_vec_pretty(&meta).map_err(|e| Error::Invalid(format!("dfdet.json: {e}")))?;
     write_atomic(&dir.join(DFDET_JSON), &json)
 }
 
@@ -906,32 +1191,65 @@ mod tests {
     use super::*;
 
     fn raw(shape: Vec<usize>, data: Vec<f32>) -> RawTensor<'static> {
-        RawTensor { shape, dtype: "F32".into(), read: Box::new(move || Ok(data)) }
+        RawTensor {
+            shape,
+            dtype: "F32".into(),
+            read: Box::new(move || Ok(data)),
+        }
     }
 
     #[test]
     fn keys_are_normalised() {
         assert_eq!(
-            normalise_key("feature_extractor.base_model.model.vision_model.pre_layrnorm.weight").as_deref(),
+            normalise_key("feature_extractor.base_model.model.vision_model.pre_layrnorm.weight")
+                .as_deref(),
             Some("vision_model.pre_layrnorm.weight")
         );
-        assert_eq!(normalise_key("model.linear.bias").as_deref(), Some("model.linear.bias"));
-        assert_eq!(normalise_key("feature_extractor.visual_projection.weight"), None);
+        assert_eq!(
+            normalise_key("model.linear.bias").as_deref(),
+            Some("model.linear.bias")
+        );
+        assert_eq!(
+            normalise_key("feature_extractor.visual_projection.weight"),
+            None
+        );
         assert_eq!(normalise_key("vision_model.embeddings.position_ids"), None);
-        assert_eq!(normalise_key("text_model.embeddings.token_embedding.weight"), None);
+        assert_eq!(
+            normalise_key("text_model.embeddings.token_embedding.weight"),
+            None
+        );
     }
 
     #[test]
     fn ln_tuning_takes_the_tuned_copy() {
         let p = "feature_extractor.base_model.model.vision_model.post_layernorm";
         let mut m = BTreeMap::new();
-        m.insert(format!("{p}.base_layer.weight"), raw(vec![2], vec![1.0, 1.0]));
+        m.insert(
+            format!("{p}.base_layer.weight"),
+            raw(vec![2], vec![1.0, 1.0]),
+        );
         m.insert(format!("{p}.base_layer.bias"), raw(vec![2], vec![0.0, 0.0]));
-        m.insert(format!("{p}.ln_tuning_layers.default.weight"), raw(vec![2], vec![2.0, 3.0]));
-        m.insert(format!("{p}.ln_tuning_layers.default.bias"), raw(vec![2], vec![4.0, 5.0]));
+        m.insert(
+            format!("{p}.ln_tuning_layers.default.weight"),
+            raw(vec![2], vec![2.0, 3.0]),
+        );
+        m.insert(
+            format!("{p}.ln_tuning_layers.default.bias"),
+            raw(vec![2], vec![4.0, 5.0]),
+        );
         let mut t = normalise(Path::new("x"), m, &Tuning::LnTuning).unwrap();
-        assert_eq!(t.take("vision_model.post_layernorm.weight", &[2]).unwrap().data, [2.0, 3.0]);
-        assert_eq!(t.take("vision_model.post_layernorm.bias", &[2]).unwrap().data, [4.0, 5.0]);
+        assert_eq!(
+            t.take("vision_model.post_layernorm.weight", &[2])
+                .unwrap()
+                .data,
+            [2.0, 3.0]
+        );
+        assert_eq!(
+            t.take("vision_model.post_layernorm.bias", &[2])
+                .unwrap()
+                .data,
+            [4.0, 5.0]
+        );
         t.finish().unwrap();
     }
 
@@ -939,14 +1257,31 @@ mod tests {
     fn lora_is_merged() {
         let p = "vision_model.encoder.layers.0.self_attn.out_proj";
         let mut m = BTreeMap::new();
-        m.insert(format!("{p}.base_layer.weight"), raw(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]));
+        m.insert(
+            format!("{p}.base_layer.weight"),
+            raw(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]),
+        );
         m.insert(format!("{p}.base_layer.bias"), raw(vec![2], vec![0.5, 0.5]));
-        m.insert(format!("{p}.lora_A.default.weight"), raw(vec![1, 2], vec![1.0, 2.0]));
-        m.insert(format!("{p}.lora_B.default.weight"), raw(vec![2, 1], vec![3.0, 4.0]));
-        let tuning = Tuning::Lora { rank: 1, alpha: 2.0, dropout: 0.0, target_modules: vec!["out_proj".into()] };
+        m.insert(
+            format!("{p}.lora_A.default.weight"),
+            raw(vec![1, 2], vec![1.0, 2.0]),
+        );
+        m.insert(
+            format!("{p}.lora_B.default.weight"),
+            raw(vec![2, 1], vec![3.0, 4.0]),
+        );
+        let tuning = Tuning::Lora {
+            rank: 1,
+            alpha: 2.0,
+            dropout: 0.0,
+            target_modules: vec!["out_proj".into()],
+        };
         let mut t = normalise(Path::new("x"), m, &tuning).unwrap();
         // W + 2 * B A = I + 2 [[3, 6], [4, 8]]
-        assert_eq!(t.take(&format!("{p}.weight"), &[2, 2]).unwrap().data, [7.0, 12.0, 8.0, 17.0]);
+        assert_eq!(
+            t.take(&format!("{p}.weight"), &[2, 2]).unwrap().data,
+            [7.0, 12.0, 8.0, 17.0]
+        );
         assert_eq!(t.take(&format!("{p}.bias"), &[2]).unwrap().data, [0.5, 0.5]);
         t.finish().unwrap();
     }
@@ -957,7 +1292,10 @@ mod tests {
         t.insert("a".into(), HostTensor::new(vec![2], vec![0.0; 2]));
         t.insert("b".into(), HostTensor::new(vec![1], vec![0.0]));
         let err = t.take("a", &[3]).unwrap_err().to_string();
-        assert!(err.contains("`a`") && err.contains("[2]") && err.contains("[3]"), "{err}");
+        assert!(
+            err.contains("`a`") && err.contains("[2]") && err.contains("[3]"),
+            "{err}"
+        );
         assert!(t.take("zz", &[1]).unwrap_err().to_string().contains("`zz`"));
         let err = t.finish().unwrap_err().to_string();
         assert!(err.contains("\"b\""), "{err}");
@@ -965,9 +1303,18 @@ mod tests {
 
     #[test]
     fn head_kind_names() {
-        assert_eq!(HeadKind::from_name("LinearNorm"), Some(HeadKind::LinearNorm));
+        assert_eq!(
+            HeadKind::from_name("LinearNorm"),
+            Some(HeadKind::LinearNorm)
+        );
         assert_eq!(HeadKind::from_name("linear"), Some(HeadKind::Linear));
-        assert_eq!(serde_json::to_string(&HeadKind::LinearNorm).unwrap(), "\"LinearNorm\"");
-        assert_eq!(serde_json::from_str::<HeadKind>("\"linear\"").unwrap(), HeadKind::Linear);
+        assert_eq!(
+            serde_json::to_string(&HeadKind::LinearNorm).unwrap(),
+            "\"LinearNorm\""
+        );
+        assert_eq!(
+            serde_json::from_str::<HeadKind>("\"linear\"").unwrap(),
+            HeadKind::Linear
+        );
     }
 }
