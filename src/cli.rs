@@ -24,6 +24,10 @@ pub enum Command {
     Info(InfoArgs),
     /// Convert a checkpoint (Lightning .ckpt, GenD folder, hub id) to dfdet's own folder format.
     Convert(ConvertArgs),
+    /// Evaluate a detector on named test sets: predictions CSV, metrics.json, plots.
+    Test(TestArgs),
+    /// Recompute metrics and plots from a predictions CSV (dfdet's or the reference's).
+    Metrics(MetricsArgs),
     /// Measure inference speed and memory of a full-size encoder with random weights.
     Bench(BenchArgs),
 }
@@ -115,4 +119,44 @@ pub struct BenchArgs {
     /// Output format on stdout.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// TOML config (weights, backbone, [sets], limit_files, batch_size, dtype); options below override it.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Checkpoint: a Lightning .ckpt, a GenD or dfdet folder, or a Hugging Face repo id.
+    #[arg(short, long)]
+    pub weights: Option<String>,
+    /// Encoder architecture replacing the checkpoint's own.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// A named test set, `NAME=LIST[,LIST...]` (repeatable); metrics are reported per set too.
+    #[arg(short, long = "set", value_name = "NAME=LIST[,LIST...]")]
+    pub sets: Vec<String>,
+    /// Run folder to write (default: runs/test, or runs/test-2, ... if taken).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Evaluate at most this many frames, taking whole videos in the reference's seeded order.
+    #[arg(long)]
+    pub limit_files: Option<usize>,
+    /// Images per forward pass.
+    #[arg(short, long)]
+    pub batch_size: Option<usize>,
+    /// Float type to compute in.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    /// A predictions CSV with columns files,labels,prob_class_0,prob_class_1[,...].
+    pub predictions: PathBuf,
+    /// Folder for metrics.json and plots (default: print JSON only).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
 }

@@ -14,4 +14,5 @@ pub mod preprocess;
 pub use error::{Error, Result};
 pub mod bench;
 pub mod cli;
+pub mod evaluate;
 pub mod predict;

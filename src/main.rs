@@ -7,7 +7,7 @@ use burn::tensor::FloatDType;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use dfdet::cli::{BenchArgs, Cli, Command, ConvertArgs, Dtype, Format, InfoArgs, ModelArgs, PredictArgs};
+use dfdet::cli::{BenchArgs, Cli, Command, ConvertArgs, Dtype, Format, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, TestArgs};
 use dfdet::data::expand_inputs;
 use dfdet::model::{load_checkpoint, Detector};
 use dfdet::predict::{aggregate_videos, score_frames, FrameScore, VideoScore};
@@ -23,6 +23,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Convert(args) => convert(args),
         Command::Bench(args) => bench(args),
+        Command::Test(args) => test(args),
+        Command::Metrics(args) => metrics(args),
     };
     match result {
         Ok(code) => code,
@@ -60,16 +62,7 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.inputs);
     let detector = load_detector(&args.model, &device)?;
 
-    let total = inputs.frames.len() as u64;
-    // A bar only when there is more than a screenful of work and someone to see it.
-    let bar = if total > 24 && std::io::stderr().is_terminal() {
-        ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} frames  {per_sec}  eta {eta}")
-                .expect("valid template"),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(inputs.frames.len());
     let (frames, mut errors) = score_frames(&detector, &device, &inputs.frames, args.batch_size, |n| bar.inc(n as u64));
     bar.finish_and_clear();
     errors.splice(0..0, inputs.errors);
@@ -174,5 +167,107 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         _ => dfdet::bench::render_table(&report),
     };
     std::io::stdout().write_all(out.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A bar on stderr only when there is more than a screenful of work and someone to see it.
+fn progress_bar(total: usize) -> ProgressBar {
+    if total > 24 && std::io::stderr().is_terminal() {
+        ProgressBar::new(total as u64).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} frames  {per_sec}  eta {eta}").expect("valid template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+fn test(args: TestArgs) -> Result<ExitCode> {
+    use dfdet::data::sets::{SetSpec, Split};
+    use dfdet::evaluate::{new_run_dir, run_test, TestConfig};
+
+    set_threads(args.threads)?;
+    let mut config = match &args.config {
+        Some(path) => TestConfig::from_file(path)?,
+        None => TestConfig {
+            weights: dfdet::cli::DEFAULT_WEIGHTS.into(),
+            backbone: None,
+            sets: Default::default(),
+            limit_files: None,
+            batch_size: 8,
+            dtype: "f32".into(),
+        },
+    };
+    if let Some(w) = args.weights {
+        config.weights = w;
+    }
+    if args.backbone.is_some() {
+        config.backbone = args.backbone;
+    }
+    for s in &args.sets {
+        let spec = SetSpec::parse(s)?;
+        config.sets.insert(spec.name, spec.lists);
+    }
+    if args.limit_files.is_some() {
+        config.limit_files = args.limit_files;
+    }
+    if let Some(b) = args.batch_size {
+        config.batch_size = b;
+    }
+    if let Some(d) = args.dtype {
+        config.dtype = match d {
+            Dtype::F32 => "f32".into(),
+            Dtype::Bf16 => "bf16".into(),
+        };
+    }
+    let dtype = match config.dtype.as_str() {
+        "f32" => Dtype::F32,
+        "bf16" => Dtype::Bf16,
+        other => anyhow::bail!("dtype `{other}` is not one of f32, bf16"),
+    };
+    if config.sets.is_empty() {
+        anyhow::bail!("no test sets: give --set NAME=LIST[,LIST...] or a config file with [sets]");
+    }
+
+    let split = Split::load(&config.set_specs(), config.limit_files)?;
+    eprint!("{}", split.statistics());
+    if split.files.is_empty() {
+        anyhow::bail!("the test sets name no existing frame");
+    }
+    let device = Device::flex();
+    let model = ModelArgs { weights: config.weights.clone(), backbone: config.backbone.clone(), dtype, threads: None };
+    let detector = load_detector(&model, &device)?;
+    let out = match &args.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => new_run_dir(std::path::Path::new("runs/test"))?,
+    };
+    config.write(&out)?;
+
+    let bar = progress_bar(split.files.len());
+    let outcome = run_test(&detector, &device, &split, config.batch_size, &out, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    for e in &outcome.errors {
+        eprintln!("error: {}: {}", e.path, e.reason);
+    }
+    print!("{}", dfdet::eval::report::summary_table(&outcome.report));
+    eprintln!("wrote {}", out.display());
+    Ok(if outcome.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+}
+
+fn metrics(args: MetricsArgs) -> Result<ExitCode> {
+    use dfdet::eval::report::{evaluate_sets, write_report, Predictions};
+
+    let preds = Predictions::read_csv(&args.predictions)?;
+    let plots = args.out.as_ref().map(|d| d.join("plots"));
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let report = evaluate_sets(&preds, &Default::default(), plots.as_deref(), "test")?;
+    if let Some(dir) = &args.out {
+        write_report(&dir.join("metrics.json"), &report)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,8 @@
 //! Inputs: image files, folders and list files, and the dataset layout of the reference
 //! (`<dataset>/<source>/<video>/<frame>`, METHOD.md §8).
 
+pub mod sets;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
