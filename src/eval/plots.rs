@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -86,7 +87,9 @@ pub fn find_font() -> Option<PathBuf> {
 }
 
 fn collect_fonts(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for path in entries {
@@ -94,7 +97,10 @@ fn collect_fonts(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             if depth > 0 {
                 collect_fonts(&path, depth - 1, out);
             }
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("ttf"))
+        {
             out.push(path);
         }
     }
@@ -133,8 +139,11 @@ fn save(figure: &impl Figure, path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let (w, h) = figure.size();
-    let plot_error = |e: String| Error::Invalid(format!("{}: cannot draw plot: {e}", path.display()));
-    let svg = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let plot_error =
+        |e: String| Error::Invalid(format!("{}: cannot draw plot: {e}", path.display()));
+    let svg = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
     if svg {
         let mut text = String::new();
         {
@@ -188,8 +197,11 @@ fn caption_style() -> TextStyle<'static> {
     (FONT, 26).into_font().into()
 }
 
+/// A chart with f64 axes.
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
 fn legend<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut Chart<'a, DB>,
     position: SeriesLabelPosition,
 ) -> Drawn<DB> {
     chart
@@ -207,10 +219,7 @@ fn unit_chart<'a, DB: DrawingBackend>(
     title: &str,
     x_desc: &str,
     y_desc: &str,
-) -> std::result::Result<
-    ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
-    DrawingAreaErrorKind<DB::ErrorType>,
-> {
+) -> std::result::Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(root)
         .caption(title, caption_style())
@@ -224,7 +233,7 @@ fn unit_chart<'a, DB: DrawingBackend>(
         .y_desc(y_desc)
         .axis_desc_style((FONT, 20))
         .label_style((FONT, 16))
-        .light_line_style(BLACK.mix(0.05))
+        .light_line_style(BLACK.mix(0.025))
         .bold_line_style(BLACK.mix(0.15))
         .draw()?;
     Ok(chart)
@@ -242,10 +251,21 @@ impl Figure for RocFigure<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
         let s = &self.scores;
-        let mut chart = unit_chart(root, self.title, "False Positive Rate (FPR)", "True Positive Rate (TPR)")?;
-        chart.draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 8, 6, BLACK.mix(0.4).into()))?;
+        let mut chart = unit_chart(
+            root,
+            self.title,
+            "False Positive Rate (FPR)",
+            "True Positive Rate (TPR)",
+        )?;
+        chart.draw_series(DashedLineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            8,
+            6,
+            BLACK.mix(0.4).into(),
+        ))?;
         for c in 0..s.n_classes {
-            let Some(roc) = roc_curve(&one_vs_rest(s.labels, c), &column(s.probs, s.n_classes, c)) else {
+            let Some(roc) = roc_curve(&one_vs_rest(s.labels, c), &column(s.probs, s.n_classes, c))
+            else {
                 continue;
             };
             let mut label = format!("{} (AUC {:.3}", s.name(c), roc.auc());
@@ -290,7 +310,11 @@ impl Figure for PrFigure<'_> {
             chart.draw_series(LineSeries::new(points, BLACK.mix(0.15)))?;
             if let Some((r, p)) = end {
                 let at = (r - 0.07, p + 0.02);
-                chart.draw_series([Text::new(format!("F1={f:.1}"), at, (FONT, 14).into_font().color(&BLACK.mix(0.35)))])?;
+                chart.draw_series([Text::new(
+                    format!("F1={f:.1}"),
+                    at,
+                    (FONT, 14).into_font().color(&BLACK.mix(0.35)),
+                )])?;
             }
         }
         for c in 0..s.n_classes {
@@ -333,7 +357,12 @@ impl Figure for F1Figure<'_> {
             let f1 = pr.f1();
             let best = (0..f1.len()).max_by(|&a, &b| f1[a].total_cmp(&f1[b]));
             let label = match best {
-                Some(i) => format!("{} (max F1 {:.3} at {:.3})", s.name(c), f1[i], pr.thresholds[i]),
+                Some(i) => format!(
+                    "{} (max F1 {:.3} at {:.3})",
+                    s.name(c),
+                    f1[i],
+                    pr.thresholds[i]
+                ),
                 None => s.name(c),
             };
             let style = color(c).stroke_width(3);
@@ -343,7 +372,11 @@ impl Figure for F1Figure<'_> {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
             if let Some(i) = best {
-                chart.draw_series([Circle::new((pr.thresholds[i], f1[i]), 5, color(c).filled())])?;
+                chart.draw_series([Circle::new(
+                    (pr.thresholds[i], f1[i]),
+                    5,
+                    color(c).filled(),
+                )])?;
             }
         }
         legend(&mut chart, SeriesLabelPosition::LowerLeft)
@@ -388,7 +421,12 @@ impl Figure for ConfusionFigure<'_> {
                     .collect()
             })
             .collect();
-        let max = values.iter().flatten().copied().fold(0.0, f64::max).max(1e-12);
+        let max = values
+            .iter()
+            .flatten()
+            .copied()
+            .fold(0.0, f64::max)
+            .max(1e-12);
         let longest = self.names.iter().map(String::len).max().unwrap_or(1) as u32;
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, caption_style())
@@ -411,10 +449,20 @@ impl Figure for ConfusionFigure<'_> {
             for (c, &v) in row.iter().enumerate() {
                 let t = v / max;
                 let x = c as f64;
-                chart.draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], blues(t).filled())])?;
-                let text = if self.normalize { format!("{v:.2}") } else { format!("{v:.0}") };
+                chart.draw_series([Rectangle::new(
+                    [(x, y), (x + 1.0, y + 1.0)],
+                    blues(t).filled(),
+                )])?;
+                let text = if self.normalize {
+                    format!("{v:.2}")
+                } else {
+                    format!("{v:.0}")
+                };
                 let ink = if t > 0.5 { WHITE } else { BLACK };
-                let style = (FONT, font_size).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
+                let style = (FONT, font_size)
+                    .into_font()
+                    .color(&ink)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
                 chart.draw_series([Text::new(text, (x + 0.5, y + 0.5), style)])?;
             }
         }
@@ -422,9 +470,17 @@ impl Figure for ConfusionFigure<'_> {
         let style: TextStyle = (FONT, 16).into_font().into();
         for (i, name) in self.names.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(name.clone(), (px, py + 8), style.pos(Pos::new(HPos::Center, VPos::Top))))?;
+            root.draw(&Text::new(
+                name.clone(),
+                (px, py + 8),
+                style.pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
             let (px, py) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
-            root.draw(&Text::new(name.clone(), (px - 8, py), style.pos(Pos::new(HPos::Right, VPos::Center))))?;
+            root.draw(&Text::new(
+                name.clone(),
+                (px - 8, py),
+                style.pos(Pos::new(HPos::Right, VPos::Center)),
+            ))?;
         }
         Ok(())
     }
@@ -444,10 +500,21 @@ impl Figure for DistributionFigure<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
         let s = &self.scores;
         root.fill(&WHITE)?;
-        let root = root.titled(self.title, caption_style())?;
+        let root = root
+            .margin(14, 0, 0, 0)
+            .titled(self.title, caption_style())?;
         let panels = root.split_evenly((s.n_classes, 1));
-        let (lo, hi) = s.probs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| (lo.min(p), hi.max(p)));
-        let (lo, hi) = if lo < hi { (lo, hi) } else { (lo.min(0.0), hi.max(1.0)) };
+        let (lo, hi) = s
+            .probs
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| {
+                (lo.min(p), hi.max(p))
+            });
+        let (lo, hi) = if lo < hi {
+            (lo, hi)
+        } else {
+            (lo.min(0.0), hi.max(1.0))
+        };
         let width = (hi - lo) / self.bins as f64;
         let bin_of = |p: f64| (((p - lo) / width) as usize).min(self.bins - 1);
         for (true_class, panel) in panels.iter().enumerate() {
@@ -468,10 +535,20 @@ impl Figure for DistributionFigure<'_> {
                     h
                 })
                 .collect();
-            let top = hists.iter().flatten().copied().fold(0.0, f64::max).max(0.01) * 1.1;
+            let top = hists
+                .iter()
+                .flatten()
+                .copied()
+                .fold(0.0, f64::max)
+                .max(0.01)
+                * 1.1;
             let mut chart = ChartBuilder::on(panel)
                 .caption(
-                    format!("True class: {} ({} samples)", s.name(true_class), rows.len()),
+                    format!(
+                        "True class: {} ({} samples)",
+                        s.name(true_class),
+                        rows.len()
+                    ),
                     (FONT, 20).into_font().color(&color(true_class)),
                 )
                 .margin(12)
@@ -484,25 +561,30 @@ impl Figure for DistributionFigure<'_> {
                 .y_desc("Fraction")
                 .axis_desc_style((FONT, 16))
                 .label_style((FONT, 14))
-                .light_line_style(BLACK.mix(0.05))
+                .light_line_style(BLACK.mix(0.025))
                 .bold_line_style(BLACK.mix(0.15))
                 .draw()?;
             for (c, h) in hists.iter().enumerate() {
                 let x = |i: usize| lo + i as f64 * width;
-                chart.draw_series(
-                    h.iter().enumerate().map(|(i, &v)| Rectangle::new([(x(i), 0.0), (x(i + 1), v)], color(c).mix(0.2).filled())),
-                )?;
-                let step: Vec<(f64, f64)> =
-                    h.iter().enumerate().flat_map(|(i, &v)| [(x(i), v), (x(i + 1), v)]).collect();
+                chart.draw_series(h.iter().enumerate().map(|(i, &v)| {
+                    Rectangle::new([(x(i), 0.0), (x(i + 1), v)], color(c).mix(0.2).filled())
+                }))?;
+                let step: Vec<(f64, f64)> = h
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, &v)| [(x(i), v), (x(i + 1), v)])
+                    .collect();
                 let style = color(c).stroke_width(2);
                 chart
                     .draw_series(LineSeries::new(step, style))?
                     .label(format!("p({})", s.name(c)))
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 20, y + 6)], style.color.mix(0.5).filled()));
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 6), (x + 20, y + 6)], style.color.mix(0.5).filled())
+                    });
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperMiddle)
+                .position(SeriesLabelPosition::UpperRight)
                 .label_font((FONT, 15))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.5))
@@ -555,12 +637,27 @@ pub fn confusion_plot(
 ) -> Result<()> {
     let n = confusion.len();
     if n == 0 || confusion.iter().any(|row| row.len() != n) {
-        return Err(Error::Invalid(format!("{}: confusion matrix is not square", path.display())));
+        return Err(Error::Invalid(format!(
+            "{}: confusion matrix is not square",
+            path.display()
+        )));
     }
     let names = (0..n)
-        .map(|c| class_names.get(c).map_or_else(|| c.to_string(), |name| format!("{c}: {name}")))
+        .map(|c| {
+            class_names
+                .get(c)
+                .map_or_else(|| c.to_string(), |name| format!("{c}: {name}"))
+        })
         .collect();
-    save(&ConfusionFigure { title, confusion, names, normalize }, path)
+    save(
+        &ConfusionFigure {
+            title,
+            confusion,
+            names,
+            normalize,
+        },
+        path,
+    )
 }
 
 /// For each true class, histograms (fraction of the class's samples, 30 bins) of every
@@ -570,7 +667,14 @@ pub fn confusion_plot(
 /// Invalid scores, no font, or a file that cannot be written.
 pub fn distribution_plot(path: &Path, title: &str, scores: Scores) -> Result<()> {
     scores.check()?;
-    save(&DistributionFigure { title, scores, bins: 30 }, path)
+    save(
+        &DistributionFigure {
+            title,
+            scores,
+            bins: 30,
+        },
+        path,
+    )
 }
 
 /// Writes every plot of one split at one level into `dir` with the original's file names
@@ -580,7 +684,13 @@ pub fn distribution_plot(path: &Path, title: &str, scores: Scores) -> Result<()>
 ///
 /// # Errors
 /// As the single plots.
-pub fn write_plots(dir: &Path, stage: &str, level: &str, scores: Scores, svg: bool) -> Result<Vec<PathBuf>> {
+pub fn write_plots(
+    dir: &Path,
+    stage: &str,
+    level: &str,
+    scores: Scores,
+    svg: bool,
+) -> Result<Vec<PathBuf>> {
     scores.check()?;
     let mut stage_title = stage.to_string();
     if let Some(first) = stage_title.get_mut(0..1) {
@@ -603,10 +713,22 @@ pub fn write_plots(dir: &Path, stage: &str, level: &str, scores: Scores, svg: bo
         f1_plot(&path, &title("F1 Curve"), scores)?;
         written.push(path);
         let path = file("confusion");
-        confusion_plot(&path, &title("Confusion Matrix"), &confusion, scores.class_names, false)?;
+        confusion_plot(
+            &path,
+            &title("Confusion Matrix"),
+            &confusion,
+            scores.class_names,
+            false,
+        )?;
         written.push(path);
         let path = file("confusion_norm");
-        confusion_plot(&path, &title("Confusion Matrix, % of row"), &confusion, scores.class_names, true)?;
+        confusion_plot(
+            &path,
+            &title("Confusion Matrix, % of row"),
+            &confusion,
+            scores.class_names,
+            true,
+        )?;
         written.push(path);
         let path = file("probs_distribution");
         distribution_plot(&path, &title("Probability Distribution"), scores)?;
