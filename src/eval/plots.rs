@@ -541,7 +541,7 @@ impl Figure for DistributionFigure<'_> {
                 .copied()
                 .fold(0.0, f64::max)
                 .max(0.01)
-                * 1.1;
+                * 1.3;
             let mut chart = ChartBuilder::on(panel)
                 .caption(
                     format!(
