@@ -41,14 +41,13 @@ pub fn load_rgb_lenient(path: &Path) -> Result<(RgbImage, Option<String>)> {
     limits.reserve(decoder.total_bytes()).map_err(|e| bad(e.to_string()))?;
     // Zeroed, so that rows a truncated file never reaches stay black, as in Pillow.
     let mut buf = vec![0u8; decoder.total_bytes() as usize];
+    let eight_bit = color.bytes_per_pixel() == color.channel_count();
     let note = match decoder.read_image(&mut buf) {
         Ok(()) => None,
         // Decoders fill `buf` front to back; what they wrote before the error is the image
         // as far as it goes. Only trusted for 8-bit samples: a 16-bit PNG's partial rows are
         // still big-endian (`image` swaps them only on success).
-        Err(e @ (ImageError::Decoding(_) | ImageError::IoError(_))) if color.bytes_per_pixel() == color.channel_count() => {
-            Some(e.to_string())
-        }
+        Err(e @ (ImageError::Decoding(_) | ImageError::IoError(_))) if eight_bit => Some(e.to_string()),
         Err(e) => return Err(bad(e.to_string())),
     };
     let rgb = to_rgb8(&buf, color).ok_or_else(|| bad(format!("unsupported colour type {color:?}")))?;
