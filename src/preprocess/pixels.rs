@@ -3,10 +3,12 @@
 //! center crop (padding with zeros when the crop is larger), rescale, normalise, `[3, H, W]`.
 //!
 //! The resize is a port of Pillow's `ImagingResample` (`src/libImaging/Resample.c`), not a
-//! call into `image` or `fast_image_resize`: those differ from Pillow by 2-5 levels near
-//! edges (other support/antialiasing and rounding), and the detector was trained on Pillow's
-//! pixels. The parity tests in `tests/pixels.rs` hold this file to Pillow 13 / transformers
-//! 4.50 outputs (`scripts/fixtures/make_pixel_fixtures.py`).
+//! call into `image` or `fast_image_resize`: their bicubic differs from Pillow's by 2-5
+//! levels (other support/antialiasing, rounding and pass order), and the detector was
+//! trained on Pillow's pixels. The parity tests in `tests/pixels.rs` hold this file to
+//! Pillow 13 / transformers 4.50 outputs (`scripts/fixtures/make_pixel_fixtures.py`): bit
+//! exact, except JPEG decoding (`image` uses zune-jpeg, Pillow libjpeg-turbo; 4:2:0 chroma
+//! upsampling differs by up to a few levels).
 
 use std::path::Path;
 
@@ -21,7 +23,8 @@ use crate::{Error, Result};
 /// 8-bit as Pillow does it: the high byte for RGB(A)/LA, but 16-bit grey (Pillow's `I;16`)
 /// is *clipped* at 255. A truncated file is decoded as far as the decoder gets, the rest
 /// black (the original sets Pillow's `LOAD_TRUNCATED_IMAGES`); see [`load_rgb_lenient`] to
-/// learn that it happened. An undecodable file is [`Error::Image`] naming the path and why.
+/// learn that it happened. An undecodable file is [`Error::Image`] naming the path and why;
+/// one that cannot be opened is [`Error::Io`].
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     load_rgb_lenient(path).map(|(image, _)| image)
 }
