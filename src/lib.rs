@@ -16,3 +16,4 @@ pub mod bench;
 pub mod cli;
 pub mod evaluate;
 pub mod predict;
+pub mod train;

@@ -118,7 +118,53 @@ pub struct SelfAttention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub out_proj: Linear,
+    /// LoRA adapters on the projections while training with LoRA; none otherwise (a trained
+    /// checkpoint holds them merged into the projection weights).
+    pub lora: AttentionLora,
     num_heads: usize,
+}
+
+/// The LoRA adapter of each attention projection, if any.
+#[derive(Module, Debug, Default)]
+pub struct AttentionLora {
+    pub q_proj: Option<Lora>,
+    pub k_proj: Option<Lora>,
+    pub v_proj: Option<Lora>,
+    pub out_proj: Option<Lora>,
+}
+
+/// A low-rank adapter with peft's semantics: `y = base(x) + B(A(dropout(x))) · scaling`.
+#[derive(Module, Debug)]
+pub struct Lora {
+    /// `lora_A` as `[in, r]` (burn layout; peft's weight is `[r, in]`).
+    pub lora_a: Param<Tensor<2>>,
+    /// `lora_B` as `[r, out]`.
+    pub lora_b: Param<Tensor<2>>,
+    /// `alpha / r`.
+    pub scaling: f64,
+    /// Dropout for the next forward, as a mask already divided by the keep probability:
+    /// `[b, t, in]`. `None` (evaluation, or dropout 0) leaves `x` as it is.
+    pub dropout_mask: Option<Tensor<3>>,
+}
+
+impl Lora {
+    /// `[b, t, in]` -> the adapter's addition `[b, t, out]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = match &self.dropout_mask {
+            Some(mask) => x * mask.clone(),
+            None => x,
+        };
+        let down = x.matmul(self.lora_a.val().unsqueeze::<3>()); // [b, t, r]
+        down.matmul(self.lora_b.val().unsqueeze::<3>()) * self.scaling // [b, t, out]
+    }
+}
+
+/// A projection plus its adapter, if it has one.
+fn project(linear: &Linear, lora: &Option<Lora>, x: Tensor<3>) -> Tensor<3> {
+    match lora {
+        Some(adapter) => linear.forward(x.clone()) + adapter.forward(x),
+        None => linear.forward(x),
+    }
 }
 
 impl SelfAttention {
@@ -129,6 +175,7 @@ impl SelfAttention {
             k_proj: ld.linear(map, &format!("{prefix}.k_proj"), d, d)?,
             v_proj: ld.linear(map, &format!("{prefix}.v_proj"), d, d)?,
             out_proj: ld.linear(map, &format!("{prefix}.out_proj"), d, d)?,
+            lora: AttentionLora::default(),
             num_heads: cfg.num_attention_heads,
         })
     }
@@ -138,13 +185,13 @@ impl SelfAttention {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
-        let q = heads(self.q_proj.forward(x.clone()));
-        let k = heads(self.k_proj.forward(x.clone()));
-        let v = heads(self.v_proj.forward(x));
+        let q = heads(project(&self.q_proj, &self.lora.q_proj, x.clone()));
+        let k = heads(project(&self.k_proj, &self.lora.k_proj, x.clone()));
+        let v = heads(project(&self.v_proj, &self.lora.v_proj, x));
         // softmax(q kᵀ · hd^-0.5) v, the scale HF applies to q.
         let opts = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
         let ctx = attention(q, k, v, None, None, opts); // [b, h, t, hd]
-        self.out_proj.forward(ctx.swap_dims(1, 2).reshape([b, t, d])) // [b, t, d]
+        project(&self.out_proj, &self.lora.out_proj, ctx.swap_dims(1, 2).reshape([b, t, d])) // [b, t, d]
     }
 }
 

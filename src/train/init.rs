@@ -1,0 +1,85 @@
+//! Starting points: a base CLIP encoder (HF folder, preset or hub id) with a fresh head, or any
+//! checkpoint `predict` reads (to fine-tune further or continue).
+
+use std::path::{Path, PathBuf};
+
+use crate::model::config::Backbone;
+use crate::model::hub::Hub;
+use crate::model::weights::{Checkpoint, HeadKind, HostTensor, ModelSpec, TensorMap, Tuning};
+use crate::{Error, Result};
+
+use super::rng::{Rng, Stream};
+
+/// A base CLIP: the encoder's `vision_model.*` tensors from `name` (a local HF folder with
+/// `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through the HF
+/// cache), and a head drawn as PyTorch's `nn.Linear` default (uniform in `±1/√d`, seeded).
+pub fn base_clip(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning, seed: u64) -> Result<Checkpoint> {
+    let dir = Path::new(name);
+    let (backbone, weights) = if dir.is_dir() {
+        (Backbone::from_dir(dir)?, dir.join("model.safetensors"))
+    } else {
+        let backbone = match Backbone::preset(name) {
+            Some(b) => b,
+            None => {
+                let hub = Hub::from_env();
+                let config = hub.file(name, "config.json")?;
+                let folder = config.parent().unwrap_or(Path::new("."));
+                let mut b = Backbone::from_dir(folder)?;
+                b.name = name.to_string();
+                b
+            }
+        };
+        (backbone, Hub::from_env().file(name, "model.safetensors")?)
+    };
+    let mut tensors = vision_tensors(&weights)?;
+    let d = backbone.encoder.hidden_size;
+    let mut rng = Rng::derive(seed, Stream::Init, &[0]);
+    let bound = 1.0 / (d as f64).sqrt();
+    let mut draw = |n: usize| (0..n).map(|_| rng.range(-bound, bound) as f32).collect::<Vec<_>>();
+    tensors.insert("model.linear.weight".into(), HostTensor::new(vec![num_classes, d], draw(num_classes * d)));
+    tensors.insert("model.linear.bias".into(), HostTensor::new(vec![num_classes], draw(num_classes)));
+    let spec = ModelSpec {
+        backbone: backbone.name.clone(),
+        head,
+        num_classes,
+        tuning,
+        precision: Some("32-true".into()),
+        run_name: None,
+    };
+    Ok(Checkpoint { path: weights, spec, backbone, tensors })
+}
+
+/// The `vision_model.*` tensors of a CLIP `model.safetensors` (f32, f16 or bf16), as f32.
+pub fn vision_tensors(path: &Path) -> Result<TensorMap> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    let mut map = TensorMap::new(PathBuf::from(path));
+    for (name, view) in st.tensors() {
+        let name = name.strip_prefix("feature_extractor.").unwrap_or(&name).to_string();
+        if !name.starts_with("vision_model.") || name.ends_with("position_ids") {
+            continue;
+        }
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
+            }
+            safetensors::Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => return Err(Error::format(path, format!("tensor `{name}` has dtype {other:?}, not a float type"))),
+        };
+        map.insert(name, HostTensor::new(view.shape().to_vec(), data));
+    }
+    if map.is_empty() {
+        return Err(Error::format(path, "no `vision_model.*` tensors: not a CLIP checkpoint"));
+    }
+    Ok(map)
+}

@@ -1,0 +1,13 @@
+//! `dfdet train`: parameter-efficient fine-tuning of the detector (METHOD.md §4-§7).
+//!
+//! LN-tuning, linear probing and LoRA on the CLIP encoder; slerp feature augmentation; the
+//! reference's losses; AdamW with its two parameter groups and a per-step cosine schedule;
+//! gradient accumulation; a run folder with the resolved config, metrics, checkpoints and a
+//! final test pass; resumable at any saved step.
+
+pub mod init;
+pub mod loss;
+pub mod lora;
+pub mod params;
+pub mod rng;
+pub mod slerp;
