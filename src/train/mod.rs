@@ -8,6 +8,8 @@
 pub mod init;
 pub mod loss;
 pub mod lora;
+pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod schedule;
 pub mod slerp;

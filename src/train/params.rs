@@ -205,13 +205,12 @@ pub enum Bound {
 }
 
 impl Bound {
-    /// Its gradient in `grads` on the host (zeros if it did not take part).
-    fn grad(&self, grads: &Gradients, numel: usize) -> Vec<f32> {
-        let g = match self {
+    /// Its gradient in `grads` on the host; `None` if it did not take part in the loss.
+    fn grad(&self, grads: &Gradients) -> Option<Vec<f32>> {
+        match self {
             Bound::Vector(t) => t.grad(grads).map(|g| host(g).1),
             Bound::Matrix(t) => t.grad(grads).map(|g| host(g).1),
-        };
-        g.unwrap_or_else(|| vec![0.0; numel])
+        }
     }
 }
 
@@ -280,10 +279,11 @@ impl Trainable {
         self.bind(detector, &device.clone().inner());
     }
 
-    /// The gradients of the bound tensors, in `params` order, on the host.
-    pub fn gradients(&self, bound: &[Bound], grads: &Gradients) -> Vec<Vec<f32>> {
+    /// The gradients of the bound tensors, in `params` order, on the host (`None` for a tensor
+    /// the loss does not depend on).
+    pub fn gradients(&self, bound: &[Bound], grads: &Gradients) -> Vec<Option<Vec<f32>>> {
         assert_eq!(bound.len(), self.params.len(), "bind on an autodiff device before reading gradients");
-        bound.iter().zip(&self.params).map(|(b, p)| b.grad(grads, p.data.len())).collect()
+        bound.iter().map(|b| b.grad(grads)).collect()
     }
 
     /// A trainable tensor by checkpoint name.
