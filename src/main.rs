@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Test(args) => test(args),
         Command::Metrics(args) => metrics(args),
+        Command::Preprocess(args) => preprocess(args),
     };
     match result {
         Ok(code) => code,
@@ -59,13 +60,20 @@ fn load_detector(args: &ModelArgs, device: &Device) -> Result<Detector> {
 fn predict(args: PredictArgs) -> Result<ExitCode> {
     set_threads(args.model.threads)?;
     let device = Device::flex();
-    let inputs = expand_inputs(&args.inputs);
+    let (videos, others): (Vec<_>, Vec<_>) =
+        args.inputs.iter().cloned().partition(|p| p.is_file() && dfdet::preprocess::run::is_video(p));
+    let inputs = expand_inputs(&others);
     let detector = load_detector(&args.model, &device)?;
 
     let bar = progress_bar(inputs.frames.len());
-    let (frames, mut errors) = score_frames(&detector, &device, &inputs.frames, args.batch_size, |n| bar.inc(n as u64));
+    let (mut frames, mut errors) = score_frames(&detector, &device, &inputs.frames, args.batch_size, |n| bar.inc(n as u64));
     bar.finish_and_clear();
     errors.splice(0..0, inputs.errors);
+    if !videos.is_empty() {
+        let (f, e) = video_predictions(&args, &videos, &detector, &device)?;
+        frames.extend(f);
+        errors.extend(e);
+    }
     for e in &errors {
         eprintln!("error: {}: {}", e.path, e.reason);
     }
@@ -77,6 +85,120 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Scores videos: frames sampled, faces found and aligned in memory, each crop scored as
+/// `<video>/<frame:03>` (so that the video is the crops' "folder").
+fn video_predictions(
+    args: &PredictArgs,
+    videos: &[std::path::PathBuf],
+    detector: &Detector,
+    device: &Device,
+) -> Result<(Vec<FrameScore>, Vec<dfdet::data::InputError>)> {
+    use dfdet::preprocess::run::crops_in_memory;
+    let (faces, sampling, crop) = video_settings(&args.video)?;
+    let (mut frames, mut errors) = (Vec::new(), Vec::new());
+    for video in videos {
+        let name = video.display().to_string();
+        let (crops, skipped) = crops_in_memory(video, sampling, faces.as_ref(), &crop);
+        for (frame, reason) in skipped {
+            let path = frame.map(|f| format!("{name}/{f:03}")).unwrap_or_else(|| name.clone());
+            errors.push(dfdet::data::InputError { path, reason });
+        }
+        let named: Vec<_> = crops.into_iter().map(|(i, c)| (format!("{name}/{i:03}"), c)).collect();
+        if named.is_empty() {
+            errors.push(dfdet::data::InputError { path: name, reason: "no face crop to score".into() });
+        }
+        frames.extend(dfdet::predict::score_images(detector, device, &named, args.batch_size));
+    }
+    Ok((frames, errors))
+}
+
+/// The detector, sampling and crop settings of `--detector/--frames/--stride/--template/...`.
+fn video_settings(
+    v: &dfdet::cli::VideoArgs,
+) -> Result<(Box<dyn dfdet::preprocess::faces::FaceDetector>, dfdet::preprocess::video::Sampling, dfdet::preprocess::run::CropConfig)> {
+    use dfdet::cli::{FaceBackend, FaceTemplate};
+    use dfdet::preprocess::{align::TemplateKind, faces, run::CropConfig, video::Sampling};
+    let backend = match v.detector {
+        FaceBackend::Retinaface => faces::Backend::Retinaface,
+        FaceBackend::Dlib => faces::Backend::Dlib,
+    };
+    let detector = faces::load_backend(backend, v.models.as_deref()).context("loading the face detector")?;
+    let sampling = match v.stride {
+        Some(k) if k > 0 => Sampling::Stride(k),
+        Some(_) => anyhow::bail!("--stride must be at least 1"),
+        None => Sampling::Linspace(v.frames),
+    };
+    let template = match v.template {
+        FaceTemplate::Deepfakebench => TemplateKind::Deepfakebench,
+        FaceTemplate::Gend => TemplateKind::Gend,
+    };
+    Ok((detector, sampling, CropConfig { template, size: 256, redetect: !v.no_redetect }))
+}
+
+fn preprocess(args: dfdet::cli::PreprocessArgs) -> Result<ExitCode> {
+    use dfdet::preprocess::faces::Largest;
+    use dfdet::preprocess::run::Job;
+    set_threads(args.threads)?;
+    let (detector, sampling, crop) = video_settings(&args.video)?;
+    let mut videos = Vec::new();
+    for input in &args.inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            collect_videos(input, &mut found);
+            found.sort();
+            videos.extend(found);
+        } else {
+            videos.push(input.clone()); // not-a-video files are reported per video, not fatal
+        }
+    }
+    if videos.is_empty() {
+        anyhow::bail!("no video files in {:?}", args.inputs);
+    }
+    let job = Job {
+        out: args.out.clone(),
+        dataset: args.dataset.clone(),
+        source: args.source.clone(),
+        sampling,
+        crop,
+        detector: detector.as_ref(),
+        chooser: &Largest,
+    };
+    let bar = if videos.len() > 1 && std::io::stderr().is_terminal() {
+        ProgressBar::new(videos.len() as u64).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} videos  {per_sec}  eta {eta}  {msg}").expect("valid template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let summary = job.run(&videos, |rec| {
+        bar.set_message(rec.name.clone());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} videos ({} already done): {} crops written, {} frames skipped, {} videos without crops",
+        summary.videos, summary.resumed, summary.crops, summary.skipped_frames, summary.failed_videos
+    );
+    for l in &summary.lists {
+        eprintln!("list   {}", l.display());
+    }
+    eprintln!("report {}", summary.report.display());
+    // Frames without a face are normal; a video that gave no crop at all is a partial failure.
+    Ok(if summary.failed_videos > 0 { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+}
+
+fn collect_videos(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_videos(&p, out);
+        } else if dfdet::preprocess::run::is_video(&p) {
+            out.push(p);
+        }
+    }
 }
 
 fn render_predictions(

@@ -94,3 +94,23 @@ pub fn score_frames(
     }
     (scores, errors)
 }
+
+/// Scores images already in memory (e.g. face crops of a video), named by `names`, in batches.
+pub fn score_images(
+    detector: &Detector,
+    device: &Device,
+    images: &[(String, image::RgbImage)],
+    batch_size: usize,
+) -> Vec<FrameScore> {
+    let cfg = &detector.backbone.pixels;
+    let [h, w] = cfg.crop_size;
+    let mut scores = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch_size.max(1)) {
+        let pixels: Vec<f32> = chunk.par_iter().flat_map_iter(|(_, img)| pixel_values(img, cfg)).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), device);
+        for ((name, _), probs) in chunk.iter().zip(detector.probabilities(x)) {
+            scores.push(FrameScore { path: name.clone(), p_fake: p_fake(&probs), probs });
+        }
+    }
+    scores
+}

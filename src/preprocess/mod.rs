@@ -1,3 +1,11 @@
-//! Turning images into encoder input: the CLIP pixel pipeline (and, later, face crops).
+//! Turning videos and images into encoder input: video decoding and frame sampling, face
+//! detection and alignment (DeepfakeBench's 256x256 crops, METHOD.md §8), and the CLIP pixel
+//! pipeline (§2).
 
+pub mod align;
+pub mod dlib;
+pub mod faces;
 pub mod pixels;
+pub mod retinaface;
+pub mod run;
+pub mod video;

