@@ -6,11 +6,10 @@ cv2.warpAffine onto DeepfakeBench's template. dlib: the same with dlib-bin's HOG
 (upsample 1) and 68-point predictor, DeepfakeBench's landmarks 37/44/30/49/55.
 
     python scripts/bench/bench_preprocess.py VIDEO [--stride 1] [--backend retinaface|dlib]
-Prints one JSON line: {"backend", "frames", "seconds", "fps"}.
+Prints one table row: backend, "python", frames, seconds, frames/s.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def main():
             cv2.warpAffine(rgb, tform.params[0:2, :], (256, 256))
         done += 1
     dt = time.perf_counter() - t0
-    print(json.dumps({"backend": args.backend, "frames": done, "seconds": round(dt, 3), "fps": round(done / dt, 2)}))
+    print(f"{args.backend:<11} {'python':<8} {done:7d} {dt:9.3f} {done / dt:8.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ trap 'rm -rf "$tmp"' EXIT
 printf '%-11s %-8s %7s %9s %8s\n' backend impl frames seconds "frames/s"
 for b in "${BACKENDS[@]}"; do
     start=$(date +%s.%N)
-    if ./target/release/dfdet preprocess --detector "$b" --models assets --stride 1 --no-redetect \
+    models=()
+    [[ $b == retinaface ]] && models=(--models assets)
+    if ./target/release/dfdet preprocess --detector "$b" "${models[@]}" --stride 1 --no-redetect \
         --threads 1 -o "$tmp/$b" "$VIDEO" 2>"$tmp/$b.log"; then
         end=$(date +%s.%N)
         awk -v b="$b" -v n="$frames" -v s="$start" -v e="$end" \
@@ -27,6 +29,5 @@ for b in "${BACKENDS[@]}"; do
     else
         printf '%-11s %-8s %s\n' "$b" dfdet "failed: $(tail -n1 "$tmp/$b.log")"
     fi
-    "$PY" scripts/bench/bench_preprocess.py "$VIDEO" --backend "$b" |
-        "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"backend\"]:<11} {\"python\":<8} {d[\"frames\"]:7d} {d[\"seconds\"]:9.3f} {d[\"fps\"]:8.2f}")'
+    "$PY" scripts/bench/bench_preprocess.py "$VIDEO" --backend "$b"
 done
