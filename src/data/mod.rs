@@ -117,13 +117,8 @@ pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String>
     Ok((paths, errors))
 }
 
-/// The video a frame belongs to: its parent folder (the full path), as the reference groups them.
-pub fn video_of(frame: &str) -> &str {
-    match frame.rfind(['/', '\\']) {
-        Some(i) => &frame[..i],
-        None => "",
-    }
-}
+/// The video a frame belongs to: its parent folder, as the reference groups them.
+pub use crate::eval::video::video_of;
 
 /// The reference's label rule: 0 (real) if the source folder's name contains "real", else 1.
 pub fn label_of(frame: &Path) -> Option<usize> {
@@ -134,12 +129,6 @@ pub fn label_of(frame: &Path) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn video_is_parent_folder() {
-        assert_eq!(video_of("FF/DF/000_003/025.png"), "FF/DF/000_003");
-        assert_eq!(video_of("025.png"), "");
-    }
 
     #[test]
     fn labels_follow_source_names() {
