@@ -140,3 +140,42 @@ fn metrics_from_a_per_source_csv() {
     assert_eq!(m["all"]["video"]["n_samples"], 3);
     assert_eq!(m["all"]["frame"]["auroc"], 1.0);
 }
+
+/// The same run from a TOML config file; an unknown key is named.
+#[test]
+fn test_run_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ff, cdf] = sets();
+    let quote = |s: &str| s.split_once('=').unwrap().1.split(',').map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ");
+    let config = dir.path().join("test.toml");
+    let weights = fixtures().join("ckpt-ln-linearnorm.ckpt");
+    std::fs::write(
+        &config,
+        format!(
+            "weights = \"{}\"\nbatch_size = 16\nlimit_files = 10\n\n[sets]\nFF = [{}]\nCDF = [{}]\n",
+            weights.display(),
+            quote(&ff),
+            quote(&cdf)
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let res = Command::cargo_bin("dfdet")
+        .unwrap()
+        .current_dir(samples())
+        .args(["test", "-c", config.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let metrics = read_json(&out.join("metrics.json"));
+    // limit_files = 10 keeps the first videos of the seeded order, cut at 10 frames.
+    assert_eq!(metrics["all"]["frame"]["n_samples"], 10);
+    let written = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(written.contains("limit_files = 10"), "{written}");
+
+    std::fs::write(&config, "weights = \"x\"\nbatchsize = 3\n[sets]\nA = [\"a.txt\"]\n").unwrap();
+    let res = Command::cargo_bin("dfdet").unwrap().args(["test", "-c", config.to_str().unwrap()]).output().unwrap();
+    assert_eq!(res.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("batchsize") && stderr.contains("batch_size"), "{stderr}");
+}
