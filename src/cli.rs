@@ -32,6 +32,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Turn raw videos into aligned 256x256 face crops (DeepfakeBench's layout and list files).
     Preprocess(PreprocessArgs),
+    /// Train a detector (LN-tuning, linear probing, LoRA): a run folder with the resolved config,
+    /// metrics.csv, checkpoints (last, best by validation video mAP) and a final test pass.
+    Train(TrainArgs),
 }
 
 /// Where the model comes from.
@@ -225,6 +228,28 @@ pub struct PreprocessArgs {
     #[command(flatten)]
     pub video: VideoArgs,
     /// Videos processed at once (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// TOML config with the reference's field names (`dfdet train --print-config` shows them all).
+    #[arg(short, long, conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    /// Set a config key, e.g. `--set lr=1e-4 --set peft.lora.enabled=true` (repeatable; TOML values).
+    #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+    pub sets: Vec<String>,
+    /// Continue the run in this folder from its last checkpoint, with its config.toml.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Linear probing: encode every image once and train the head on the cached features.
+    #[arg(long, conflicts_with = "resume")]
+    pub cache_features: bool,
+    /// Print the resolved config and exit.
+    #[arg(long, conflicts_with = "resume")]
+    pub print_config: bool,
+    /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
 }

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test(args),
         Command::Metrics(args) => metrics(args),
         Command::Preprocess(args) => preprocess(args),
+        Command::Train(args) => train(args),
     };
     match result {
         Ok(code) => code,
@@ -391,5 +392,55 @@ fn metrics(args: MetricsArgs) -> Result<ExitCode> {
         write_report(&dir.join("metrics.json"), &report)?;
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code of a run stopped by Ctrl-C (128 + SIGINT), after `last` was saved.
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn train(args: dfdet::cli::TrainArgs) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    set_threads(args.threads)?;
+    let config = match &args.resume {
+        Some(_) => None,
+        None => {
+            let mut sets = args.sets.clone();
+            if args.cache_features {
+                sets.push("cache_features=true".into());
+            }
+            Some(dfdet::train::TrainConfig::load(args.config.as_deref(), &sets)?)
+        }
+    };
+    if let (true, Some(config)) = (args.print_config, &config) {
+        print!("{}", config.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The first Ctrl-C stops after the current step with `last` saved; a second one quits.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(EXIT_INTERRUPTED.into());
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let mut bars = dfdet::train::progress::Bars::default();
+    let outcome = match (&args.resume, &config) {
+        (Some(dir), _) => dfdet::train::resume(dir, &mut bars, &stop),
+        (None, Some(config)) => dfdet::train::train(config, &mut bars, &stop),
+        (None, None) => unreachable!("a config is loaded unless resuming"),
+    };
+    bars.finish();
+    let outcome = outcome?;
+    if outcome.interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    if let Some(test) = &outcome.test {
+        print!("{}", dfdet::eval::report::summary_table(&test.report));
+    }
+    eprintln!("wrote {}", outcome.run_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -5,11 +5,20 @@
 //! gradient accumulation; a run folder with the resolved config, metrics, checkpoints and a
 //! final test pass; resumable at any saved step.
 
+pub mod augment;
+pub mod data;
+pub mod config;
 pub mod init;
 pub mod loss;
 pub mod lora;
 pub mod optim;
 pub mod params;
+pub mod progress;
+pub mod run;
 pub mod rng;
 pub mod schedule;
 pub mod slerp;
+pub mod state;
+
+pub use config::TrainConfig;
+pub use run::{resume, train, Observer, Outcome, Silent};

@@ -1,0 +1,392 @@
+//! The resolved training configuration, written first into the run folder as `config.toml`.
+//!
+//! Field names follow the reference's pydantic `Config` (src/config.py) and GenD's additions
+//! (`warmup_epochs`, `num_epochs_in_cycle`, `lr_scheduler = "cyclic"`). Defaults are the
+//! reference's example training run (run.py `get_train_config`): CLIP ViT-L/14, LN-tuning,
+//! LinearNorm head, cross-entropy, slerp on, batch 128, lr 8e-5 -> 5e-5, no weight decay,
+//! 10 epochs, seed 42; and f32 throughout (the reference trains in bf16-mixed).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::lora::LoraConfig;
+use super::loss::LossConfig;
+use super::params::{Selection, LN_TARGETS};
+use super::schedule::Scheduler;
+use crate::data::sets::SetSpec;
+use crate::model::weights::{HeadKind, Tuning};
+use crate::{Error, Result};
+
+/// LN-tuning settings (peft's `LNTuningConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LnTuningConfig {
+    pub enabled: bool,
+    /// LayerNorm modules to tune, matched as peft does (name or `.name` suffix).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LnTuningConfig {
+    fn default() -> Self {
+        Self { enabled: true, target_modules: LN_TARGETS.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
+/// Parameter-efficient fine-tuning: LN-tuning or LoRA (not both, as in the reference).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeftConfig {
+    pub enabled: bool,
+    pub lora: LoraConfig,
+    pub ln_tuning: LnTuningConfig,
+}
+
+impl Default for PeftConfig {
+    fn default() -> Self {
+        Self { enabled: true, lora: LoraConfig::default(), ln_tuning: LnTuningConfig::default() }
+    }
+}
+
+/// List files of a split: a list, or named groups of lists (metrics are then reported per name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Files {
+    Lists(Vec<PathBuf>),
+    Named(BTreeMap<String, Vec<PathBuf>>),
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files::Lists(Vec::new())
+    }
+}
+
+impl Files {
+    /// As named sets; a plain list is one set, "all".
+    pub fn set_specs(&self) -> Vec<SetSpec> {
+        match self {
+            Files::Lists(lists) if lists.is_empty() => Vec::new(),
+            Files::Lists(lists) => vec![SetSpec { name: "all".into(), lists: lists.clone() }],
+            Files::Named(sets) => sets.iter().map(|(name, lists)| SetSpec { name: name.clone(), lists: lists.clone() }).collect(),
+        }
+    }
+
+    fn lists_mut(&mut self) -> Box<dyn Iterator<Item = &mut PathBuf> + '_> {
+        match self {
+            Files::Lists(l) => Box::new(l.iter_mut()),
+            Files::Named(m) => Box::new(m.values_mut().flatten()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set_specs().is_empty()
+    }
+}
+
+/// Everything a training run depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    // Run
+    /// The run folder is `<run_dir>/<run_name>`.
+    pub run_name: String,
+    pub run_dir: PathBuf,
+    pub seed: u64,
+
+    // Model
+    pub num_classes: usize,
+    /// Start from this checkpoint (anything `predict` reads) instead of a base CLIP.
+    pub checkpoint: Option<String>,
+    /// The base CLIP: a preset / hub id or a local HF folder (ignored with `checkpoint`,
+    /// unless it replaces the checkpoint's backbone).
+    pub backbone: String,
+    /// Freeze the encoder (what then trains: `peft`, `unfreeze_layers`, the head).
+    pub freeze_feature_extractor: bool,
+    /// Parameters whose name contains one of these train too.
+    pub unfreeze_layers: Vec<String>,
+    pub head: HeadKind,
+    pub peft: PeftConfig,
+
+    // Latent augmentation
+    pub slerp_feature_augmentation: bool,
+    pub slerp_feature_augmentation_range: [f64; 2],
+
+    // Data
+    pub trn_files: Files,
+    pub val_files: Files,
+    pub tst_files: Files,
+    pub limit_trn_files: Option<usize>,
+    pub limit_val_files: Option<usize>,
+    pub limit_tst_files: Option<usize>,
+    /// Training image augmentations (flip, affine, blur, brightness/contrast, JPEG).
+    pub augmentations: bool,
+
+    // Optimisation
+    pub lr: f64,
+    pub min_lr: f64,
+    /// `"cosine"`, `"cyclic"` or `"none"`.
+    #[serde(with = "scheduler_name")]
+    pub lr_scheduler: Option<Scheduler>,
+    /// Linear warm-up from `min_lr`, in epochs (may be a fraction).
+    pub warmup_epochs: f64,
+    /// Restart period of `"cyclic"`, in epochs.
+    pub num_epochs_in_cycle: f64,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub loss: LossConfig,
+
+    // Loop
+    pub max_epochs: usize,
+    /// Images per optimizer step.
+    pub batch_size: usize,
+    /// Images per forward pass; gradients are accumulated over batch_size / mini_batch_size.
+    pub mini_batch_size: usize,
+    /// Also save `last` every this many optimizer steps (0: at epoch ends only).
+    pub save_every_steps: usize,
+    /// Linear probing only: encode every image once and train the head on the cached features.
+    pub cache_features: bool,
+    /// `"32"` / `"32-true"`: dfdet trains in f32.
+    pub precision: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            run_name: "example-run".into(),
+            run_dir: "runs/train".into(),
+            seed: 42,
+            num_classes: 2,
+            checkpoint: None,
+            backbone: "openai/clip-vit-large-patch14".into(),
+            freeze_feature_extractor: true,
+            unfreeze_layers: Vec::new(),
+            head: HeadKind::LinearNorm,
+            peft: PeftConfig::default(),
+            slerp_feature_augmentation: true,
+            slerp_feature_augmentation_range: [0.0, 1.0],
+            trn_files: Files::default(),
+            val_files: Files::default(),
+            tst_files: Files::default(),
+            limit_trn_files: None,
+            limit_val_files: None,
+            limit_tst_files: None,
+            augmentations: false,
+            lr: 8e-5,
+            min_lr: 5e-5,
+            lr_scheduler: Some(Scheduler::Cosine),
+            warmup_epochs: 0.0,
+            num_epochs_in_cycle: 1.0,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            loss: LossConfig::default(),
+            max_epochs: 10,
+            batch_size: 128,
+            mini_batch_size: 128,
+            save_every_steps: 0,
+            cache_features: false,
+            precision: "32".into(),
+        }
+    }
+}
+
+mod scheduler_name {
+    use super::Scheduler;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Scheduler>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            Some(Scheduler::Cosine) => "cosine",
+            Some(Scheduler::Cyclic) => "cyclic",
+            None => "none",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scheduler>, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "cosine" => Ok(Some(Scheduler::Cosine)),
+            "cyclic" => Ok(Some(Scheduler::Cyclic)),
+            "none" => Ok(None),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown lr_scheduler `{other}`, expected one of `cosine`, `cyclic`, `none`"
+            ))),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file and applies `overrides` (`key.path=value`, the value in TOML syntax,
+    /// or a bare string). An unknown key or a wrong type is an error naming the key and, for an
+    /// unknown key, the valid ones. Relative paths are resolved against the file's folder when
+    /// they do not exist as written.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut doc = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                text.parse::<toml::Table>().map_err(|e| Error::format(p, e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        let text = toml::to_string(&doc).map_err(|e| Error::Invalid(format!("config: {e}")))?;
+        let source = path.map_or_else(|| PathBuf::from("--set"), Path::to_path_buf);
+        let mut config: Self = toml::from_str(&text).map_err(|e| Error::format(&source, explain(&e.to_string())))?;
+        if let Some(base) = path.and_then(Path::parent) {
+            config.resolve_paths(base);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &Path| (p.is_relative() && !p.exists() && base.join(p).exists()).then(|| base.join(p));
+        for files in [&mut self.trn_files, &mut self.val_files, &mut self.tst_files] {
+            for list in files.lists_mut() {
+                if let Some(p) = fix(list) {
+                    *list = p;
+                }
+            }
+        }
+        if let Some(c) = &mut self.checkpoint
+            && let Some(p) = fix(Path::new(c.as_str()))
+        {
+            *c = p.display().to_string();
+        }
+        if let Some(p) = fix(Path::new(&self.backbone)) {
+            self.backbone = p.display().to_string();
+        }
+    }
+
+    /// Checks values that the types alone do not.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Invalid(msg));
+        if self.num_classes < 2 {
+            return bad(format!("num_classes = {}: at least 2 (real and fake)", self.num_classes));
+        }
+        if self.mini_batch_size == 0 || self.batch_size == 0 {
+            return bad("batch_size and mini_batch_size must be positive".into());
+        }
+        if self.batch_size % self.mini_batch_size != 0 {
+            return bad(format!(
+                "batch_size {} is not a multiple of mini_batch_size {} (gradients are accumulated over whole mini-batches)",
+                self.batch_size, self.mini_batch_size
+            ));
+        }
+        if self.max_epochs == 0 {
+            return bad("max_epochs must be at least 1".into());
+        }
+        let [t0, t1] = self.slerp_feature_augmentation_range;
+        if !(0.0..=1.0).contains(&t0) || !(0.0..=1.0).contains(&t1) || t0 > t1 {
+            return bad(format!("slerp_feature_augmentation_range [{t0}, {t1}]: expected 0 <= t0 <= t1 <= 1"));
+        }
+        if !(self.lr > 0.0) || self.min_lr < 0.0 {
+            return bad(format!("lr {} must be positive and min_lr {} non-negative", self.lr, self.min_lr));
+        }
+        if !["32", "32-true"].contains(&self.precision.as_str()) {
+            return bad(format!("precision `{}`: dfdet trains in f32 only; expected one of `32`, `32-true`", self.precision));
+        }
+        if self.peft.enabled && self.peft.lora.enabled && self.peft.ln_tuning.enabled {
+            return bad("peft: enable either lora or ln_tuning, not both (as the reference)".into());
+        }
+        if self.peft.enabled && self.peft.lora.enabled {
+            self.peft.lora.validate()?;
+        }
+        if self.cache_features && !self.is_linear_probe() {
+            return bad("cache_features needs linear probing: a frozen encoder (peft off or nothing enabled, no unfreeze_layers, freeze_feature_extractor) and augmentations off".into());
+        }
+        Ok(())
+    }
+
+    /// What trains.
+    pub fn selection(&self) -> Selection {
+        let ln = self.peft.enabled && self.peft.ln_tuning.enabled;
+        Selection {
+            full: !self.freeze_feature_extractor,
+            ln_targets: if ln { self.peft.ln_tuning.target_modules.clone() } else { Vec::new() },
+            unfreeze: self.unfreeze_layers.clone(),
+            lora: self.lora().is_some(),
+        }
+    }
+
+    /// LoRA settings, when LoRA is on.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        (self.peft.enabled && self.peft.lora.enabled).then_some(&self.peft.lora)
+    }
+
+    /// Whether only the head trains on an encoder that never changes (features can be cached).
+    pub fn is_linear_probe(&self) -> bool {
+        let s = self.selection();
+        !s.full && s.ln_targets.is_empty() && s.unfreeze.is_empty() && !s.lora && !self.augmentations
+    }
+
+    /// The tuning method recorded in checkpoints.
+    pub fn tuning(&self) -> Tuning {
+        let s = self.selection();
+        if s.full {
+            Tuning::Full
+        } else if let Some(l) = self.lora() {
+            Tuning::Lora { rank: l.rank, alpha: l.alpha, dropout: l.dropout, target_modules: l.target_modules.clone() }
+        } else if !s.ln_targets.is_empty() {
+            Tuning::LnTuning
+        } else {
+            Tuning::LinearProbe
+        }
+    }
+
+    /// Gradient-accumulation factor.
+    pub fn accumulation(&self) -> usize {
+        self.batch_size / self.mini_batch_size
+    }
+
+    /// The run folder.
+    pub fn run_path(&self) -> PathBuf {
+        self.run_dir.join(&self.run_name)
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+}
+
+/// Sets `key.path` in `doc` to `value` (TOML syntax, else a bare string).
+fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| Error::Invalid(format!("--set `{assignment}`: expected KEY=VALUE")))?;
+    let key = key.trim();
+    let value = match format!("v = {}", raw.trim()).parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed"),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = doc;
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(Error::Invalid(format!("--set `{assignment}`: empty key component")));
+        }
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::Invalid(format!("--set `{assignment}`: `{}` is not a table", parts[..=i].join("."))))?;
+    }
+    Ok(())
+}
+
+/// serde's messages, made to read as dfdet's (untagged file lists say what they accept).
+fn explain(msg: &str) -> String {
+    msg.replace(
+        "data did not match any variant of untagged enum Files",
+        "expected a list of list files, or a table of named lists (NAME = [LIST, ...])",
+    )
+}

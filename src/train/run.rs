@@ -1,0 +1,630 @@
+//! The training loop (METHOD.md §7): epochs of shuffled mini-batches, gradient accumulation,
+//! AdamW steps on the schedule, validation each epoch with the best checkpoint kept by video-level
+//! mAP, and a final test pass with it. Resumable from any saved `last`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::FloatDType;
+
+use super::config::TrainConfig;
+use super::data::{epoch_order, load_batch, FeatureCache};
+use super::init::base_clip;
+use super::loss::{self, LossValues};
+use super::lora;
+use super::optim::{AdamW, AdamWConfig};
+use super::params::{export, host, Trainable};
+use super::rng::{Rng, Stream};
+use super::schedule::Schedule;
+use super::slerp::SlerpPlan;
+use super::state::{load_state, save_checkpoint, Best, EpochSoFar, MetricsLog, RunDir, TrainState};
+use crate::data::sets::Split;
+use crate::eval::unifalign::{alignment, uniformity};
+use crate::eval::video::evaluate;
+use crate::eval::metrics::Metrics;
+use crate::evaluate::{run_test, TestOutcome};
+use crate::model::weights::load_checkpoint;
+use crate::model::Detector;
+use crate::{Error, Result};
+
+/// What a caller sees of a run as it goes (progress bars, messages). All methods default to
+/// doing nothing.
+pub trait Observer {
+    /// A line for the user (warnings, summaries).
+    fn message(&mut self, _msg: &str) {}
+    /// A phase with `total` units of work starts ("epoch 3/10", "val", "test", "features").
+    fn phase(&mut self, _name: &str, _total: usize, _done: usize) {}
+    /// One unit of the phase done, with the latest loss and lr for training phases.
+    fn advance(&mut self, _n: usize, _loss: Option<f64>, _lr: Option<f64>) {}
+}
+
+/// An observer that shows nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    /// Stopped by the user: `last` holds the state to resume from.
+    pub interrupted: bool,
+    pub global_step: usize,
+    pub best: Option<Best>,
+    pub test: Option<TestOutcome>,
+}
+
+/// Starts a new run in `<run_dir>/<run_name>`: the folder must not hold a run already.
+pub fn train(config: &TrainConfig, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+    let dir = RunDir { dir: config.run_path() };
+    if dir.config().exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run; continue it with `dfdet train --resume {}` or choose another run_name",
+            dir.dir.display(),
+            dir.dir.display()
+        )));
+    }
+    // Writability is checked by writing the config, before any data or model is touched.
+    std::fs::create_dir_all(&dir.dir).map_err(|e| Error::io(&dir.dir, e))?;
+    std::fs::create_dir_all(dir.checkpoints()).map_err(|e| Error::io(dir.checkpoints(), e))?;
+    std::fs::write(dir.config(), config.to_toml()).map_err(|e| Error::io(dir.config(), e))?;
+    Trainer::new(config.clone(), dir, false, obs)?.run(obs, stop)
+}
+
+/// Continues the run in `run_dir` from its `last` checkpoint, with its `config.toml`.
+pub fn resume(run_dir: &Path, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+    let dir = RunDir { dir: run_dir.to_path_buf() };
+    let config = TrainConfig::load(Some(&dir.config()), &[])?;
+    Trainer::new(config, dir, true, obs)?.run(obs, stop)
+}
+
+/// Loads a split and checks it holds every class before anything is computed.
+fn load_split(name: &str, config: &TrainConfig, files: &super::config::Files, limit: Option<usize>, obs: &mut dyn Observer) -> Result<Split> {
+    let specs = files.set_specs();
+    if specs.is_empty() {
+        return Err(Error::Invalid(format!("{name} is empty: give its list files")));
+    }
+    let split = Split::load(&specs, limit)?;
+    for e in &split.errors {
+        obs.message(&format!("warning: {name}: {}: {}", e.path, e.reason));
+    }
+    let lists: Vec<String> = specs.iter().flat_map(|s| s.lists.iter().map(|l| l.display().to_string())).collect();
+    if split.files.is_empty() {
+        return Err(Error::Invalid(format!("{name}: the lists name no existing frame ({})", lists.join(", "))));
+    }
+    for class in 0..config.num_classes {
+        if !split.labels.contains(&class) {
+            let what = if class == 0 { "real (class 0: a source folder whose name contains \"real\")" } else { "fake (class 1)" };
+            return Err(Error::Invalid(format!(
+                "{name}: no {what} frames among {} frames of {}; every class must be present",
+                split.files.len(),
+                lists.join(", ")
+            )));
+        }
+    }
+    Ok(split)
+}
+
+struct Trainer {
+    config: TrainConfig,
+    dir: RunDir,
+    device: Device,
+    autodiff: Device,
+    detector: Detector,
+    trainable: Trainable,
+    adam: AdamW,
+    schedule: Schedule,
+    steps_per_epoch: usize,
+    trn: Split,
+    val: Split,
+    tst: Option<Split>,
+    cache: Option<(FeatureCache, FeatureCache)>,
+    log: MetricsLog,
+    state: TrainState,
+    unreadable: HashSet<usize>,
+}
+
+impl Trainer {
+    fn new(config: TrainConfig, dir: RunDir, resuming: bool, obs: &mut dyn Observer) -> Result<Self> {
+        if config.num_classes != 2 {
+            return Err(Error::Invalid(format!(
+                "num_classes = {}: training uses binary labels (real/fake), as the reference",
+                config.num_classes
+            )));
+        }
+        let trn = load_split("trn_files", &config, &config.trn_files, config.limit_trn_files, obs)?;
+        let val = load_split("val_files", &config, &config.val_files, config.limit_val_files, obs)?;
+        let tst = if config.tst_files.is_empty() {
+            None
+        } else {
+            Some(load_split("tst_files", &config, &config.tst_files, config.limit_tst_files, obs)?)
+        };
+
+        let device = Device::flex();
+        let autodiff = device.clone().autodiff();
+        let ckpt = match &config.checkpoint {
+            Some(source) => {
+                let mut c = load_checkpoint(source, None)?;
+                if c.spec.num_classes != config.num_classes {
+                    return Err(Error::Invalid(format!(
+                        "checkpoint `{source}` has {} classes, the config {}",
+                        c.spec.num_classes, config.num_classes
+                    )));
+                }
+                c.spec.head = config.head;
+                c.spec.tuning = config.tuning();
+                c
+            }
+            None => base_clip(&config.backbone, config.head, config.num_classes, config.tuning(), config.seed)?,
+        };
+        let mut detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32)?;
+        detector.spec.run_name = Some(config.run_name.clone());
+        detector.spec.precision = Some("32-true".into());
+        if let Some(l) = config.lora() {
+            lora::attach(&mut detector, l, config.seed)?;
+        }
+        let mut trainable = Trainable::select(&mut detector, &config.selection())?;
+        let mut adam = AdamW::new(
+            AdamWConfig { betas: config.betas, eps: config.eps, weight_decay: config.weight_decay },
+            &trainable,
+        );
+        let total = detector.num_params();
+        obs.message(&format!(
+            "trainable: {} of {} parameters ({:.4}%) in {} tensors",
+            trainable.numel(),
+            total,
+            100.0 * trainable.numel() as f64 / total as f64,
+            trainable.params.len()
+        ));
+
+        let minibatches = trn.files.len().div_ceil(config.mini_batch_size);
+        let steps_per_epoch = minibatches.div_ceil(config.accumulation());
+        let schedule = Schedule {
+            lr: config.lr,
+            min_lr: config.min_lr,
+            scheduler: config.lr_scheduler,
+            total: config.max_epochs * steps_per_epoch,
+            warmup: (config.warmup_epochs * steps_per_epoch as f64) as usize,
+            cycle: (config.num_epochs_in_cycle * steps_per_epoch as f64) as usize,
+        };
+
+        let (state, log) = if resuming {
+            let last = dir.last_for_resume().ok_or_else(|| {
+                Error::Invalid(format!("{}: no checkpoints/last to resume from", dir.dir.display()))
+            })?;
+            let state = load_state(&last, &mut trainable, &mut adam)?;
+            let log = MetricsLog::open(&dir.metrics(), state.metrics_bytes)?;
+            obs.message(&format!(
+                "resuming {} at epoch {}, step {} ({} optimizer steps done)",
+                dir.dir.display(),
+                state.epoch + 1,
+                state.step_in_epoch,
+                state.global_step
+            ));
+            (state, log)
+        } else {
+            let log = MetricsLog::open(&dir.metrics(), 0)?;
+            let state = TrainState {
+                trainable: trainable.params.iter().map(|p| p.name.clone()).collect(),
+                adam_steps: vec![0; trainable.params.len()],
+                ..TrainState::default()
+            };
+            (state, log)
+        };
+        Ok(Self {
+            config,
+            dir,
+            device,
+            autodiff,
+            detector,
+            trainable,
+            adam,
+            schedule,
+            steps_per_epoch,
+            trn,
+            val,
+            tst,
+            cache: None,
+            log,
+            state,
+            unreadable: HashSet::new(),
+        })
+    }
+
+    fn run(mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+        if self.config.cache_features && !self.state.done {
+            self.cache = Some((self.encode_all(true, obs)?, self.encode_all(false, obs)?));
+        }
+        while !self.state.done {
+            let epoch = self.state.epoch;
+            if self.state.step_in_epoch < self.steps_per_epoch {
+                obs.phase(
+                    &format!("epoch {}/{}", epoch + 1, self.config.max_epochs),
+                    self.steps_per_epoch,
+                    self.state.step_in_epoch,
+                );
+            }
+            let order = epoch_order(self.trn.files.len(), self.config.seed, epoch);
+            let accum = self.config.accumulation();
+            let mb = self.config.mini_batch_size;
+            while self.state.step_in_epoch < self.steps_per_epoch {
+                let s = self.state.step_in_epoch;
+                let first = s * accum * mb;
+                let last = ((s + 1) * accum * mb).min(order.len());
+                let chunks: Vec<&[usize]> = order[first..last].chunks(mb).collect();
+                let (loss, lr) = self.optimizer_step(epoch, s * accum, &chunks, obs)?;
+                self.state.step_in_epoch += 1;
+                obs.advance(1, loss, Some(lr));
+                let every = self.config.save_every_steps;
+                let interrupted = stop.load(Ordering::SeqCst);
+                if interrupted || (every > 0 && self.state.global_step % every == 0) {
+                    self.save_last()?;
+                }
+                if interrupted {
+                    obs.message(&format!(
+                        "interrupted after {} optimizer steps; saved {}; continue with `dfdet train --resume {}`",
+                        self.state.global_step,
+                        self.dir.last().display(),
+                        self.dir.dir.display()
+                    ));
+                    return Ok(self.outcome(true, None));
+                }
+            }
+            self.end_epoch(epoch, obs)?;
+            self.state.epoch += 1;
+            self.state.step_in_epoch = 0;
+            self.state.epoch_so_far = EpochSoFar::default();
+            self.state.done = self.state.epoch >= self.config.max_epochs;
+            self.save_last()?;
+            if stop.load(Ordering::SeqCst) && !self.state.done {
+                obs.message(&format!("interrupted; saved {}", self.dir.last().display()));
+                return Ok(self.outcome(true, None));
+            }
+        }
+        let test = self.test(obs)?;
+        Ok(self.outcome(false, test))
+    }
+
+    fn outcome(&self, interrupted: bool, test: Option<TestOutcome>) -> Outcome {
+        Outcome {
+            run_dir: self.dir.dir.clone(),
+            interrupted,
+            global_step: self.state.global_step,
+            best: self.state.best,
+            test,
+        }
+    }
+
+    /// One optimizer step over `chunks` (its mini-batches, the first being mini-batch
+    /// `first_mb` of the epoch). Returns the mean loss of its finite mini-batches and the lr.
+    fn optimizer_step(&mut self, epoch: usize, first_mb: usize, chunks: &[&[usize]], obs: &mut dyn Observer) -> Result<(Option<f64>, f64)> {
+        let lr = self.schedule.lr_at(self.state.global_step);
+        let bound = self.trainable.bind(&mut self.detector, &self.autodiff);
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.trainable.params.len()];
+        let accum = self.config.accumulation() as f64;
+        let mut step_rows: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let mut finite = 0usize;
+        for (k, chunk) in chunks.iter().enumerate() {
+            let mb = (first_mb + k) as u64;
+            let Some(out) = self.minibatch(epoch, mb, chunk, obs)? else { continue };
+            let (values, total, stats) = out;
+            if values.total.is_nan() {
+                obs.message(&format!("warning: NaN loss at epoch {}, step {}: mini-batch skipped", epoch + 1, self.state.global_step));
+                add_row(&mut step_rows, "train/nan_skipped", 1.0);
+                continue;
+            }
+            finite += 1;
+            let g = (total / accum).backward();
+            for (acc, new) in grads.iter_mut().zip(self.trainable.gradients(&bound, &g)) {
+                match (acc.as_mut(), new) {
+                    (Some(a), Some(n)) => a.iter_mut().zip(&n).for_each(|(x, y)| *x += y),
+                    (None, Some(n)) => *acc = Some(n),
+                    _ => {}
+                }
+            }
+            for (name, v) in loss_rows("train", &values).into_iter().chain(stats) {
+                add_row(&mut step_rows, &name, v);
+                self.state.epoch_so_far.add(&name, v);
+            }
+        }
+        if finite > 0 {
+            self.adam.step(&mut self.trainable, &grads, lr);
+        }
+        self.state.global_step += 1;
+        let mut rows: Vec<(String, f64)> = step_rows.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect();
+        rows.push(("lr".into(), lr));
+        let loss = rows.iter().find(|(k, _)| k == "train/loss").map(|r| r.1);
+        self.log.rows(epoch, self.state.global_step, &rows)?;
+        Ok((loss, lr))
+    }
+
+    /// Forward of one training mini-batch: the loss values, the loss tensor, and logged
+    /// statistics. `None` if no frame of it could be read.
+    #[allow(clippy::type_complexity)]
+    fn minibatch(&mut self, epoch: usize, mb: u64, index: &[usize], obs: &mut dyn Observer) -> Result<Option<(LossValues, Tensor<1>, Vec<(String, f64)>)>> {
+        let seed = self.config.seed;
+        let index: Vec<usize> = index.iter().copied().filter(|i| !self.unreadable.contains(i)).collect();
+        let (ok, pooled) = match &self.cache {
+            Some((trn, _)) => trn.batch(&index, &self.device),
+            None => {
+                let augment = self.config.augmentations.then_some((seed, epoch));
+                let batch = load_batch(&self.trn, &index, &self.detector.backbone.pixels, augment, &self.device);
+                for e in batch.errors {
+                    obs.message(&format!("warning: {}: {} (left out of training)", e.path, e.reason));
+                    if let Some(i) = self.trn.files.iter().position(|f| *f == e.path) {
+                        self.unreadable.insert(i);
+                    }
+                }
+                if batch.index.is_empty() {
+                    return Ok(None);
+                }
+                if let Some(l) = self.config.lora() {
+                    let b = batch.index.len();
+                    let cfg = &self.detector.backbone.encoder;
+                    let mut rng = Rng::derive(seed, Stream::Dropout, &[epoch as u64, mb]);
+                    let shape = [b, cfg.num_positions(), cfg.hidden_size];
+                    lora::set_dropout(&mut self.detector, l.dropout, shape, Some(&mut rng), &self.device);
+                }
+                (batch.index.clone(), self.detector.encoder.forward(batch.pixels))
+            }
+        };
+        if ok.is_empty() {
+            return Ok(None);
+        }
+        let labels: Vec<usize> = ok.iter().map(|&i| self.trn.labels[i]).collect();
+        let pooled = if self.config.slerp_feature_augmentation {
+            let mut rng = Rng::derive(seed, Stream::Slerp, &[epoch as u64, mb]);
+            SlerpPlan::draw(&labels, self.config.slerp_feature_augmentation_range, &mut rng).apply(pooled)
+        } else {
+            pooled
+        };
+        let out = self.detector.head.forward(pooled);
+        let probs = host(softmax(out.logits.clone(), 1)).1;
+        let feats = rows(&host(out.features.clone()).1, out.features.dims()[1]);
+        let lo = loss::compute(&self.config.loss, out.logits, out.features, &labels);
+        let mut stats = vec![("train/alignment".to_string(), alignment(&feats, &labels, 2.0))];
+        if let Some(u) = uniformity(&feats, 2.0) {
+            stats.push(("train/uniformity".into(), u));
+        }
+        self.state.epoch_so_far.seen.extend(&ok);
+        self.state.epoch_so_far.probs.extend(&probs);
+        Ok(Some((lo.values, lo.total, stats)))
+    }
+
+    /// Encoder features of every frame of the training (or validation) split, for linear probing.
+    fn encode_all(&mut self, training: bool, obs: &mut dyn Observer) -> Result<FeatureCache> {
+        let split = if training { &self.trn } else { &self.val };
+        let name = if training { "caching trn features" } else { "caching val features" };
+        obs.phase(name, split.files.len(), 0);
+        let mut cache = FeatureCache { dim: self.detector.backbone.encoder.hidden_size, rows: Default::default() };
+        let index: Vec<usize> = (0..split.files.len()).collect();
+        for chunk in index.chunks(self.config.mini_batch_size) {
+            let batch = load_batch(split, chunk, &self.detector.backbone.pixels, None, &self.device);
+            for e in &batch.errors {
+                obs.message(&format!("warning: {}: {}", e.path, e.reason));
+            }
+            if !batch.index.is_empty() {
+                let d = cache.dim;
+                let f = host(self.detector.encoder.forward(batch.pixels)).1;
+                for (k, &i) in batch.index.iter().enumerate() {
+                    cache.rows.insert(i, f[k * d..(k + 1) * d].to_vec());
+                }
+            }
+            obs.advance(chunk.len(), None, None);
+        }
+        Ok(cache)
+    }
+
+    /// Validation pass and the epoch's rows in metrics.csv; keeps `best`.
+    fn end_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<()> {
+        let mut rows: Vec<(String, f64)> = Vec::new();
+        // Training metrics, from the probabilities seen during the epoch.
+        let so_far = std::mem::take(&mut self.state.epoch_so_far);
+        for (k, v) in so_far.means() {
+            rows.push((format!("{k}_epoch"), v));
+        }
+        if !so_far.seen.is_empty() {
+            let files: Vec<&str> = so_far.seen.iter().map(|&i| self.trn.files[i].as_str()).collect();
+            let labels: Vec<usize> = so_far.seen.iter().map(|&i| self.trn.labels[i]).collect();
+            let probs: Vec<f64> = so_far.probs.iter().map(|&p| p as f64).collect();
+            let e = evaluate(&files, &probs, &labels, self.config.num_classes, true)?;
+            metric_rows(&mut rows, "train", "frame", &e.frame);
+            metric_rows(&mut rows, "train", "video", &e.video);
+        }
+        self.state.epoch_so_far = so_far;
+
+        // Validation.
+        self.trainable.unbind(&mut self.detector, &self.device);
+        lora::set_dropout(&mut self.detector, 0.0, [0, 0, 0], None, &self.device);
+        let val = self.score_val(obs)?;
+        for (k, v) in loss_rows("val", &val.loss) {
+            rows.push((k, v));
+        }
+        rows.push(("val/alignment".into(), val.alignment));
+        if let Some(u) = val.uniformity {
+            rows.push(("val/uniformity".into(), u));
+        }
+        let e = evaluate(&val.files, &val.probs, &val.labels, self.config.num_classes, true)?;
+        metric_rows(&mut rows, "val", "frame", &e.frame);
+        metric_rows(&mut rows, "val", "video", &e.video);
+
+        let head = self.trainable.get("model.linear.weight").map(|p| l2(&p.data));
+        let bias = self.trainable.get("model.linear.bias").map(|p| l2(&p.data));
+        rows.extend(head.map(|v| ("model/linear-W-norm".to_string(), v)));
+        rows.extend(bias.map(|v| ("model/linear-b-norm".to_string(), v)));
+        rows.push(("lr".into(), self.schedule.lr_at(self.state.global_step.saturating_sub(1))));
+        self.log.rows(epoch, self.state.global_step, &rows)?;
+
+        let map = e.video.map;
+        let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
+        let mut summary = format!(
+            "epoch {}/{}: val video mAP {} AUROC {}, frame AUROC {}",
+            epoch + 1,
+            self.config.max_epochs,
+            fmt(map),
+            fmt(e.video.auroc),
+            fmt(e.frame.auroc)
+        );
+        if let Some(v) = map
+            && self.state.best.is_none_or(|b| v > b.value)
+        {
+            self.state.best = Some(Best { epoch, value: v });
+            let tensors = export(&mut self.detector);
+            save_checkpoint(&self.dir.best(), &self.detector.spec, &self.detector.backbone, &tensors, None)?;
+            summary += " (best)";
+        }
+        obs.message(&summary);
+        Ok(())
+    }
+
+    fn score_val(&mut self, obs: &mut dyn Observer) -> Result<ValScores> {
+        obs.phase("val", self.val.files.len(), 0);
+        let mut out = ValScores::default();
+        let mut loss_sum: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let (mut align, mut unif, mut weight, mut unif_weight) = (0.0, 0.0, 0usize, 0usize);
+        let index: Vec<usize> = (0..self.val.files.len()).collect();
+        for chunk in index.chunks(self.config.mini_batch_size) {
+            let (ok, pooled) = match &self.cache {
+                Some((_, val)) => val.batch(chunk, &self.device),
+                None => {
+                    let b = load_batch(&self.val, chunk, &self.detector.backbone.pixels, None, &self.device);
+                    for e in &b.errors {
+                        obs.message(&format!("warning: {}: {}", e.path, e.reason));
+                    }
+                    if b.index.is_empty() {
+                        obs.advance(chunk.len(), None, None);
+                        continue;
+                    }
+                    (b.index.clone(), self.detector.encoder.forward(b.pixels))
+                }
+            };
+            if ok.is_empty() {
+                obs.advance(chunk.len(), None, None);
+                continue;
+            }
+            let labels: Vec<usize> = ok.iter().map(|&i| self.val.labels[i]).collect();
+            let h = self.detector.head.forward(pooled);
+            let probs = host(softmax(h.logits.clone(), 1)).1;
+            let feats = rows(&host(h.features.clone()).1, h.features.dims()[1]);
+            let lo = loss::compute(&self.config.loss, h.logits, h.features, &labels);
+            for (k, v) in loss_rows("val", &lo.values) {
+                let e = loss_sum.entry(k).or_default();
+                e.0 += v * ok.len() as f64;
+                e.1 += ok.len();
+            }
+            align += alignment(&feats, &labels, 2.0) * ok.len() as f64;
+            weight += ok.len();
+            if let Some(u) = uniformity(&feats, 2.0) {
+                unif += u * ok.len() as f64;
+                unif_weight += ok.len();
+            }
+            for (k, &i) in ok.iter().enumerate() {
+                out.files.push(self.val.files[i].clone());
+                out.labels.push(labels[k]);
+                out.probs.extend(probs[k * 2..k * 2 + 2].iter().map(|&p| p as f64));
+            }
+            obs.advance(chunk.len(), None, None);
+        }
+        if out.files.is_empty() {
+            return Err(Error::Invalid("val_files: no frame could be read".into()));
+        }
+        let mean = |k: &str| loss_sum.get(k).map(|(s, n)| s / *n as f64);
+        out.loss = LossValues {
+            ce_labels: mean("val/loss_ce"),
+            bce_labels: mean("val/loss_bce"),
+            uniformity: mean("val/loss_uniformity"),
+            alignment_labels: mean("val/loss_alignment"),
+            total: mean("val/loss").unwrap_or(f64::NAN),
+        };
+        out.alignment = align / weight.max(1) as f64;
+        out.uniformity = (unif_weight > 0).then(|| unif / unif_weight as f64);
+        Ok(out)
+    }
+
+    fn save_last(&mut self) -> Result<()> {
+        self.state.metrics_bytes = self.log.len()?;
+        self.state.adam_steps = self.adam.state.iter().map(|m| m.step).collect();
+        self.trainable.unbind(&mut self.detector, &self.device);
+        let tensors = export(&mut self.detector);
+        save_checkpoint(
+            &self.dir.last(),
+            &self.detector.spec,
+            &self.detector.backbone,
+            &tensors,
+            Some((&self.state, &self.trainable, &self.adam)),
+        )
+    }
+
+    /// The test pass with `best` on the configured test sets.
+    fn test(&mut self, obs: &mut dyn Observer) -> Result<Option<TestOutcome>> {
+        let Some(tst) = &self.tst else { return Ok(None) };
+        let best = self.dir.best();
+        if !best.is_dir() {
+            obs.message("no best checkpoint (validation mAP was never defined): testing with last");
+        }
+        let source = if best.is_dir() { best } else { self.dir.last() };
+        let ckpt = load_checkpoint(&source.display().to_string(), None)?;
+        let detector = Detector::from_checkpoint(ckpt, &self.device, FloatDType::F32)?;
+        let out = self.dir.test();
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        obs.phase("test", tst.files.len(), 0);
+        let outcome = run_test(&detector, &self.device, tst, self.config.mini_batch_size, &out, |n| obs.advance(n, None, None))?;
+        for e in &outcome.errors {
+            obs.message(&format!("warning: {}: {}", e.path, e.reason));
+        }
+        Ok(Some(outcome))
+    }
+}
+
+#[derive(Debug, Default)]
+struct ValScores {
+    files: Vec<String>,
+    labels: Vec<usize>,
+    probs: Vec<f64>,
+    loss: LossValues,
+    alignment: f64,
+    uniformity: Option<f64>,
+}
+
+fn add_row(rows: &mut BTreeMap<String, (f64, usize)>, name: &str, v: f64) {
+    let e = rows.entry(name.to_string()).or_default();
+    e.0 += v;
+    e.1 += 1;
+}
+
+/// The reference's loss log names: `<stage>/loss`, `<stage>/loss_ce`, ...
+fn loss_rows(stage: &str, v: &LossValues) -> Vec<(String, f64)> {
+    let mut out = vec![(format!("{stage}/loss"), v.total)];
+    for (name, x) in [("ce", v.ce_labels), ("bce", v.bce_labels), ("uniformity", v.uniformity), ("alignment", v.alignment_labels)] {
+        if let Some(x) = x {
+            out.push((format!("{stage}/loss_{name}"), x));
+        }
+    }
+    out
+}
+
+/// The reference's metric names: `<stage>/auroc_<level>`, `<stage>/mAP_<level>`, ...
+fn metric_rows(rows: &mut Vec<(String, f64)>, stage: &str, level: &str, m: &Metrics) {
+    for (name, v) in [
+        ("auroc", m.auroc),
+        ("mAP", m.map),
+        ("eer", m.eer),
+        ("acc", m.acc),
+        ("balanced_acc", m.balanced_acc),
+        ("f1_score", m.f1_score),
+    ] {
+        if let Some(v) = v {
+            rows.push((format!("{stage}/{name}_{level}"), v));
+        }
+    }
+}
+
+fn rows(flat: &[f32], d: usize) -> Vec<Vec<f32>> {
+    flat.chunks(d).map(<[f32]>::to_vec).collect()
+}
+
+fn l2(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
