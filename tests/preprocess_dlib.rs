@@ -67,3 +67,153 @@ fn landmarks_match_dlib_bin() {
     assert!(faces >= 60);
     assert!(worst <= 1.0, "worst face mean error {worst}");
 }
+
+/// The detector model compressed in libdlib-dev's frontal_face_detector.h decompresses to the
+/// bytes dlib-bin's `get_frontal_face_detector().save()` writes.
+#[test]
+fn frontal_face_detector_header_decompresses() {
+    let header = PathBuf::from("/usr/include/dlib/image_processing/frontal_face_detector.h");
+    if !header.is_file() {
+        let msg = "libdlib-dev is not installed: run scripts/setup-assets.sh";
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let want = &json("dlib.json")["__detector__"];
+    let text = std::fs::read_to_string(&header).unwrap();
+    let bytes = dfdet::preprocess::dlib_hog::decode_header(&text).unwrap();
+    assert_eq!(bytes.len() as u64, want["len"].as_u64().unwrap());
+    assert_eq!(crc32fast(&bytes), want["crc32"].as_u64().unwrap() as u32);
+    let det = dfdet::preprocess::dlib_hog::HogDetector::from_serialized(&bytes, &header).unwrap();
+    assert_eq!(det.num_filters(), 5);
+}
+
+fn crc32fast(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn hog() -> Option<dfdet::preprocess::dlib_hog::HogDetector> {
+    let header = PathBuf::from("/usr/include/dlib/image_processing/frontal_face_detector.h");
+    if !header.is_file() {
+        let msg = "libdlib-dev is not installed: run scripts/setup-assets.sh";
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    Some(dfdet::preprocess::dlib_hog::HogDetector::from_header(&header).unwrap())
+}
+
+fn image_from(v: &serde_json::Value) -> image::RgbImage {
+    let rows: Vec<Vec<[u8; 3]>> = serde_json::from_value(v.clone()).unwrap();
+    let (h, w) = (rows.len() as u32, rows[0].len() as u32);
+    image::RgbImage::from_raw(w, h, rows.into_iter().flatten().flatten().collect()).unwrap()
+}
+
+/// dlib's bilinear resizes (the image pyramid and the upsampling) on seeded noise.
+#[test]
+fn resizes_match_dlib() {
+    use dfdet::preprocess::dlib_hog::{pyramid_down6, resize_bilinear};
+    let doc = &json("dlib.json")["__resize__"];
+    let input = image_from(&doc["input"]);
+    for (name, got) in [
+        ("pyramid_down6", pyramid_down6(&input)),
+        ("up", resize_bilinear(&input, 2 * input.width() + 2, 2 * input.height() + 1)),
+    ] {
+        let want = image_from(&doc[name]);
+        assert_eq!(got.dimensions(), want.dimensions(), "{name}");
+        let diff = got.as_raw().iter().zip(want.as_raw()).filter(|(a, b)| a != b).count();
+        assert_eq!(diff, 0, "{name}: {diff} values differ");
+    }
+}
+
+fn iou(a: [i64; 4], b: [i64; 4]) -> f64 {
+    let area = |r: [i64; 4]| ((r[2] - r[0] + 1).max(0) * (r[3] - r[1] + 1).max(0)) as f64;
+    let i = [a[0].max(b[0]), a[1].max(b[1]), a[2].min(b[2]), a[3].min(b[3])];
+    let inter = if i[2] < i[0] || i[3] < i[1] { 0.0 } else { area(i) };
+    inter / (area(a) + area(b) - inter)
+}
+
+/// The HOG detector (upsample 1) against dlib-bin on the astronaut, 32 carphone frames and the
+/// 32 sample crops: the same faces found and missed, boxes with IoU >= 0.95.
+#[test]
+fn hog_detections_match_dlib_bin() {
+    let (Some(det), Some(astronaut), Some(video)) = (hog(), asset("astronaut.png"), asset("carphone_pristine.mp4"))
+    else {
+        return;
+    };
+    let doc = json("dlib.json");
+    let mut images: Vec<(String, image::RgbImage)> =
+        vec![("astronaut".into(), image::open(astronaut).unwrap().to_rgb8())];
+    decode_sampled(&video, Sampling::Linspace(32), |i, img| images.push((format!("carphone/{i}"), img))).unwrap();
+    let samples = root().join("../shared/data/samples/datasets");
+    for key in doc.as_object().unwrap().keys().filter(|k| k.starts_with("samples/")) {
+        images.push((key.clone(), image::open(samples.join(&key["samples/".len()..])).unwrap().to_rgb8()));
+    }
+    let (mut worst_iou, mut worst_score, mut faces, mut exact) = (1f64, 0f64, 0, 0);
+    for (key, img) in &images {
+        let want = doc[key].as_array().unwrap();
+        let got = det.detect(img, 1);
+        assert_eq!(got.len(), want.len(), "{key}: {got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            let rect: [i64; 4] = serde_json::from_value(w["rect"].clone()).unwrap();
+            if g.rect != rect {
+                eprintln!("{key}: {:?} {:.4} vs dlib {rect:?} {:.4}", g.rect, g.confidence, w["score"]);
+            }
+            worst_iou = worst_iou.min(iou(g.rect, rect));
+            worst_score = worst_score.max((g.confidence - w["score"].as_f64().unwrap()).abs());
+            exact += usize::from(g.rect == rect);
+            faces += 1;
+        }
+    }
+    eprintln!(
+        "{} images, {faces} faces: {exact} boxes identical, worst IoU {worst_iou:.4}, largest score difference {worst_score:.2e}",
+        images.len()
+    );
+    assert!(worst_iou >= 0.95, "{worst_iou}");
+}
+
+/// DeepfakeBench's `extract_aligned_face_dlib` end to end (dlib-bin + skimage + cv2): the same
+/// five points, a crop within a grey level on 8x8 block means, the same re-detection verdict.
+#[test]
+fn deepfakebench_pipeline_end_to_end() {
+    use dfdet::preprocess::align::{TemplateKind, align};
+    use dfdet::preprocess::faces::{Backend, FaceChooser, Largest, load_backend};
+    let (Some(_), Some(astronaut), Some(video)) = (hog(), asset("astronaut.png"), asset("carphone_pristine.mp4"))
+    else {
+        return;
+    };
+    let faces = load_backend(Backend::Dlib, None).unwrap();
+    let doc = json("dlib.json");
+    let mut images: Vec<(String, image::RgbImage)> =
+        vec![("astronaut".into(), image::open(astronaut).unwrap().to_rgb8())];
+    decode_sampled(&video, Sampling::Linspace(32), |i, img| {
+        if [0, 61, 119].contains(&i) {
+            images.push((format!("carphone/{i}"), img));
+        }
+    })
+    .unwrap();
+    for (key, img) in &images {
+        let want = &doc["__end_to_end__"][key];
+        let found = faces.detect(img).unwrap();
+        if want.is_null() {
+            assert!(found.is_empty(), "{key}: dlib-bin finds no face");
+            continue;
+        }
+        let face = &found[Largest.choose(&found, 0).unwrap()];
+        let pts: Vec<[f32; 2]> = serde_json::from_value(want["landmarks"].clone()).unwrap();
+        assert_eq!(face.landmarks.to_vec(), pts, "{key}");
+        let (_, crop) = align(img, &face.landmarks, TemplateKind::Deepfakebench, 256).unwrap();
+        let t: Vec<f64> = serde_json::from_value(want["thumb"].clone()).unwrap();
+        let d = common::max_abs_diff(&common::thumb(&crop, 32), &t);
+        eprintln!("{key}: crop block means within {d:.3}");
+        assert!(d <= 1.0, "{key}: {d}");
+        assert_eq!(!faces.detect(&crop).unwrap().is_empty(), want["redetected"].as_bool().unwrap(), "{key}");
+    }
+}

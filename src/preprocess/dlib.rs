@@ -3,9 +3,7 @@
 //! (`dlib/image_processing/shape_predictor.h`), and dlib's serialisation format
 //! (`dlib/serialize.h`: varint-packed integers, floats as 64-bit mantissa + 16-bit exponent).
 //!
-//! Status: the predictor is ported; dlib's HOG frontal face detector (`scan_fhog_pyramid`, whose
-//! model is compressed inside `frontal_face_detector.h` of `libdlib-dev`) is not yet, so the
-//! `dlib` back-end cannot run on its own: [`load`] says so.
+//! The HOG face detector is in [`super::dlib_hog`].
 
 use std::path::{Path, PathBuf};
 
@@ -46,35 +44,69 @@ pub fn model_files(models: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
+/// The `dlib` back-end: HOG detector (image upsampled once, as DeepfakeBench calls it) and the
+/// 68-point predictor on each box; the five alignment points are DeepfakeBench's
+/// ([`DEEPFAKEBENCH_POINTS`]).
+pub struct DlibFaces {
+    pub hog: super::dlib_hog::HogDetector,
+    pub landmarks: ShapePredictor,
+    /// Times the image is doubled before detection (DeepfakeBench: 1).
+    pub upsample: u32,
+}
+
 pub fn load(models: Option<&Path>) -> Result<Box<dyn FaceDetector>> {
-    let (_landmarks, _hog) = model_files(models)?;
-    Err(Error::Invalid(
-        "the dlib back-end's HOG face detector is not ported yet (its 68-point landmark predictor is); \
-         use --detector retinaface"
-            .into(),
-    ))
+    let (landmarks, hog) = model_files(models)?;
+    Ok(Box::new(DlibFaces {
+        hog: super::dlib_hog::HogDetector::from_header(&hog)?,
+        landmarks: ShapePredictor::from_file(&landmarks)?,
+        upsample: 1,
+    }))
+}
+
+impl FaceDetector for DlibFaces {
+    fn name(&self) -> &'static str {
+        "dlib"
+    }
+
+    fn detect(&self, image: &RgbImage) -> Result<Vec<super::faces::Face>> {
+        let mut faces = Vec::new();
+        for d in self.hog.detect(image, self.upsample) {
+            let points = self.landmarks.predict(image, d.rect);
+            let all: Vec<[f32; 2]> = points.iter().map(|p| [p[0] as f32, p[1] as f32]).collect();
+            let landmarks = DEEPFAKEBENCH_POINTS.map(|i| all[i]);
+            let [l, t, r, b] = d.rect.map(|v| v as f32);
+            // dlib's boxes are inclusive: width = right - left + 1.
+            faces.push(super::faces::Face {
+                bbox: [l, t, r + 1.0, b + 1.0],
+                score: d.confidence as f32,
+                landmarks,
+                all_landmarks: all,
+            });
+        }
+        Ok(faces)
+    }
 }
 
 /// A reader of dlib's serialisation format.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-    path: &'a Path,
+pub(super) struct Reader<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) path: &'a Path,
 }
 
 impl Reader<'_> {
-    fn err(&self, what: &str) -> Error {
-        Error::format(self.path, format!("not a dlib shape_predictor: {what} at byte {}", self.pos))
+    pub(super) fn err(&self, what: &str) -> Error {
+        Error::format(self.path, format!("not a dlib model file: {what} at byte {}", self.pos))
     }
 
-    fn byte(&mut self) -> Result<u8> {
+    pub(super) fn byte(&mut self) -> Result<u8> {
         let b = *self.data.get(self.pos).ok_or_else(|| self.err("unexpected end of file"))?;
         self.pos += 1;
         Ok(b)
     }
 
     /// `pack_int`: a control byte (bit 7: negative, low 4 bits: byte count), then little-endian bytes.
-    fn int(&mut self) -> Result<i64> {
+    pub(super) fn int(&mut self) -> Result<i64> {
         let ctl = self.byte()?;
         let n = (ctl & 0x0F) as usize;
         if n > 8 || ctl & 0x70 != 0 {
@@ -87,26 +119,31 @@ impl Reader<'_> {
         Ok(if ctl & 0x80 != 0 { -(v as i64) } else { v as i64 })
     }
 
-    fn len(&mut self) -> Result<usize> {
+    pub(super) fn len(&mut self) -> Result<usize> {
         let v = self.int()?;
         usize::try_from(v).map_err(|_| self.err("negative length"))
     }
 
     /// `float_details`: mantissa * 2^exponent (32000-32002: inf, -inf, NaN).
-    fn float(&mut self) -> Result<f32> {
+    pub(super) fn float(&mut self) -> Result<f32> {
+        self.double().map(|v| v as f32)
+    }
+
+    /// A `double`, in the same format as floats.
+    pub(super) fn double(&mut self) -> Result<f64> {
         let mantissa = self.int()?;
         let exponent = self.int()?;
         Ok(match exponent {
-            32000 => f32::INFINITY,
-            32001 => f32::NEG_INFINITY,
-            32002 => f32::NAN,
-            e => (mantissa as f64 * 2f64.powi(e as i32)) as f32,
+            32000 => f64::INFINITY,
+            32001 => f64::NEG_INFINITY,
+            32002 => f64::NAN,
+            e => mantissa as f64 * 2f64.powi(e as i32),
         })
     }
 
     /// A column vector `matrix<float,0,1>`: rows and columns (negated in the current format),
     /// then the values.
-    fn column(&mut self) -> Result<Vec<f32>> {
+    pub(super) fn column(&mut self) -> Result<Vec<f32>> {
         let (r, c) = (self.int()?.unsigned_abs() as usize, self.int()?.unsigned_abs() as usize);
         if c != 1 && r * c != 0 {
             return Err(self.err("expected a column vector"));

@@ -4,6 +4,7 @@
 
 pub mod align;
 pub mod dlib;
+pub mod dlib_hog;
 pub mod faces;
 pub mod pixels;
 pub mod retinaface;
