@@ -265,3 +265,31 @@ fn missing_models_name_their_package() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("libdlib-data") && err.contains("shape_predictor_68_face_landmarks.dat"), "{err}");
 }
+
+/// `--detector dlib`: DeepfakeBench's own detector and landmarks, from the Debian packages.
+#[test]
+fn preprocess_with_the_dlib_back_end() {
+    let Some(video) = asset("carphone_pristine.mp4") else { return };
+    if !Path::new("/usr/include/dlib/image_processing/frontal_face_detector.h").is_file() {
+        assert!(std::env::var("CI").is_err(), "libdlib-dev missing: run scripts/setup-assets.sh");
+        eprintln!("SKIPPED: libdlib-dev is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("crops");
+    let run = dfdet_bin()
+        .args(["preprocess", "--detector", "dlib", "--frames", "4", "--source", "real", "-o"])
+        .arg(&out)
+        .arg(&video)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let listed = lines(&out.join("dataset/real.txt"));
+    let skipped: Vec<String> = lines(&out.join("dataset/skipped.csv")).into_iter().skip(1).collect();
+    eprintln!("{listed:?} {skipped:?}");
+    // Frames 0, 39, 79, 119: dlib-bin finds a face in all but the last (176x144 is small for HOG).
+    assert_eq!(listed.len() + skipped.len(), 4, "{listed:?} {skipped:?}");
+    assert!(listed.len() >= 2, "{listed:?}");
+    assert!(skipped.iter().all(|s| s.contains("no face")), "{skipped:?}");
+}
