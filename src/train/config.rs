@@ -224,18 +224,23 @@ impl TrainConfig {
     /// unknown key, the valid ones. Relative paths are resolved against the file's folder when
     /// they do not exist as written.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut doc = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                text.parse::<toml::Table>().map_err(|e| Error::format(p, e.to_string()))?
-            }
-            None => toml::Table::new(),
+        let original = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+            None => String::new(),
         };
-        for o in overrides {
-            apply_override(&mut doc, o)?;
-        }
-        let text = toml::to_string(&doc).map_err(|e| Error::Invalid(format!("config: {e}")))?;
-        let source = path.map_or_else(|| PathBuf::from("--set"), Path::to_path_buf);
+        // Without overrides, errors point into the file as written; with them, into the
+        // merged document (shown in the error).
+        let (text, source) = if overrides.is_empty() {
+            (original, path.map_or_else(PathBuf::new, Path::to_path_buf))
+        } else {
+            let mut doc = original.parse::<toml::Table>().map_err(|e| Error::format(path.unwrap_or(Path::new("")), e.to_string()))?;
+            for o in overrides {
+                apply_override(&mut doc, o)?;
+            }
+            let text = toml::to_string(&doc).map_err(|e| Error::Invalid(format!("config: {e}")))?;
+            let name = path.map_or("config".to_string(), |p| p.display().to_string());
+            (text, PathBuf::from(format!("{name} with --set")))
+        };
         let mut config: Self = toml::from_str(&text).map_err(|e| Error::format(&source, explain(&e.to_string())))?;
         if let Some(base) = path.and_then(Path::parent) {
             config.resolve_paths(base);

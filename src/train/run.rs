@@ -59,7 +59,7 @@ pub struct Outcome {
 /// Starts a new run in `<run_dir>/<run_name>`: the folder must not hold a run already.
 pub fn train(config: &TrainConfig, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
     let dir = RunDir { dir: config.run_path() };
-    if dir.config().exists() {
+    if dir.metrics().exists() {
         return Err(Error::Invalid(format!(
             "{} already holds a run; continue it with `dfdet train --resume {}` or choose another run_name",
             dir.dir.display(),

@@ -71,9 +71,10 @@ pub fn derived_dataset(dir: &Path, limit: Option<usize>) -> [PathBuf; 2] {
     lists
 }
 
-/// A tiny-CLIP config training on `dir`'s derived set, validating and testing on it too.
+/// A tiny-CLIP config training on `dir`'s derived set, validating and testing on it too;
+/// `extra` (TOML) adds or replaces keys.
 pub fn tiny_config(dir: &Path, extra: &str) -> String {
-    format!(
+    let base = format!(
         r#"run_name = "run"
 run_dir = "{runs}"
 backbone = "{tiny}"
@@ -83,13 +84,15 @@ tst_files = {{ D = ["real.txt", "fake.txt"] }}
 max_epochs = 3
 batch_size = 8
 mini_batch_size = 4
-lr = 3e-3
+lr = 1e-2
 min_lr = 1e-4
-{extra}
 "#,
         runs = dir.join("runs").display(),
         tiny = tiny_clip().display(),
-    )
+    );
+    let mut table: toml::Table = base.parse().unwrap();
+    table.extend(extra.parse::<toml::Table>().unwrap());
+    toml::to_string(&table).unwrap()
 }
 
 /// `(epoch, step, name, value)` rows of a metrics.csv.

@@ -1,0 +1,166 @@
+//! `dfdet train` as a user runs it: hard-killed and resumed runs end exactly where an
+//! uninterrupted run does, Ctrl-C saves `last`, and bad input is refused before any compute.
+
+mod train_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use train_common::*;
+
+fn dfdet() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dfdet"));
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// A derived dataset and a config in a temp folder.
+fn setup(extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    derived_dataset(tmp.path(), Some(16));
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, tiny_config(tmp.path(), extra)).unwrap();
+    (tmp, config)
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "dfdet failed: {stderr}");
+    stderr
+}
+
+fn fails(cmd: &mut Command) -> String {
+    let t = Instant::now();
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "expected a fatal error: {stderr}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    stderr
+}
+
+/// The saved optimizer step of a run's `last`, if any.
+fn saved_step(run: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(run.join("checkpoints/last/train_state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["global_step"].as_u64()
+}
+
+/// Starts a run, and kills it with `signal` once `last` holds step `k` or later.
+fn interrupt_at(config: &Path, run_name: &str, run: &Path, k: u64, signal: &str) -> std::process::Output {
+    let child = dfdet()
+        .args(["train", "-c", config.to_str().unwrap(), "--set", &format!("run_name=\"{run_name}\"")])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while saved_step(run).is_none_or(|s| s < k) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no step {k} saved");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
+fn same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(x == y, "{f} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+const COMPARED: [&str; 6] = [
+    "checkpoints/last/train_state.safetensors",
+    "checkpoints/last/model.safetensors",
+    "checkpoints/best/model.safetensors",
+    "metrics.csv",
+    "test/metrics.json",
+    "test/test_predictions.csv",
+];
+
+#[test]
+fn hard_killed_run_resumes_to_the_same_weights_and_optimizer_state() {
+    let (tmp, config) = setup("save_every_steps = 1\nmax_epochs = 4\nslerp_feature_augmentation = true");
+    let runs = tmp.path().join("runs");
+    run_ok(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
+    let total = saved_step(&runs.join("full")).unwrap();
+    assert_eq!(total, 16, "4 epochs of 4 optimizer steps");
+
+    let killed = runs.join("killed");
+    let out = interrupt_at(&config, "killed", &killed, 6, "-KILL");
+    assert!(!out.status.success(), "the run was to be killed before its end");
+    let at = saved_step(&killed).unwrap();
+    assert!((6..total).contains(&at), "killed at step {at}");
+    let stderr = run_ok(dfdet().args(["train", "--resume", killed.to_str().unwrap()]));
+    assert!(stderr.contains("resuming"), "{stderr}");
+    eprintln!("killed after step {at} of {total}, resumed");
+    same_files(&runs.join("full"), &killed, &COMPARED);
+}
+
+#[test]
+fn ctrl_c_saves_last_and_exits_cleanly() {
+    let (tmp, config) = setup("max_epochs = 4");
+    let runs = tmp.path().join("runs");
+    // `last` is written at epoch ends here: wait for the first, then interrupt.
+    let run = runs.join("int");
+    let out = interrupt_at(&config, "int", &run, 4, "-INT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let at = saved_step(&run).unwrap();
+    assert!(at >= 4);
+    run_ok(dfdet().args(["train", "--resume", run.to_str().unwrap()]));
+    assert_eq!(saved_step(&run), Some(16));
+    run_ok(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
+    same_files(&runs.join("full"), &run, &COMPARED);
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_named() {
+    let (_tmp, config) = setup("");
+    let c = config.to_str().unwrap();
+    let err = fails(dfdet().args(["train", "-c", c, "--set", "lrr=1e-3"]));
+    assert!(err.contains("unknown field `lrr`") && err.contains("`lr`") && err.contains("`min_lr`"), "{err}");
+    let err = fails(dfdet().args(["train", "-c", c, "--set", "peft.lora.rnk=2"]));
+    assert!(err.contains("`rnk`") && err.contains("`rank`"), "{err}");
+    let err = fails(dfdet().args(["train", "-c", c, "--set", "lr=fast"]));
+    assert!(err.contains("lr = \"fast\"") && err.contains("expected f64"), "{err}");
+    let err = fails(dfdet().args(["train", "-c", c, "--set", "lr_scheduler=\"linear\""]));
+    assert!(err.contains("`cosine`, `cyclic`, `none`"), "{err}");
+    let err = fails(dfdet().args(["train", "-c", c, "--set", "head=\"mlp\""]));
+    assert!(err.contains("mlp") && err.contains("LinearNorm"), "{err}");
+    let err = fails(dfdet().args(["train", "-c", c, "--set", "batch_size=6"]));
+    assert!(err.contains("batch_size 6 is not a multiple of mini_batch_size 4"), "{err}");
+}
+
+#[test]
+fn a_missing_class_is_refused_before_any_compute() {
+    let (tmp, config) = setup("");
+    let err = fails(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "trn_files=[\"real.txt\"]"]));
+    assert!(err.contains("trn_files") && err.contains("no fake"), "{err}");
+    let err = fails(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "val_files=[\"fake.txt\"]"]));
+    assert!(err.contains("val_files") && err.contains("no real"), "{err}");
+    assert!(!tmp.path().join("runs/run/checkpoints/last").exists());
+    assert!(!tmp.path().join("runs/run/metrics.csv").exists());
+}
+
+#[test]
+fn an_unwritable_run_folder_fails_before_training() {
+    let (tmp, config) = setup("");
+    let blocker = tmp.path().join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    let run_dir = format!("run_dir=\"{}\"", blocker.join("runs").display());
+    let err = fails(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", &run_dir]));
+    assert!(err.contains("not-a-folder"), "{err}");
+    assert!(!err.contains("epoch"), "{err}");
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten() {
+    let (_tmp, config) = setup("max_epochs = 1");
+    let c = config.to_str().unwrap();
+    run_ok(dfdet().args(["train", "-c", c]));
+    let err = fails(dfdet().args(["train", "-c", c]));
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+}
