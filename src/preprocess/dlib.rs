@@ -36,10 +36,18 @@ fn find(models: Option<&Path>, name: &str, system: &str, package: &str) -> Resul
     })
 }
 
+/// DeepfakeBench's 81-point model (not packaged; its first 68 points are the usual set), used
+/// instead of the 68-point one when `--models` holds it.
+pub const SHAPE_PREDICTOR_81: &str = "shape_predictor_81_face_landmarks.dat";
+
 /// The landmark model and the detector header.
 pub fn model_files(models: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    let model81 = models.map(|d| d.join(SHAPE_PREDICTOR_81)).filter(|p| p.is_file());
     Ok((
-        find(models, SHAPE_PREDICTOR, "/usr/share/dlib", "libdlib-data")?,
+        match model81 {
+            Some(p) => p,
+            None => find(models, SHAPE_PREDICTOR, "/usr/share/dlib", "libdlib-data")?,
+        },
         find(models, FRONTAL_FACE_HEADER, "/usr/include/dlib/image_processing", "libdlib-dev")?,
     ))
 }

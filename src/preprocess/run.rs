@@ -311,14 +311,17 @@ fn write_record(dir: &Path, rec: &VideoRecord) -> Result<()> {
     std::fs::rename(&tmp, dir.join(DONE_FILE)).map_err(|e| Error::io(dir, e))
 }
 
+/// Frames skipped, with reasons (frame `None`: the whole video).
+pub type Skipped = Vec<(Option<usize>, String)>;
+
 /// Crops of one video in memory (for `dfdet predict VIDEO`): `(frame index, crop)` and the
-/// skipped frames with reasons (frame `None`: the whole video).
+/// skipped frames with reasons.
 pub fn crops_in_memory(
     video: &Path,
     sampling: Sampling,
     detector: &dyn FaceDetector,
     config: &CropConfig,
-) -> (Vec<(usize, RgbImage)>, Vec<(Option<usize>, String)>) {
+) -> (Vec<(usize, RgbImage)>, Skipped) {
     let mut crops = Vec::new();
     let mut skipped = Vec::new();
     match decode_sampled(video, sampling, |i, frame| match crop_frame(&frame, i, detector, &Largest, config) {

@@ -30,9 +30,8 @@ pub fn asset(name: &str) -> Option<PathBuf> {
 
 /// A program on PATH (e.g. the ffmpeg CLI that makes test videos), with the same rule.
 pub fn program(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
-        .flatten();
+    let found =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
     if found.is_none() {
         let msg = format!("`{name}` is not installed: run scripts/setup-assets.sh");
         assert!(!in_ci(), "{msg} (CI is set, so this fails instead of skipping)");
