@@ -11,8 +11,8 @@
 //!   non-maximum suppression (`test_box_overlap`) over all five filters' windows.
 //!
 //! dlib correlates rank-reduced separable versions of the filters (an SVD keeping singular values
-//! above 0.1% of the largest); dfdet correlates the same rank-reduced filters unseparated, so
-//! scores differ from dlib's only by float rounding (see tests/preprocess_dlib.rs).
+//! above 0.1% of the largest), as dfdet does; scores differ from dlib's only by float rounding
+//! (see tests/preprocess_dlib.rs).
 
 use std::path::Path;
 
@@ -45,8 +45,8 @@ pub struct HogDetector {
     overlap: [f64; 2],
     /// Filter size in HOG cells (rows, cols).
     filter_size: [usize; 2],
-    /// Per filter: 31 planes of `rows x cols` weights (row-major), and the threshold (bias).
-    filters: Vec<(Vec<Vec<f32>>, f64)>,
+    /// Per filter: its weights and threshold (bias).
+    filters: Vec<(Bank, f64)>,
 }
 
 impl HogDetector {
@@ -109,16 +109,17 @@ impl HogDetector {
             // max(1e-4, 0.001 * largest); it correlates with those separable parts unless they
             // outnumber a third of planes x min(rows, cols), and with the full filters otherwise.
             let full: Vec<&[f64]> = (0..31).map(|p| &w[p * rows * cols..(p + 1) * rows * cols]).collect();
-            let truncated: Vec<(Vec<f64>, usize)> = full.iter().map(|f| truncate_rank(f, rows, cols)).collect();
-            let separable: usize = truncated.iter().map(|t| t.1).sum();
-            let use_full = separable as f64 > 31.0 * rows.min(cols) as f64 / 3.0;
-            let planes = (0..31)
-                .map(|p| {
-                    let f: &[f64] = if use_full { full[p] } else { &truncated[p].0 };
-                    f.iter().map(|&v| v as f32).collect()
-                })
+            let parts: Vec<(usize, Vec<f32>, Vec<f32>)> = full
+                .iter()
+                .enumerate()
+                .flat_map(|(p, f)| separable_parts(f, rows, cols).into_iter().map(move |(c, r)| (p, c, r)))
                 .collect();
-            det.filters.push((planes, w[dims]));
+            let bank = if parts.len() as f64 > 31.0 * rows.min(cols) as f64 / 3.0 {
+                Bank::Full(full.iter().map(|f| f.iter().map(|&v| v as f32).collect()).collect())
+            } else {
+                Bank::Separable(parts)
+            };
+            det.filters.push((bank, w[dims]));
         }
         Ok(det)
     }
@@ -177,10 +178,13 @@ impl HogDetector {
         }
         let det_box = [self.window_cells(cols), self.window_cells(rows)];
         let mut all = Vec::new();
-        for (fi, (planes, thresh)) in self.filters.iter().enumerate() {
+        for (fi, (bank, thresh)) in self.filters.iter().enumerate() {
             let mut dets: Vec<(f64, Rect)> = Vec::new();
             for (l, f) in feats.iter().enumerate() {
-                let (saliency, area) = correlate(f, planes, rows, cols);
+                let (saliency, area) = match bank {
+                    Bank::Full(planes) => correlate(f, planes, rows, cols),
+                    Bank::Separable(parts) => correlate_separable(f, parts, rows, cols),
+                };
                 let Some([left, top, right, bottom]) = area else { continue };
                 for r in top..=bottom {
                     for c in left..=right {
@@ -230,10 +234,18 @@ impl HogDetector {
     }
 }
 
-/// The filter `f` (`rows x cols`, row-major) with its small singular values dropped as dlib drops
-/// them, and how many it keeps: `f V_k V_k^T` over the right singular vectors kept (from a
-/// Jacobi eigendecomposition of `f^T f`).
-fn truncate_rank(f: &[f64], rows: usize, cols: usize) -> (Vec<f64>, usize) {
+/// A detector filter: 31 planes of `rows x cols` weights (row-major), or their separable parts
+/// `(plane, column filter, row filter)`.
+#[derive(Debug, Clone)]
+enum Bank {
+    Full(Vec<Vec<f32>>),
+    Separable(Vec<(usize, Vec<f32>, Vec<f32>)>),
+}
+
+/// dlib's separable parts of a filter `f` (`rows x cols`, row-major): for each singular value
+/// `s` of at least `max(1e-4, 0.001 * largest)`, largest first, the column filter `u sqrt(s)` and
+/// the row filter `v sqrt(s)` (singular vectors from a Jacobi eigendecomposition of `f^T f`).
+fn separable_parts(f: &[f64], rows: usize, cols: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
     let n = cols;
     // a = f^T f (n x n, symmetric); v accumulates the rotations.
     let mut a = vec![0f64; n * n];
@@ -286,18 +298,17 @@ fn truncate_rank(f: &[f64], rows: usize, cols: usize) -> (Vec<f64>, usize) {
     let sv: Vec<f64> = (0..n).map(|i| a[i * n + i].max(0.0).sqrt()).collect();
     let largest = sv.iter().copied().fold(0.0, f64::max);
     let thresh = (largest * 0.001).max(1e-4);
-    let kept: Vec<usize> = (0..n).filter(|&j| sv[j] >= thresh).collect();
-    // f V_k V_k^T
-    let mut out = vec![0f64; rows * cols];
-    for r in 0..rows {
-        for &j in &kept {
-            let proj: f64 = (0..cols).map(|k| f[r * cols + k] * v[k * n + j]).sum();
-            for c in 0..cols {
-                out[r * cols + c] += proj * v[c * n + j];
-            }
-        }
-    }
-    (out, kept.len())
+    let mut kept: Vec<usize> = (0..n).filter(|&j| sv[j] >= thresh).collect();
+    kept.sort_by(|&a, &b| sv[b].total_cmp(&sv[a]));
+    kept.into_iter()
+        .map(|j| {
+            let root = sv[j].sqrt();
+            // u sqrt(s) = f v / sqrt(s)
+            let col = (0..rows).map(|r| ((0..cols).map(|k| f[r * cols + k] * v[k * n + j]).sum::<f64>() / root) as f32);
+            let row = (0..cols).map(|c| (v[c * n + j] * root) as f32);
+            (col.collect(), row.collect())
+        })
+        .collect()
 }
 
 fn centered_rect(p: [i64; 2], w: i64, h: i64) -> Rect {
@@ -581,6 +592,57 @@ pub fn fhog(img: &RgbImage, cell: usize, pad_rows: usize, pad_cols: usize) -> Fh
         }
     }
     Fhog { planes, rows, cols }
+}
+
+/// dlib's `float_spatially_filter_image_separable` summed over the separable parts: each row
+/// filter along the rows of its plane, then the column filter down the result.
+fn correlate_separable(
+    f: &Fhog,
+    parts: &[(usize, Vec<f32>, Vec<f32>)],
+    fr: usize,
+    fc: usize,
+) -> (Vec<f32>, Option<Rect>) {
+    let (rows, cols) = (f.rows, f.cols);
+    let mut out = vec![0f32; rows * cols];
+    if rows < fr || cols < fc {
+        return (out, None);
+    }
+    let (first_row, first_col) = (fr / 2, fc / 2);
+    let (last_row, last_col) = (rows - (fr - 1) / 2, cols - (fc - 1) / 2);
+    if last_row <= first_row || last_col <= first_col {
+        return (out, None);
+    }
+    // Written as row-wise multiply-adds (vectorisable); the sums are the same, in another order.
+    let width = last_col - first_col;
+    let mut scratch = vec![0f32; rows * width];
+    let mut acc = vec![0f32; width];
+    for (plane, col, row) in parts {
+        let feat = &f.planes[*plane];
+        for r in 0..rows {
+            let dst = &mut scratch[r * width..(r + 1) * width];
+            dst.fill(0.0);
+            for (n, &w) in row.iter().enumerate() {
+                let src = &feat[r * cols + n..r * cols + n + width];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s * w;
+                }
+            }
+        }
+        for r in first_row..last_row {
+            acc.fill(0.0);
+            for (m, &w) in col.iter().enumerate() {
+                let src = &scratch[(r - first_row + m) * width..(r - first_row + m + 1) * width];
+                for (a, s) in acc.iter_mut().zip(src) {
+                    *a += s * w;
+                }
+            }
+            for (o, a) in out[r * cols + first_col..r * cols + last_col].iter_mut().zip(&acc) {
+                *o += a;
+            }
+        }
+    }
+    let area = [first_col as i64, first_row as i64, last_col as i64 - 1, last_row as i64 - 1];
+    (out, Some(area))
 }
 
 /// The sum over planes of each filter plane correlated with the features (dlib's
