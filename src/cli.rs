@@ -128,6 +128,9 @@ pub struct BenchArgs {
     /// Output format on stdout.
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Measure one LN-tuning training step (f32, first --batch value as the mini-batch) instead.
+    #[arg(long)]
+    pub train: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -284,6 +284,19 @@ fn convert(args: ConvertArgs) -> Result<ExitCode> {
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     set_threads(args.threads)?;
+    if args.train {
+        let batch = args.batch.first().copied().unwrap_or(4);
+        let row = dfdet::train::bench::run(&args.backbone, batch, args.iters)?;
+        let out = match args.format {
+            Format::Json => format!("{}\n", serde_json::to_string(&row)?),
+            _ => format!(
+                "LN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+                row.backbone, row.batch, row.threads, row.s_per_step, row.s_per_img, row.peak_rss_mib
+            ),
+        };
+        std::io::stdout().write_all(out.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = dfdet::bench::run(&args.backbone, &args.batch, &args.dtype.iter().map(|d| float_dtype(*d)).collect::<Vec<_>>(), args.iters)?;
     let out = match args.format {
         Format::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),

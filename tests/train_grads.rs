@@ -105,7 +105,7 @@ fn gradients_match_pytorch() {
     let fx: Value = serde_json::from_str(&text).unwrap();
     let cases = fx["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 16);
-    let ad = Device::flex().autodiff();
+    let ad = dfdet::train::autodiff_device(&Device::flex());
     let mut worst = 0.0f64;
     for case in cases {
         let (tuning, head, loss) = (case["tuning"].as_str().unwrap(), case["head"].as_str().unwrap(), case["loss"].as_str().unwrap());

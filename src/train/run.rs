@@ -143,7 +143,7 @@ impl Trainer {
         };
 
         let device = Device::flex();
-        let autodiff = device.clone().autodiff();
+        let autodiff = super::autodiff_device(&device);
         let ckpt = match &config.checkpoint {
             Some(source) => {
                 let mut c = load_checkpoint(source, None)?;
