@@ -6,12 +6,13 @@
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::FloatDType;
 
 use super::config::EncoderConfig;
+use super::fused::softmax_last;
 use super::weights::{HostTensor, TensorMap};
 use crate::Result;
 
@@ -151,7 +152,11 @@ impl Lora {
     /// `[b, t, in]` -> the adapter's addition `[b, t, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = match &self.dropout_mask {
-            Some(mask) => x * mask.clone(),
+            // The last layer computes the class token only: its rows of the mask.
+            Some(mask) => {
+                let [b, t, d] = x.dims();
+                x * mask.clone().slice([0..b, 0..t, 0..d])
+            }
             None => x,
         };
         let down = x.matmul(self.lora_a.val().unsqueeze::<3>()); // [b, t, r]
@@ -182,16 +187,32 @@ impl SelfAttention {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_queries(x.clone(), x)
+    }
+
+    /// Attention of the queries from `xq` (`[b, tq, d]`) over the keys and values from `x`
+    /// (`[b, t, d]`): `[b, tq, d]`.
+    pub fn forward_queries(&self, xq: Tensor<3>, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
+        let tq = xq.dims()[1];
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
-        let q = heads(project(&self.q_proj, &self.lora.q_proj, x.clone()));
-        let k = heads(project(&self.k_proj, &self.lora.k_proj, x.clone()));
-        let v = heads(project(&self.v_proj, &self.lora.v_proj, x));
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, n, h, hd]).swap_dims(1, 2); // [b, h, n, hd]
+        let q = heads(project(&self.q_proj, &self.lora.q_proj, xq), tq);
+        let k = heads(project(&self.k_proj, &self.lora.k_proj, x.clone()), t);
+        let v = heads(project(&self.v_proj, &self.lora.v_proj, x), t);
         // softmax(q kᵀ · hd^-0.5) v, the scale HF applies to q.
-        let opts = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
-        let ctx = attention(q, k, v, None, None, opts); // [b, h, t, hd]
-        project(&self.out_proj, &self.lora.out_proj, ctx.swap_dims(1, 2).reshape([b, t, d])) // [b, t, d]
+        let scale = (hd as f64).powf(-0.5);
+        let ctx = if q.is_tracked() {
+            // Training: burn's autodiff differentiates attention through its generic fallback
+            // (scores scaled after the product, softmax as five operations); here q is scaled
+            // (smaller than the scores) and softmax is one fused operation with its backward.
+            let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
+            softmax_last(scores).matmul(v) // [b, h, tq, hd]
+        } else {
+            let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+            attention(q, k, v, None, None, opts) // [b, h, tq, hd]
+        };
+        project(&self.out_proj, &self.lora.out_proj, ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }
 }
 
@@ -221,9 +242,9 @@ impl Mlp {
     }
 }
 
-/// `x · sigmoid(1.702 x)`, the activation of the OpenAI CLIP checkpoints.
+/// `x · sigmoid(1.702 x)`, the activation of the OpenAI CLIP checkpoints (one fused pass).
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clone() * sigmoid(x * 1.702)
+    super::fused::quick_gelu(x)
 }
 
 /// `CLIPEncoderLayer`: pre-norm attention and MLP blocks with residuals.
@@ -233,6 +254,7 @@ pub struct EncoderLayer {
     pub layer_norm1: LayerNorm,
     pub mlp: Mlp,
     pub layer_norm2: LayerNorm,
+    eps: f64,
 }
 
 impl EncoderLayer {
@@ -243,13 +265,32 @@ impl EncoderLayer {
             layer_norm1: ld.layer_norm(map, &format!("{prefix}.layer_norm1"), d, eps)?,
             mlp: Mlp::load(ld, map, &format!("{prefix}.mlp"), cfg)?,
             layer_norm2: ld.layer_norm(map, &format!("{prefix}.layer_norm2"), d, eps)?,
+            eps,
         })
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, h: Tensor<3>) -> Tensor<3> {
-        let h = h.clone() + self.self_attn.forward(self.layer_norm1.forward(h));
-        h.clone() + self.mlp.forward(self.layer_norm2.forward(h))
+        let h = h.clone() + self.self_attn.forward(norm(&self.layer_norm1, self.eps, h));
+        h.clone() + self.mlp.forward(norm(&self.layer_norm2, self.eps, h))
+    }
+
+    /// The layer's output at the class token only, `[b, t, d]` -> `[b, 1, d]`: what the last
+    /// layer must compute for `pooler_output` (keys and values still come from every token).
+    pub fn forward_class_token(&self, h: Tensor<3>) -> Tensor<3> {
+        let [b, _, d] = h.dims();
+        let x = norm(&self.layer_norm1, self.eps, h.clone()); // [b, t, d]
+        let xq = x.clone().slice([0..b, 0..1, 0..d]); // [b, 1, d]
+        let h = h.slice([0..b, 0..1, 0..d]) + self.self_attn.forward_queries(xq, x); // [b, 1, d]
+        h.clone() + self.mlp.forward(norm(&self.layer_norm2, self.eps, h))
+    }
+}
+
+/// A LayerNorm as one fused operation in f32 (burn's module otherwise, e.g. in bf16).
+fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    match &ln.beta {
+        Some(beta) if x.dtype() == burn::tensor::DType::F32 => super::fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
+        _ => ln.forward(x),
     }
 }
 
@@ -266,6 +307,7 @@ pub struct VisionTransformer {
     pub pre_layrnorm: LayerNorm,
     pub encoder: Encoder,
     pub post_layernorm: LayerNorm,
+    eps: f64,
 }
 
 impl VisionTransformer {
@@ -279,24 +321,32 @@ impl VisionTransformer {
             .map(|i| EncoderLayer::load(ld, map, &format!("vision_model.encoder.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
         let post_layernorm = ld.layer_norm(map, "vision_model.post_layernorm", d, eps)?;
-        Ok(Self { embeddings, pre_layrnorm, encoder: Encoder { layers }, post_layernorm })
+        Ok(Self { embeddings, pre_layrnorm, encoder: Encoder { layers }, post_layernorm, eps })
     }
 
     /// The hidden states after the last layer: `[b, c, s, s]` -> `[b, n + 1, d]`.
     pub fn last_hidden_state(&self, pixels: Tensor<4>) -> Tensor<3> {
-        let mut h = self.pre_layrnorm.forward(self.embeddings.forward(pixels)); // [b, n + 1, d]
+        let mut h = norm(&self.pre_layrnorm, self.eps, self.embeddings.forward(pixels)); // [b, n + 1, d]
         for layer in &self.encoder.layers {
             h = layer.forward(h);
         }
         h
     }
 
-    /// `pooler_output = post_layernorm(h[:, 0])`: `[b, c, s, s]` -> `[b, d]`.
+    /// `pooler_output = post_layernorm(h[:, 0])`: `[b, c, s, s]` -> `[b, d]`. Only the class
+    /// token of the last layer is computed (the other tokens' outputs are never used).
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
-        let h = self.last_hidden_state(pixels); // [b, n + 1, d]
-        let [b, _, d] = h.dims();
-        let cls = h.slice([0..b, 0..1, 0..d]).reshape([b, d]); // [b, d]
-        self.post_layernorm.forward(cls)
+        let mut h = norm(&self.pre_layrnorm, self.eps, self.embeddings.forward(pixels)); // [b, n + 1, d]
+        let Some((last, layers)) = self.encoder.layers.split_last() else {
+            let [b, _, d] = h.dims();
+            return norm(&self.post_layernorm, self.eps, h.slice([0..b, 0..1, 0..d]).reshape([b, d]));
+        };
+        for layer in layers {
+            h = layer.forward(h);
+        }
+        let cls = last.forward_class_token(h); // [b, 1, d]
+        let [b, _, d] = cls.dims();
+        norm(&self.post_layernorm, self.eps, cls.reshape([b, d])) // [b, d]
     }
 }
 

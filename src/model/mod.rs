@@ -6,6 +6,7 @@ pub mod head;
 pub mod hub;
 pub mod weights;
 pub mod detector;
+pub mod fused;
 
 pub use detector::Detector;
 pub use weights::{load_checkpoint, Checkpoint, HeadKind, ModelSpec, Tuning};

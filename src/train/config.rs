@@ -277,7 +277,7 @@ impl TrainConfig {
         if self.mini_batch_size == 0 || self.batch_size == 0 {
             return bad("batch_size and mini_batch_size must be positive".into());
         }
-        if self.batch_size % self.mini_batch_size != 0 {
+        if !self.batch_size.is_multiple_of(self.mini_batch_size) {
             return bad(format!(
                 "batch_size {} is not a multiple of mini_batch_size {} (gradients are accumulated over whole mini-batches)",
                 self.batch_size, self.mini_batch_size
@@ -290,7 +290,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&t0) || !(0.0..=1.0).contains(&t1) || t0 > t1 {
             return bad(format!("slerp_feature_augmentation_range [{t0}, {t1}]: expected 0 <= t0 <= t1 <= 1"));
         }
-        if !(self.lr > 0.0) || self.min_lr < 0.0 {
+        if self.lr.is_nan() || self.lr <= 0.0 || self.min_lr < 0.0 {
             return bad(format!("lr {} must be positive and min_lr {} non-negative", self.lr, self.min_lr));
         }
         if !["32", "32-true"].contains(&self.precision.as_str()) {

@@ -47,6 +47,7 @@ impl AdamW {
     }
 
     /// One update of every tensor that has a gradient, at learning rate `lr`.
+    #[allow(clippy::needless_range_loop)] // four arrays in step
     pub fn step(&mut self, params: &mut Trainable, grads: &[Option<Vec<f32>>], lr: f64) {
         assert_eq!(grads.len(), params.params.len(), "one gradient slot per trainable tensor");
         let [beta1, beta2] = self.config.betas;

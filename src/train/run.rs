@@ -259,7 +259,7 @@ impl Trainer {
                 obs.advance(1, loss, Some(lr));
                 let every = self.config.save_every_steps;
                 let interrupted = stop.load(Ordering::SeqCst);
-                if interrupted || (every > 0 && self.state.global_step % every == 0) {
+                if interrupted || (every > 0 && self.state.global_step.is_multiple_of(every)) {
                     self.save_last()?;
                 }
                 if interrupted {
@@ -544,7 +544,7 @@ impl Trainer {
     }
 
     fn save_last(&mut self) -> Result<()> {
-        self.state.metrics_bytes = self.log.len()?;
+        self.state.metrics_bytes = self.log.bytes()?;
         self.state.adam_steps = self.adam.state.iter().map(|m| m.step).collect();
         self.trainable.unbind(&mut self.detector, &self.device);
         let tensors = export(&mut self.detector);

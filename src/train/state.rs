@@ -241,7 +241,7 @@ impl MetricsLog {
     }
 
     /// Current length in bytes.
-    pub fn len(&self) -> Result<u64> {
+    pub fn bytes(&self) -> Result<u64> {
         self.file.metadata().map(|m| m.len()).map_err(|e| Error::io(&self.path, e))
     }
 }
