@@ -15,5 +15,6 @@ pub use error::{Error, Result};
 pub mod bench;
 pub mod cli;
 pub mod evaluate;
+pub mod memory;
 pub mod predict;
 pub mod train;

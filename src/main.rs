@@ -17,6 +17,7 @@ const EXIT_PARTIAL: u8 = 1;
 const EXIT_FATAL: u8 = 2;
 
 fn main() -> ExitCode {
+    dfdet::memory::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Predict(args) => predict(args),

@@ -38,7 +38,7 @@ struct Setup {
     labels: Vec<usize>,
 }
 
-fn setup(fx: &Value, tuning: &str, head: &str) -> Setup {
+fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
     let tiny = root().join("tests/fixtures/tiny-clip-p14");
     let head = HeadKind::from_name(head).unwrap();
     let mut ckpt = base_clip(tiny.to_str().unwrap(), head, 2, Tuning::LnTuning, 0).unwrap();
@@ -72,6 +72,10 @@ fn setup(fx: &Value, tuning: &str, head: &str) -> Setup {
         let ln_targets = LN_TARGETS.iter().map(|s| s.to_string()).collect();
         Trainable::select(&mut detector, &Selection { ln_targets, ..Default::default() }).unwrap()
     };
+    // Both backward paths of the frozen projections: a transposed view of the weight, and
+    // the transposed copies kept for training.
+    assert!(trainable.backward_through_frozen_projections());
+    detector.encoder.keep_transposed_weights(transposed);
     let samples = root().join("../shared/data/samples");
     let [h, w] = backbone.pixels.crop_size;
     let images: Vec<String> = fx["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
@@ -107,10 +111,10 @@ fn gradients_match_pytorch() {
     assert_eq!(cases.len(), 16);
     let ad = dfdet::train::autodiff_device(&Device::flex());
     let mut worst = 0.0f64;
-    for case in cases {
+    for (case, transposed) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
         let (tuning, head, loss) = (case["tuning"].as_str().unwrap(), case["head"].as_str().unwrap(), case["loss"].as_str().unwrap());
-        let what = format!("{tuning}/{head}/{loss}");
-        let mut s = setup(&fx, tuning, head);
+        let what = format!("{tuning}/{head}/{loss}/transposed weights {transposed}");
+        let mut s = setup(&fx, tuning, head, transposed);
         let bound = s.trainable.bind(&mut s.detector, &ad);
         let out = s.detector.forward(s.pixels.clone());
         let logits: Vec<f32> = dfdet::train::params::host(out.logits.clone()).1;
@@ -148,7 +152,7 @@ fn gradients_match_pytorch() {
 fn ln_tuning_selects_every_layer_norm_and_the_head() {
     let text = std::fs::read_to_string(root().join("tests/fixtures/train/grads.json")).unwrap();
     let fx: Value = serde_json::from_str(&text).unwrap();
-    let s = setup(&fx, "ln", "LinearNorm");
+    let s = setup(&fx, "ln", "LinearNorm", false);
     // tiny CLIP: 2 layers -> 2 * 2 + 2 LayerNorms of 32, x2 (weight, bias), + head 2 * 32 + 2.
     assert_eq!(s.trainable.numel(), 6 * 2 * 32 + 66);
     assert!(s.trainable.get("vision_model.pre_layrnorm.weight").is_some());

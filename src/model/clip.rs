@@ -54,12 +54,18 @@ impl Loader {
     }
 }
 
-/// Row-major `[rows, cols]` -> `[cols, rows]`.
+/// Row-major `[rows, cols]` -> `[cols, rows]`, in 32 x 32 tiles (a plain double loop strides
+/// through memory on every write; this runs at load time over every weight).
 pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
         }
     }
     out
@@ -122,6 +128,9 @@ pub struct SelfAttention {
     /// LoRA adapters on the projections while training with LoRA; none otherwise (a trained
     /// checkpoint holds them merged into the projection weights).
     pub lora: AttentionLora,
+    /// Training only: the weights of q, k, v and out as contiguous `[out, in]` copies, which
+    /// make the backward pass's products as fast as the forward's (empty otherwise).
+    pub weights_t: Vec<Tensor<2>>,
     num_heads: usize,
 }
 
@@ -164,12 +173,33 @@ impl Lora {
     }
 }
 
-/// A projection plus its adapter, if it has one.
-fn project(linear: &Linear, lora: &Option<Lora>, x: Tensor<3>) -> Tensor<3> {
+/// A projection plus its adapter, if it has one. `weight_t`: the weight as `[out, in]`, if kept.
+fn project(linear: &Linear, weight_t: Option<&Tensor<2>>, lora: &Option<Lora>, x: Tensor<3>) -> Tensor<3> {
     match lora {
-        Some(adapter) => linear.forward(x.clone()) + adapter.forward(x),
-        None => linear.forward(x),
+        Some(adapter) => apply(linear, weight_t, x.clone()) + adapter.forward(x),
+        None => apply(linear, weight_t, x),
     }
+}
+
+/// `linear(x)`: one fused matrix product with bias in f32 (its backward pass computes only the
+/// input's gradient when the weight is frozen), burn's module otherwise.
+fn apply<const D: usize>(linear: &Linear, weight_t: Option<&Tensor<2>>, x: Tensor<D>) -> Tensor<D> {
+    match &linear.bias {
+        Some(bias) if x.dtype() == burn::tensor::DType::F32 => {
+            let w = linear.weight.val();
+            let wt = weight_t.cloned().unwrap_or_else(|| w.clone().transpose());
+            super::fused::linear(x, w, wt, bias.val())
+        }
+        _ => linear.forward(x),
+    }
+}
+
+/// `weight` `[in, out]` as a contiguous `[out, in]` tensor.
+fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
+    let device = weight.device();
+    let [rows, cols] = weight.dims();
+    let values = weight.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 values");
+    Tensor::from_data(TensorData::new(transpose(&values, rows, cols), [cols, rows]), &device)
 }
 
 impl SelfAttention {
@@ -181,6 +211,7 @@ impl SelfAttention {
             v_proj: ld.linear(map, &format!("{prefix}.v_proj"), d, d)?,
             out_proj: ld.linear(map, &format!("{prefix}.out_proj"), d, d)?,
             lora: AttentionLora::default(),
+            weights_t: Vec::new(),
             num_heads: cfg.num_attention_heads,
         })
     }
@@ -197,9 +228,10 @@ impl SelfAttention {
         let tq = xq.dims()[1];
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, n, h, hd]).swap_dims(1, 2); // [b, h, n, hd]
-        let q = heads(project(&self.q_proj, &self.lora.q_proj, xq), tq);
-        let k = heads(project(&self.k_proj, &self.lora.k_proj, x.clone()), t);
-        let v = heads(project(&self.v_proj, &self.lora.v_proj, x), t);
+        let wt = |i: usize| self.weights_t.get(i);
+        let q = heads(project(&self.q_proj, wt(0), &self.lora.q_proj, xq), tq);
+        let k = heads(project(&self.k_proj, wt(1), &self.lora.k_proj, x.clone()), t);
+        let v = heads(project(&self.v_proj, wt(2), &self.lora.v_proj, x), t);
         // softmax(q kᵀ · hd^-0.5) v, the scale HF applies to q.
         let scale = (hd as f64).powf(-0.5);
         let ctx = if q.is_tracked() {
@@ -212,7 +244,7 @@ impl SelfAttention {
             let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
             attention(q, k, v, None, None, opts) // [b, h, tq, hd]
         };
-        project(&self.out_proj, &self.lora.out_proj, ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
+        project(&self.out_proj, wt(3), &self.lora.out_proj, ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }
 }
 
@@ -221,6 +253,8 @@ impl SelfAttention {
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
+    /// Training only: fc1's and fc2's weights as `[out, in]` (see [`SelfAttention::weights_t`]).
+    pub weights_t: Vec<Tensor<2>>,
     quick: bool,
 }
 
@@ -230,15 +264,16 @@ impl Mlp {
         Ok(Self {
             fc1: ld.linear(map, &format!("{prefix}.fc1"), d, m)?,
             fc2: ld.linear(map, &format!("{prefix}.fc2"), m, d)?,
+            weights_t: Vec::new(),
             quick: cfg.hidden_act == "quick_gelu",
         })
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.fc1.forward(x); // [b, t, m]
+        let x = apply(&self.fc1, self.weights_t.first(), x); // [b, t, m]
         let x = if self.quick { quick_gelu(x) } else { gelu(x) };
-        self.fc2.forward(x) // [b, t, d]
+        apply(&self.fc2, self.weights_t.get(1), x) // [b, t, d]
     }
 }
 
@@ -322,6 +357,27 @@ impl VisionTransformer {
             .collect::<Result<Vec<_>>>()?;
         let post_layernorm = ld.layer_norm(map, "vision_model.post_layernorm", d, eps)?;
         Ok(Self { embeddings, pre_layrnorm, encoder: Encoder { layers }, post_layernorm, eps })
+    }
+
+    /// Keeps `[out, in]` copies of the encoder's projection weights for the backward pass, or
+    /// drops them. For training with frozen projections (LN-tuning, LoRA): each backward
+    /// product then reads its weight in the order the matrix kernel wants instead of
+    /// re-packing it, for one more copy of the weights in memory (1.2 GB for ViT-L/14 in f32).
+    /// Only frozen weights may be kept: a trained weight would leave its copy stale.
+    pub fn keep_transposed_weights(&mut self, keep: bool) {
+        for layer in &mut self.encoder.layers {
+            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+            attn.weights_t.clear();
+            mlp.weights_t.clear();
+            if keep {
+                for linear in [&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj] {
+                    attn.weights_t.push(transposed_copy(linear.weight.val()));
+                }
+                for linear in [&mlp.fc1, &mlp.fc2] {
+                    mlp.weights_t.push(transposed_copy(linear.weight.val()));
+                }
+            }
+        }
     }
 
     /// The hidden states after the last layer: `[b, c, s, s]` -> `[b, n + 1, d]`.

@@ -15,7 +15,8 @@ use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::tensor::{Bytes, DType, Shape};
 use rayon::prelude::*;
 
 /// The operations, for the flex backend and autodiff over it.
@@ -27,6 +28,10 @@ pub trait FusedOps: Backend {
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// LayerNorm over the last axis (biased variance, as PyTorch).
     fn layer_norm_last(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    /// `x · weight + bias` over the last axis of `x` with a frozen `weight` `[in, out]`;
+    /// `weight_t` is the same matrix as `[out, in]` (a contiguous copy makes the backward pass
+    /// faster, a transposed view of `weight` also works).
+    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The backward kernels the autodiff implementation calls on the backend beneath it.
@@ -45,6 +50,8 @@ pub trait FusedBackward: Backend {
         want_x: bool,
         want_params: bool,
     ) -> (Option<FloatTensor<Self>>, Option<(FloatTensor<Self>, FloatTensor<Self>)>);
+    /// `grad · weight_t`: the gradient of [`FusedOps::frozen_linear`] for `x`.
+    fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// `x · sigmoid(1.702 x)`, differentiable.
@@ -67,24 +74,138 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
     ))
 }
 
-// ------------------------------------------------------------------------------------------------
-// Flex: host kernels on f32 storage.
-
-type Flat = (Vec<f32>, burn::tensor::Shape);
-
-/// The f32 values of a flex tensor (moved out when it is the only owner), or `None` for
-/// another dtype.
-fn take_f32(x: FloatTensor<Flex>) -> Result<Flat, FloatTensor<Flex>> {
-    if x.dtype() != DType::F32 {
-        return Err(x);
-    }
-    let data = x.into_data();
-    let shape = data.shape().clone();
-    Ok((data.try_into_vec::<f32>().expect("f32 data"), shape))
+/// `x · weight + bias` over the last axis of `x` (`weight` `[in, out]`, burn's `Linear` layout),
+/// differentiable in `x` only: for frozen projections. `weight_t` is `weight` as `[out, in]`,
+/// used by the backward pass; pass `weight.transpose()` when no contiguous copy is at hand.
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, weight_t: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::frozen_linear(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        weight_t.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
-fn from_f32(values: Vec<f32>, shape: burn::tensor::Shape) -> FloatTensor<Flex> {
-    burn::backend::flex::FlexTensor::from_data(TensorData::new(values, shape))
+// ------------------------------------------------------------------------------------------------
+// Flex: host kernels on f32 storage.
+//
+// Results are written into the input's own buffer when no one else holds it (a gradient, or an
+// activation that autodiff does not keep), otherwise into a fresh buffer in one pass. Buffers are
+// made with `Bytes::from_elems`, which keeps the vector's allocation; `TensorData` would copy it
+// once more to raise its alignment.
+
+/// `x` as a contiguous tensor whose buffer holds exactly its values.
+fn contiguous(x: FlexTensor) -> FlexTensor {
+    let exact = x.bytes().len() == x.layout().num_elements() * 4;
+    if x.is_contiguous() && x.layout().start_offset() == 0 && exact {
+        x
+    } else {
+        x.to_contiguous()
+    }
+}
+
+/// A new f32 tensor over `values`.
+fn from_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
+}
+
+fn all_f32(xs: &[&FlexTensor]) -> bool {
+    xs.iter().all(|x| x.dtype() == DType::F32)
+}
+
+/// Runs `kernel` on every row (length `row`) of `x` in place: on `x`'s buffer if it is the only
+/// owner, else on a copy made chunk by chunk just before the kernel reads it.
+fn map_rows(x: FlexTensor, row: usize, kernel: impl Fn(&mut [f32]) + Sync) -> FlexTensor {
+    let mut x = contiguous(x);
+    let per_task = rows_per_task(row);
+    if let Some(values) = x.try_storage_mut::<f32>() {
+        values.par_chunks_mut(per_task).for_each(|c| c.chunks_mut(row).for_each(&kernel));
+        return x;
+    }
+    let src: &[f32] = x.storage();
+    let mut out = Vec::<f32>::with_capacity(src.len());
+    out.spare_capacity_mut().par_chunks_mut(per_task).zip(src.par_chunks(per_task)).for_each(|(dst, src)| {
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(*s);
+        }
+        // SAFETY: every element of `dst` was written just above.
+        let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        dst.chunks_mut(row).for_each(&kernel);
+    });
+    // SAFETY: the chunks cover the whole capacity `src.len()` and were all written.
+    unsafe { out.set_len(src.len()) };
+    from_f32(out, x.layout().shape().clone())
+}
+
+/// Runs `kernel(other_row, grad_row)` over the rows of a gradient (changed in place; copied
+/// first if shared) and a tensor of the same shape.
+fn zip_rows(grad: FlexTensor, other: FlexTensor, row: usize, kernel: impl Fn(&[f32], &mut [f32]) + Sync) -> FlexTensor {
+    let other = contiguous(other);
+    let mut grad = contiguous(grad);
+    let per_task = rows_per_task(row);
+    let o: &[f32] = other.storage();
+    grad.storage_mut::<f32>().par_chunks_mut(per_task).zip(o.par_chunks(per_task)).for_each(|(g, o)| {
+        g.chunks_mut(row).zip(o.chunks(row)).for_each(|(g, o)| kernel(o, g));
+    });
+    grad
+}
+
+/// `lhs · rhs (+ bias on every row)`, `lhs` contiguous `[m, k]`, `rhs` a 2-D tensor `[k, n]` of
+/// any strides (a transposed view included), into a new row-major `[m, n]` buffer.
+fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f32]>) -> Vec<f32> {
+    let n = rhs.layout().shape()[1];
+    let strides = rhs.layout().strides();
+    let (rhs_rs, rhs_cs) = (strides[0], strides[1]);
+    let rhs_values: &[f32] = rhs.storage();
+    let len = m * n;
+    let mut out = Vec::<f32>::with_capacity(len);
+    let read_dst = match bias {
+        Some(bias) => {
+            out.spare_capacity_mut().par_chunks_mut(n * (CHUNK / n).max(1)).for_each(|rows| {
+                for row in rows.chunks_mut(n) {
+                    for (d, b) in row.iter_mut().zip(bias) {
+                        d.write(*b);
+                    }
+                }
+            });
+            true
+        }
+        // gemm's blocked path (m, n > 16) writes every element before it reads any when
+        // `read_dst` is false; its small-matrix paths may read, so they get zeros.
+        None if m <= 16 || n <= 16 => {
+            out.resize(len, 0.0);
+            false
+        }
+        None => false,
+    };
+    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: `lhs` holds m·k values, `rhs` spans its layout inside its buffer, `out` has room
+    // for m·n values (initialised where gemm reads them, see above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs_values.as_ptr().add(rhs.layout().start_offset()),
+            rhs_cs,
+            rhs_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(len);
+    }
+    out
 }
 
 /// Elements per parallel task.
@@ -92,65 +213,58 @@ const CHUNK: usize = 1 << 14;
 
 impl FusedOps for Flex {
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match take_f32(x) {
-            Ok((mut v, shape)) => {
-                v.par_chunks_mut(CHUNK).for_each(kernels::quick_gelu);
-                from_f32(v, shape)
-            }
-            Err(x) => {
-                let s = Flex::sigmoid(Flex::float_mul_scalar(x.clone(), 1.702f64.into()));
-                Flex::float_mul(x, s)
-            }
+        if !all_f32(&[&x]) {
+            let s = Flex::sigmoid(Flex::float_mul_scalar(x.clone(), 1.702f64.into()));
+            return Flex::float_mul(x, s);
         }
+        map_rows(x, CHUNK, kernels::quick_gelu)
     }
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match take_f32(x) {
-            Ok((mut v, shape)) => {
-                let n = shape[shape.num_dims() - 1];
-                v.par_chunks_mut(rows_per_task(n)).for_each(|c| c.chunks_mut(n).for_each(kernels::softmax));
-                from_f32(v, shape)
-            }
-            Err(x) => {
-                let last = x.shape().num_dims() - 1;
-                Flex::softmax(x, last)
-            }
+        let last = x.shape().num_dims() - 1;
+        if !all_f32(&[&x]) {
+            return Flex::softmax(x, last);
         }
+        let n = x.shape()[last];
+        map_rows(x, n, kernels::softmax)
     }
 
     fn layer_norm_last(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
+        if !all_f32(&[&x, &gamma, &beta]) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::layer_norm(x, gamma, Some(beta), eps);
         }
-        let (mut v, shape) = take_f32(x).expect("f32");
-        let (g, _) = take_f32(gamma).expect("f32");
-        let (b, _) = take_f32(beta).expect("f32");
-        let n = shape[shape.num_dims() - 1];
+        let (g, b) = (contiguous(gamma), contiguous(beta));
+        let (g, b): (&[f32], &[f32]) = (g.storage(), b.storage());
+        let n = x.shape()[x.shape().num_dims() - 1];
         let eps = eps as f32;
-        v.par_chunks_mut(rows_per_task(n)).for_each(|c| {
-            c.chunks_mut(n).for_each(|row| kernels::layer_norm(row, &g, &b, eps));
-        });
-        from_f32(v, shape)
+        map_rows(x, n, |row| kernels::layer_norm(row, g, b, eps))
+    }
+
+    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _ = weight_t;
+        if !all_f32(&[&x, &weight, &bias]) {
+            return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(x, weight, Some(bias));
+        }
+        let x = contiguous(x);
+        let bias = contiguous(bias);
+        let mut shape = x.shape();
+        let last = shape.num_dims() - 1;
+        let k = shape[last];
+        let m = shape.num_elements() / k.max(1);
+        let out = matmul_2d(m, k, x.storage(), &weight, Some(bias.storage()));
+        shape[last] = weight.shape()[1];
+        from_f32(out, shape)
     }
 }
 
 impl FusedBackward for Flex {
     fn quick_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (x, shape) = take_f32(x).unwrap_or_else(|_| panic!("quick_gelu backward: f32 only"));
-        let (mut g, _) = take_f32(grad).unwrap_or_else(|_| panic!("quick_gelu backward: f32 only"));
-        g.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| kernels::quick_gelu_grad(x, g));
-        from_f32(g, shape)
+        zip_rows(grad, x, CHUNK, kernels::quick_gelu_grad)
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (y, shape) = take_f32(y).unwrap_or_else(|_| panic!("softmax backward: f32 only"));
-        let (mut g, _) = take_f32(grad).unwrap_or_else(|_| panic!("softmax backward: f32 only"));
-        let n = shape[shape.num_dims() - 1];
-        let rows = rows_per_task(n);
-        g.par_chunks_mut(rows).zip(y.par_chunks(rows)).for_each(|(g, y)| {
-            g.chunks_mut(n).zip(y.chunks(n)).for_each(|(g, y)| kernels::softmax_grad(y, g));
-        });
-        from_f32(g, shape)
+        let n = y.shape()[y.shape().num_dims() - 1];
+        zip_rows(grad, y, n, kernels::softmax_grad)
     }
 
     fn layer_norm_backward(
@@ -161,21 +275,24 @@ impl FusedBackward for Flex {
         want_x: bool,
         want_params: bool,
     ) -> (Option<FloatTensor<Self>>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
-        let (x, shape) = take_f32(x).unwrap_or_else(|_| panic!("layer_norm backward: f32 only"));
-        let (gamma, gshape) = take_f32(gamma).unwrap_or_else(|_| panic!("layer_norm backward: f32 only"));
-        let (mut g, _) = take_f32(grad).unwrap_or_else(|_| panic!("layer_norm backward: f32 only"));
-        let n = shape[shape.num_dims() - 1];
+        let x = contiguous(x);
+        let gamma = contiguous(gamma);
+        let mut grad = contiguous(grad);
+        let gshape = gamma.shape();
+        let (x_values, gamma): (&[f32], &[f32]) = (x.storage(), gamma.storage());
+        let n = gamma.len();
         let rows = rows_per_task(n);
         let eps = eps as f32;
         // Per task: partial sums of grad · x̂ (gamma) and grad (beta); the rows' dx in place.
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = g
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = grad
+            .storage_mut::<f32>()
             .par_chunks_mut(rows)
-            .zip(x.par_chunks(rows))
+            .zip(x_values.par_chunks(rows))
             .map(|(g, x)| {
                 let mut dgamma = vec![0.0f32; n];
                 let mut dbeta = vec![0.0f32; n];
                 for (g, x) in g.chunks_mut(n).zip(x.chunks(n)) {
-                    kernels::layer_norm_grad(x, &gamma, g, eps, want_x, want_params, &mut dgamma, &mut dbeta);
+                    kernels::layer_norm_grad(x, gamma, g, eps, want_x, want_params, &mut dgamma, &mut dbeta);
                 }
                 (dgamma, dbeta)
             })
@@ -189,7 +306,21 @@ impl FusedBackward for Flex {
             }
             (from_f32(dgamma, gshape.clone()), from_f32(dbeta, gshape))
         });
-        (want_x.then(|| from_f32(g, shape)), params)
+        (want_x.then_some(grad), params)
+    }
+
+    fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !all_f32(&[&grad, &weight_t]) {
+            return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(grad, weight_t, None);
+        }
+        let grad = contiguous(grad);
+        let mut shape = grad.shape();
+        let last = shape.num_dims() - 1;
+        let k = shape[last];
+        let m = shape.num_elements() / k.max(1);
+        let out = matmul_2d(m, k, grad.storage(), &weight_t, None);
+        shape[last] = weight_t.shape()[1];
+        from_f32(out, shape)
     }
 }
 
@@ -287,6 +418,34 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
             }
         }
     }
+
+    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FrozenLinear;
+
+        impl<B: Backend + FusedBackward> Backward<B, 1> for FrozenLinear {
+            /// The weight as `[out, in]`.
+            type State = B::FloatTensorPrimitive;
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let weight_t = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |g| B::frozen_linear_backward(g, weight_t));
+            }
+        }
+
+        if weight.is_tracked() || bias.is_tracked() {
+            // Not frozen (full fine-tuning, unfrozen layers): burn's linear has every gradient.
+            return <Self as burn::backend::ops::ModuleOps<Self>>::linear(x, weight, Some(bias));
+        }
+        let (w, b) = (weight.into_primitive(), bias.into_primitive());
+        match FrozenLinear.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let wt = weight_t.into_primitive();
+                prep.finish(wt.clone(), B::frozen_linear(x.into_primitive(), w, wt, b))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::frozen_linear(x.into_primitive(), w, weight_t.into_primitive(), b)),
+        }
+    }
 }
 
 /// The scalar loops, written so that the compiler vectorises them; compiled twice, for the
@@ -368,13 +527,13 @@ mod kernels {
     dispatched! {
         /// In place, one row: `exp(x - max) / Σ exp(x - max)`.
         fn softmax(row: &mut [f32]) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
+            // Three loops without a carried dependency each (a running sum inside the `exp`
+            // loop would keep it from vectorising).
+            let max = max(row);
             for x in row.iter_mut() {
                 *x = exp(*x - max);
-                sum += *x;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum(row);
             for x in row.iter_mut() {
                 *x *= inv;
             }
@@ -403,6 +562,20 @@ mod kernels {
             }
         }
         acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+    }
+
+    /// The largest value of a slice (-inf if empty), with 16 independent partial maxima.
+    #[inline(always)]
+    fn max(xs: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; 16];
+        let chunks = xs.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..16 {
+                acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+            }
+        }
+        acc.iter().chain(rest).copied().fold(f32::NEG_INFINITY, f32::max)
     }
 
     /// Σ a · b, as [`sum`].
@@ -561,5 +734,37 @@ mod tests {
         let y3 = layer_norm(x.clone().inner(), g3.clone(), b3.clone(), 1e-5);
         let gr3 = y3.sum().backward();
         assert!(g3.grad(&gr3).is_some() && b3.grad(&gr3).is_some());
+    }
+
+    #[test]
+    fn frozen_linear_matches_burns_and_keeps_trained_weights_trainable() {
+        let device = Device::flex().autodiff();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<3>::random([3, 37, 24], normal, &device);
+        let w = Tensor::<2>::random([24, 40], normal, &device);
+        let b = Tensor::<1>::random([40], normal, &device);
+        let probe = Tensor::<3>::random([3, 37, 40], normal, &device);
+        let d3 = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
+        // Reference: burn's linear, everything tracked.
+        let (x0, w0, b0) = (x.clone().require_grad(), w.clone().require_grad(), b.clone().require_grad());
+        let y0 = burn::tensor::module::linear(x0.clone(), w0.clone(), Some(b0.clone()));
+        let g0 = (y0.clone() * probe.clone()).sum().backward();
+        // Frozen weight, with a transposed view and with a contiguous transposed copy.
+        let copy = Tensor::<2>::from_data(w.clone().transpose().into_data(), &device);
+        for wt in [w.clone().transpose(), copy] {
+            let x1 = x.clone().require_grad();
+            let y1 = linear(x1.clone(), w.clone(), wt, b.clone());
+            assert!(d3(y1.clone(), y0.clone()) < 1e-5);
+            let g1 = (y1 * probe.clone()).sum().backward();
+            assert!(d3(x1.grad(&g1).unwrap(), x0.grad(&g0).unwrap()) < 1e-5);
+        }
+        // A trained weight falls back to burn's linear: its gradients are all there.
+        let (x2, w2, b2) = (x.clone().require_grad(), w.clone().require_grad(), b.clone().require_grad());
+        let y2 = linear(x2.clone(), w2.clone(), w2.clone().transpose(), b2.clone());
+        let g2 = (y2 * probe).sum().backward();
+        let d2 = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
+        assert!(d2(w2.grad(&g2).unwrap(), w0.grad(&g0).unwrap()) < 1e-4);
+        assert!(d3(x2.grad(&g2).unwrap(), x0.grad(&g0).unwrap()) < 1e-5);
+        assert!(b2.grad(&g2).is_some());
     }
 }

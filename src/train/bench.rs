@@ -41,6 +41,7 @@ pub fn run(backbone: &str, batch: usize, iters: usize) -> Result<TrainBenchRow> 
     let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, FloatDType::F32)?;
     let selection = Selection { ln_targets: LN_TARGETS.iter().map(|s| s.to_string()).collect(), ..Default::default() };
     let mut trainable = Trainable::select(&mut detector, &selection)?;
+    detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
     let mut adam = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, &trainable);
     let [h, w] = backbone.pixels.crop_size;
     let mut rng = Rng::new(1);

@@ -286,6 +286,20 @@ impl Trainable {
         bound.iter().map(|b| b.grad(grads)).collect()
     }
 
+    /// Whether the backward pass goes through the encoder's projections while they stay frozen
+    /// (LN-tuning, LoRA): then keeping their transposed weights pays
+    /// ([`VisionTransformer::keep_transposed_weights`]).
+    pub fn backward_through_frozen_projections(&self) -> bool {
+        const PROJECTIONS: [&str; 6] = [".q_proj.", ".k_proj.", ".v_proj.", ".out_proj.", ".fc1.", ".fc2."];
+        let is_projection = |name: &str| {
+            name.starts_with("vision_model.")
+                && PROJECTIONS.iter().any(|p| name.contains(p))
+                && !(name.contains(".lora_A.") || name.contains(".lora_B."))
+        };
+        let encoder_trains = self.params.iter().any(|p| p.name.starts_with("vision_model."));
+        encoder_trains && !self.params.iter().any(|p| is_projection(&p.name))
+    }
+
     /// A trainable tensor by checkpoint name.
     pub fn get(&self, name: &str) -> Option<&TrainParam> {
         self.params.iter().find(|p| p.name == name)

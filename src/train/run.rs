@@ -166,6 +166,7 @@ impl Trainer {
             lora::attach(&mut detector, l, config.seed)?;
         }
         let mut trainable = Trainable::select(&mut detector, &config.selection())?;
+        detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
         let mut adam = AdamW::new(
             AdamWConfig { betas: config.betas, eps: config.eps, weight_decay: config.weight_decay },
             &trainable,
