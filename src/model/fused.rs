@@ -448,8 +448,8 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
     }
 }
 
-/// The scalar loops, written so that the compiler vectorises them; compiled twice, for the
-/// baseline x86-64 and for AVX2 + FMA (chosen at run time).
+/// The scalar loops, written so that the compiler vectorises them; compiled three times, for
+/// the baseline x86-64, AVX2 + FMA and AVX-512 (chosen at run time).
 mod kernels {
     #![allow(clippy::too_many_arguments)]
 
@@ -493,8 +493,14 @@ mod kernels {
                 fn body($($arg: $ty),*) $body
                 #[cfg(target_arch = "x86_64")]
                 {
+                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                    unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
                     #[target_feature(enable = "avx2,fma")]
                     unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                        // SAFETY: the CPU has the features the function is compiled for.
+                        return unsafe { avx512($($arg),*) };
+                    }
                     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                         // SAFETY: the CPU has the features the function is compiled for.
                         return unsafe { avx2($($arg),*) };
