@@ -1,5 +1,5 @@
 //! Training end to end on the tiny CLIP: it learns, it resumes exactly, cached linear probing
-//! matches uncached. Real sample crops vs the same crops with a visible manipulation.
+//! matches uncached (its speed-up: scripts/bench/cache_features.sh). Real sample crops vs the same crops with a visible manipulation.
 
 mod train_common;
 
@@ -42,30 +42,27 @@ fn saved_param(run: &std::path::Path, name: &str) -> Vec<f32> {
 }
 
 #[test]
-fn cached_linear_probing_gives_the_same_head_faster() {
+fn cached_linear_probing_gives_the_same_head() {
     let tmp = tempfile::tempdir().unwrap();
     derived_dataset(tmp.path(), None);
     let probe = ["peft.enabled=false", "max_epochs=4", "lr=1e-2", "tst_files=[]"];
-    let mut timed = Vec::new();
+    let mut runs = Vec::new();
     for cached in [false, true] {
         let mut sets = probe.to_vec();
         let name = format!("run_name=\"cached-{cached}\"");
         let cache = format!("cache_features={cached}");
         sets.extend([name.as_str(), cache.as_str()]);
         let cfg = config(tmp.path(), &sets);
-        let t = Instant::now();
-        let out = train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap();
-        timed.push((out.run_dir, t.elapsed().as_secs_f64()));
+        runs.push(train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap().run_dir);
     }
-    let [(plain, t_plain), (cached, t_cached)] = [timed[0].clone(), timed[1].clone()];
+    let (plain, cached) = (&runs[0], &runs[1]);
     for name in ["model.linear.weight", "model.linear.bias"] {
-        let (a, b) = (saved_param(&plain, name), saved_param(&cached, name));
+        let (a, b) = (saved_param(plain, name), saved_param(cached, name));
         let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         eprintln!("{name}: max |uncached - cached| = {diff:e}");
         assert!(diff <= 1e-5, "{name}: {diff}");
     }
-    eprintln!("linear probing, 4 epochs of 64 images: uncached {t_plain:.2} s, cached {t_cached:.2} s ({:.1}x)", t_plain / t_cached);
-    assert!(t_cached < t_plain);
+    // The speed-up is a benchmark: scripts/bench/cache_features.sh (BENCHMARKS.md).
     // Only the head trained: the encoder of `best` is the base CLIP's.
     let lines = std::fs::read_to_string(plain.join("config.toml")).unwrap();
     assert!(lines.contains("cache_features = false"));
