@@ -55,8 +55,8 @@ fn float_dtype(d: Dtype) -> FloatDType {
 fn load_detector(args: &ModelArgs, device: &Device) -> Result<Detector> {
     let ckpt = load_checkpoint(&args.weights, args.backbone.as_deref())
         .with_context(|| format!("loading weights `{}`", args.weights))?;
-    Ok(Detector::from_checkpoint(ckpt, device, float_dtype(args.dtype))
-        .with_context(|| format!("building the model from `{}`", args.weights))?)
+    Detector::from_checkpoint(ckpt, device, float_dtype(args.dtype))
+        .with_context(|| format!("building the model from `{}`", args.weights))
 }
 
 fn predict(args: PredictArgs) -> Result<ExitCode> {

@@ -159,4 +159,16 @@ fn ln_tuning_selects_every_layer_norm_and_the_head() {
     let decayed: Vec<&str> = s.trainable.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect();
     assert_eq!(decayed, ["model.linear.weight"]);
     let _ = Path::new("");
+    // Transposed projection weights pay only when the backward pass goes through frozen
+    // projections: not for linear probing (no encoder backward), not when they train.
+    let mut detector = s.detector;
+    for (selection, keep) in [
+        (Selection::default(), false),
+        (Selection { full: true, ..Default::default() }, false),
+        (Selection { ln_targets: vec!["layer_norm1".into()], unfreeze: vec!["fc1".into()], ..Default::default() }, false),
+        (Selection { ln_targets: vec!["layer_norm1".into()], ..Default::default() }, true),
+    ] {
+        let t = Trainable::select(&mut detector, &selection).unwrap();
+        assert_eq!(t.backward_through_frozen_projections(), keep, "{selection:?}");
+    }
 }

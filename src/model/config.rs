@@ -81,10 +81,10 @@ impl EncoderConfig {
     /// Checks what the encoder relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Invalid(format!("invalid encoder config: {what} ({self:?})")));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad("hidden_size must be a positive multiple of num_attention_heads");
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad("image_size must be a multiple of patch_size");
         }
         if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
