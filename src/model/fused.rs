@@ -208,6 +208,18 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
     out
 }
 
+/// `x · matrix (+ bias)` over the last axis of `x` (`[..., k]` -> `[..., n]`, `matrix` `[k, n]`).
+fn last_axis_times(x: FlexTensor, matrix: &FlexTensor, bias: Option<&[f32]>) -> FlexTensor {
+    let x = contiguous(x);
+    let mut shape = x.shape();
+    let last = shape.num_dims() - 1;
+    let k = shape[last];
+    let m = shape.num_elements() / k.max(1);
+    let out = matmul_2d(m, k, x.storage(), matrix, bias);
+    shape[last] = matrix.shape()[1];
+    from_f32(out, shape)
+}
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
@@ -240,20 +252,12 @@ impl FusedOps for Flex {
         map_rows(x, n, |row| kernels::layer_norm(row, g, b, eps))
     }
 
-    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        let _ = weight_t;
+    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, _weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         if !all_f32(&[&x, &weight, &bias]) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(x, weight, Some(bias));
         }
-        let x = contiguous(x);
         let bias = contiguous(bias);
-        let mut shape = x.shape();
-        let last = shape.num_dims() - 1;
-        let k = shape[last];
-        let m = shape.num_elements() / k.max(1);
-        let out = matmul_2d(m, k, x.storage(), &weight, Some(bias.storage()));
-        shape[last] = weight.shape()[1];
-        from_f32(out, shape)
+        last_axis_times(x, &weight, Some(bias.storage()))
     }
 }
 
@@ -313,14 +317,7 @@ impl FusedBackward for Flex {
         if !all_f32(&[&grad, &weight_t]) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(grad, weight_t, None);
         }
-        let grad = contiguous(grad);
-        let mut shape = grad.shape();
-        let last = shape.num_dims() - 1;
-        let k = shape[last];
-        let m = shape.num_elements() / k.max(1);
-        let out = matmul_2d(m, k, grad.storage(), &weight_t, None);
-        shape[last] = weight_t.shape()[1];
-        from_f32(out, shape)
+        last_axis_times(grad, &weight_t, None)
     }
 }
 
