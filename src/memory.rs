@@ -3,7 +3,7 @@
 //! A forward and backward pass of ViT-L/14 allocates and frees tens of activation buffers of
 //! 4-70 MB per layer. glibc's malloc hands blocks that large to `mmap` and gives them back to the
 //! kernel on `free`, so every new buffer is faulted in and zeroed page by page again: on an
-//! LN-tuning step at mini-batch 4 that was 1.4 s of 9.3 (BENCHMARKS.md). Keeping freed memory in
+//! LN-tuning step at mini-batch 4 that was about 1.3 s of 9.3 (BENCHMARKS.md). Keeping freed memory in
 //! the heap for reuse removes it; the peak stays the same because the buffers are reused, not
 //! added. mimalloc (default options) was slower still on the same step, so this tunes the
 //! allocator that is already there instead of replacing it.
