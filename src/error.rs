@@ -6,13 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. The OS error is part of the message (and not
+    /// exposed as a source, so that a `{:#}` chain says it once).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// An image file could not be decoded.
     #[error("{path}: cannot decode image: {reason}")]
     Image { path: PathBuf, reason: String },
@@ -36,7 +33,14 @@ pub enum Error {
     /// A backbone name that is neither a preset nor a folder.
     #[error("unknown backbone `{name}`; known presets: {known}, or give a folder with a CLIP config.json")]
     UnknownBackbone { name: String, known: String },
-    /// Invalid input data (list files, CSVs, options), with where it came from.
+    /// A setting that cannot work: the config key (or option) and why.
+    #[error("{key}: {reason}")]
+    Config { key: String, reason: String },
+    /// An output file could not be made (a plot, a checkpoint): the file and why.
+    #[error("{path}: cannot write: {reason}")]
+    Output { path: PathBuf, reason: String },
+    /// Invalid data handed to a library function (lengths that disagree, nothing to score),
+    /// with what it was about.
     #[error("{0}")]
     Invalid(String),
     /// A file that must be fetched from the Hugging Face Hub is not available.
@@ -50,7 +54,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), error: source }
+    }
+    /// An [`Error::Config`] for `key`.
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config { key: key.into(), reason: reason.into() }
+    }
+    /// An [`Error::Output`] for `path`.
+    pub fn output(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Output { path: path.into(), reason: reason.into() }
     }
     /// An [`Error::Format`] for `path`.
     pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

@@ -1,20 +1,35 @@
 //! dfdet: deepfake detection with a LayerNorm-tuned CLIP vision transformer.
 //!
 //! A Rust port of "Unlocking the Hidden Potential of CLIP in Generalizable Deepfake
-//! Detection" (Yermakov, Cech, Matas; arXiv 2503.19683). Data flows one way:
-//! files -> [`data`] -> [`preprocess`] (pixels) -> [`model`] (encoder + head) -> scores ->
-//! [`eval`] (metrics).
+//! Detection" (Yermakov, Cech, Matas; arXiv 2503.19683). Data flows one way, and each layer
+//! imports only the ones before it:
+//!
+//! 1. [`error`], [`memory`], [`rng`], [`progress`]: the library's error type, process memory,
+//!    seeded randomness, progress reporting;
+//! 2. [`data`]: input files, list files and the reference's dataset layout;
+//! 3. [`eval`]: metrics and plots on plain slices of scores and labels;
+//! 4. [`preprocess`]: videos -> frames -> faces -> aligned crops -> pixels;
+//! 5. [`model`]: checkpoints, the CLIP encoder and the head;
+//! 6. [`score`]: frames through a detector, a test split to a run's outputs;
+//! 7. [`train`]: LN-tuning, linear probing and LoRA;
+//! 8. [`commands`]: one function per `dfdet` command.
+//!
+//! The `dfdet` binary (`src/main.rs`, `src/cli/`) only parses arguments, calls [`commands`] and
+//! prints.
+
+pub mod error;
+pub mod memory;
+pub mod progress;
+pub mod rng;
 
 pub mod data;
-pub mod error;
 pub mod eval;
-pub mod model;
 pub mod preprocess;
 
-pub use error::{Error, Result};
-pub mod bench;
-pub mod cli;
-pub mod evaluate;
-pub mod memory;
-pub mod predict;
+pub mod model;
+pub mod score;
 pub mod train;
+
+pub mod commands;
+
+pub use error::{Error, Result};

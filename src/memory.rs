@@ -1,4 +1,4 @@
-//! Process-wide memory settings.
+//! Process-wide memory: allocator settings and the peak resident set size.
 //!
 //! A forward and backward pass of ViT-L/14 allocates and frees tens of activation buffers of
 //! 4-70 MB per layer. glibc's malloc hands blocks that large to `mmap` and gives them back to the
@@ -21,4 +21,20 @@ pub fn keep_freed_memory() {
         // ... and grow it in steps of 256 MiB.
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
+}
+
+/// Peak resident set size since the last [`reset_peak_rss`], in MiB (Linux; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Resets the peak RSS counter (Linux: writing 5 to `clear_refs`), so that each measured
+/// setting gets its own peak.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

@@ -1,4 +1,4 @@
-//! Seeded randomness for training: one small generator, and streams derived from
+//! Seeded randomness (training, benchmarks): one small generator, and streams derived from
 //! `(seed, purpose, counters)` so that any step's random draws (data order, slerp pairs,
 //! augmentations, dropout) can be recomputed after a resume without saving generator state.
 

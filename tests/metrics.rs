@@ -4,7 +4,7 @@
 //! scikit-learn 1.9.1, scipy 1.17.1); see that script for what each expected value is.
 
 use dfdet::eval::metrics::{Metrics, precision_recall_curve, roc_curve};
-use dfdet::eval::video::evaluate;
+use dfdet::eval::video::frame_and_video;
 use serde_json::Value;
 
 const TOL: f64 = 1e-9;
@@ -100,7 +100,7 @@ fn frame_and_video_metrics_match_sklearn() {
             .collect();
         let binary = case["binary"].as_bool().unwrap();
 
-        let e = evaluate(&files, &probs, &labels, n_classes, binary).unwrap();
+        let e = frame_and_video(&files, &probs, &labels, n_classes, binary).unwrap();
         let want = &case["expected"];
         worst = worst.max(check_metrics(
             &format!("{name} frame"),

@@ -131,7 +131,7 @@ fn unknown_keys_and_wrong_types_are_named() {
     let err = fails(dfdet().args(["train", "-c", c, "--set", "head=\"mlp\""]));
     assert!(err.contains("mlp") && err.contains("LinearNorm"), "{err}");
     let err = fails(dfdet().args(["train", "-c", c, "--set", "batch_size=6"]));
-    assert!(err.contains("batch_size 6 is not a multiple of mini_batch_size 4"), "{err}");
+    assert!(err.contains("batch_size: 6 is not a multiple of mini_batch_size 4"), "{err}");
 }
 
 #[test]

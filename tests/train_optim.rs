@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use dfdet::train::optim::{AdamW, AdamWConfig};
 use dfdet::train::params::{host, Layout, TrainParam, Trainable};
-use dfdet::train::rng::Rng;
+use dfdet::rng::Rng;
 use dfdet::train::schedule::{Schedule, Scheduler};
 use dfdet::train::slerp::{slerp, SlerpPlan};
 use serde_json::Value;

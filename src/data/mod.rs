@@ -17,7 +17,7 @@ pub fn is_image(path: &Path) -> bool {
 }
 
 /// An input that could not be turned into frames, with where it came from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct InputError {
     /// The path as given or as written in a list file.
     pub path: String,
@@ -73,6 +73,12 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Inputs {
 }
 
 fn collect_images(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
+    walk_files(dir, &is_image, files, errors);
+}
+
+/// Collects the files under `dir` (recursively) that `keep` accepts. A folder or entry that
+/// cannot be read is reported in `errors`, never dropped in silence.
+pub fn walk_files(dir: &Path, keep: &dyn Fn(&Path) -> bool, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -80,11 +86,17 @@ fn collect_images(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputEr
             return;
         }
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                errors.push(InputError { path: dir.display().to_string(), reason: format!("cannot list folder: {e}") });
+                continue;
+            }
+        };
         if path.is_dir() {
-            collect_images(&path, files, errors);
-        } else if is_image(&path) {
+            walk_files(&path, keep, files, errors);
+        } else if keep(&path) {
             files.push(path);
         }
     }
@@ -117,8 +129,14 @@ pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String>
     Ok((paths, errors))
 }
 
-/// The video a frame belongs to: its parent folder, as the reference groups them.
-pub use crate::eval::video::video_of;
+/// The video of a frame path: everything before its last `/` (the parent folder), as the
+/// reference groups frames into videos.
+///
+/// The original keeps the trailing `/` in its keys (`f[: -f[::-1].find("/")]`) and, for a path
+/// without `/`, takes its first character; here such paths belong to the video `""`.
+pub fn video_of(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
 
 /// The reference's label rule: 0 (real) if the source folder's name contains "real", else 1.
 pub fn label_of(frame: &Path) -> Option<usize> {
@@ -129,6 +147,13 @@ pub fn label_of(frame: &Path) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn video_is_the_parent_directory() {
+        assert_eq!(video_of("FF/DF/000_003/025.png"), "FF/DF/000_003");
+        assert_eq!(video_of("/abs/v/0.png"), "/abs/v");
+        assert_eq!(video_of("frame.png"), "");
+    }
 
     #[test]
     fn labels_follow_source_names() {

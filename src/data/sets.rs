@@ -27,7 +27,7 @@ impl SetSpec {
         };
         let lists: Vec<PathBuf> = lists.split(',').filter(|l| !l.trim().is_empty()).map(|l| PathBuf::from(l.trim())).collect();
         if name.is_empty() || lists.is_empty() {
-            return Err(Error::Invalid(format!("`{s}`: expected NAME=LIST[,LIST...]")));
+            return Err(Error::config(format!("--set `{s}`"), "expected NAME=LIST[,LIST...]"));
         }
         Ok(Self { name, lists })
     }
@@ -55,7 +55,7 @@ impl Split {
         for spec in specs {
             let entry = per_set.entry(spec.name.clone()).or_default();
             for list in &spec.lists {
-                let (paths, errs) = read_list(list).map_err(|reason| Error::Invalid(format!("{}: {reason}", list.display())))?;
+                let (paths, errs) = read_list(list).map_err(|reason| Error::format(list, reason))?;
                 errors.extend(errs);
                 entry.extend(paths.into_iter().map(|p| p.display().to_string()));
             }
@@ -68,7 +68,7 @@ impl Split {
         let mut labels = Vec::with_capacity(files.len());
         for f in &files {
             let label = label_of(Path::new(f)).ok_or_else(|| {
-                Error::Invalid(format!("{f}: expected <dataset>/<source>/<video>/<frame> to read its label from <source>"))
+                Error::format(f, "expected <dataset>/<source>/<video>/<frame> to read its label from <source>")
             })?;
             labels.push(label);
         }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::metrics::Metrics;
 use super::plots::{write_plots, Scores};
-use super::video::{evaluate, Evaluation};
+use super::video::{frame_and_video, Evaluation};
 use crate::{Error, Result};
 
 /// Scored frames: the content of a predictions CSV.
@@ -111,33 +111,34 @@ pub type Report = BTreeMap<String, SetMetrics>;
 pub const ALL: &str = "all";
 
 /// Evaluates all frames and each named set (indices into `preds`); with `plots_dir`, writes the
-/// plots of each into `<plots_dir>/<set>/{frame,video}_metrics/`. A set with no frames is
-/// skipped with a warning on stderr.
+/// plots of each into `<plots_dir>/<set>/{frame,video}_metrics/`. Returns the report and its
+/// warnings: sets with no frames (skipped) and metrics that are undefined.
 pub fn evaluate_sets(
     preds: &Predictions,
     sets: &BTreeMap<String, Vec<usize>>,
     plots_dir: Option<&Path>,
     stage: &str,
-) -> Result<Report> {
+) -> Result<(Report, Vec<String>)> {
     let mut report = Report::new();
+    let mut warnings = Vec::new();
     let all: Vec<usize> = (0..preds.files.len()).collect();
     let named = sets.iter().filter(|(name, _)| name.as_str() != ALL);
     for (name, idx) in std::iter::once((&ALL.to_string(), &all)).chain(named) {
         if idx.is_empty() {
-            eprintln!("warning: set `{name}` has no scored frames; skipped");
+            warnings.push(format!("set `{name}` has no scored frames; skipped"));
             continue;
         }
         let subset = preds.subset(idx);
-        let eval = evaluate(&subset.files, &subset.probs, &subset.labels, subset.n_classes, true)?;
+        let eval = frame_and_video(&subset.files, &subset.probs, &subset.labels, subset.n_classes, true)?;
         for w in eval.frame.warnings.iter().chain(&eval.video.warnings) {
-            eprintln!("warning: set `{name}`: {w}");
+            warnings.push(format!("set `{name}`: {w}"));
         }
         if let Some(dir) = plots_dir {
             write_set_plots(&dir.join(name), stage, &eval)?;
         }
         report.insert(name.clone(), SetMetrics { frame: eval.frame, video: eval.video });
     }
-    Ok(report)
+    Ok((report, warnings))
 }
 
 const CLASS_NAMES: [&str; 2] = ["real", "fake"];

@@ -5,15 +5,8 @@
 //! = True`, its default). Probabilities are flat row-major slices, as in [`super::metrics`].
 
 use super::metrics::{Metrics, check_inputs, compute_metrics};
+use crate::data::video_of;
 use crate::{Error, Result};
-
-/// The video of a frame path: everything before its last `/` (the parent directory).
-///
-/// The original keeps the trailing `/` in its keys (`f[: -f[::-1].find("/")]`) and, for a path
-/// without `/`, takes its first character; here such paths belong to the video `""`.
-pub fn video_of(path: &str) -> &str {
-    path.rfind('/').map_or("", |i| &path[..i])
-}
 
 /// `[p(real), p(fake)]` rows from per-source rows: column 0, and the max of the others.
 ///
@@ -120,7 +113,7 @@ pub struct Evaluation {
 /// # Errors
 /// [`Error::Invalid`] when the inputs disagree in length, a label is out of range or a
 /// probability is not finite.
-pub fn evaluate<S: AsRef<str>>(
+pub fn frame_and_video<S: AsRef<str>>(
     files: &[S],
     probs: &[f64],
     labels: &[usize],
@@ -150,13 +143,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn video_is_the_parent_directory() {
-        assert_eq!(video_of("FF/DF/000_003/025.png"), "FF/DF/000_003");
-        assert_eq!(video_of("/abs/v/0.png"), "/abs/v");
-        assert_eq!(video_of("frame.png"), "");
-    }
-
-    #[test]
     fn videos_in_order_of_first_appearance() {
         let files = ["d/b/1.png", "d/a/1.png", "d/b/2.png"];
         let probs = [0.2, 0.8, 0.9, 0.1, 0.4, 0.6];
@@ -176,7 +162,7 @@ mod tests {
         );
         // Two frames of one video: max-then-mean differs from mean-then-max.
         let probs = [0.2, 0.7, 0.1, 0.2, 0.1, 0.7];
-        let e = evaluate(&["v/0", "v/1"], &probs, &[2, 2], 3, true).unwrap();
+        let e = frame_and_video(&["v/0", "v/1"], &probs, &[2, 2], 3, true).unwrap();
         assert_eq!(e.n_classes, 2);
         assert_eq!(e.frame_labels, [1, 1]);
         assert!((e.videos.probs[1] - 0.7).abs() < 1e-15);

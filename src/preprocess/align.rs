@@ -27,6 +27,11 @@ pub enum TemplateKind {
     Gend,
 }
 
+impl TemplateKind {
+    /// The serde names of the variants.
+    pub const NAMES: [&'static str; 2] = ["deepfakebench", "gend"];
+}
+
 /// The template's five points for a square crop of `size` pixels, computed in f32 as the
 /// reference computes them (numpy float32 arrays).
 pub fn template(kind: TemplateKind, size: u32) -> [[f32; 2]; 5] {

@@ -130,6 +130,11 @@ pub enum Backend {
     /// DeepfakeBench uses them.
     Dlib,
 }
+impl Backend {
+    /// The serde names of the variants.
+    pub const NAMES: [&'static str; 2] = ["retinaface", "dlib"];
+}
+
 
 /// Loads a back-end's models from `models` (a folder) or their installed locations; a missing
 /// model is an error naming the package that provides it.

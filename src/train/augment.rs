@@ -10,7 +10,7 @@
 use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Applies the whole pipeline with draws from `rng`.
 pub fn augment(img: &RgbImage, rng: &mut Rng) -> RgbImage {

@@ -237,7 +237,7 @@ impl TrainConfig {
             for o in overrides {
                 apply_override(&mut doc, o)?;
             }
-            let text = toml::to_string(&doc).map_err(|e| Error::Invalid(format!("config: {e}")))?;
+            let text = toml::to_string(&doc).map_err(|e| Error::config("--set", e.to_string()))?;
             let name = path.map_or("config".to_string(), |p| p.display().to_string());
             (text, PathBuf::from(format!("{name} with --set")))
         };
@@ -270,40 +270,42 @@ impl TrainConfig {
 
     /// Checks values that the types alone do not.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Invalid(msg));
+        let bad = |key: &str, reason: String| Err(Error::config(key, reason));
         if self.num_classes < 2 {
-            return bad(format!("num_classes = {}: at least 2 (real and fake)", self.num_classes));
+            return bad("num_classes", format!("{}: at least 2 (real and fake)", self.num_classes));
         }
         if self.mini_batch_size == 0 || self.batch_size == 0 {
-            return bad("batch_size and mini_batch_size must be positive".into());
+            return bad(if self.batch_size == 0 { "batch_size" } else { "mini_batch_size" }, "must be positive".into());
         }
         if !self.batch_size.is_multiple_of(self.mini_batch_size) {
-            return bad(format!(
-                "batch_size {} is not a multiple of mini_batch_size {} (gradients are accumulated over whole mini-batches)",
+            return bad(
+                "batch_size",
+                format!(
+                "{} is not a multiple of mini_batch_size {} (gradients are accumulated over whole mini-batches)",
                 self.batch_size, self.mini_batch_size
             ));
         }
         if self.max_epochs == 0 {
-            return bad("max_epochs must be at least 1".into());
+            return bad("max_epochs", "must be at least 1".into());
         }
         let [t0, t1] = self.slerp_feature_augmentation_range;
         if !(0.0..=1.0).contains(&t0) || !(0.0..=1.0).contains(&t1) || t0 > t1 {
-            return bad(format!("slerp_feature_augmentation_range [{t0}, {t1}]: expected 0 <= t0 <= t1 <= 1"));
+            return bad("slerp_feature_augmentation_range", format!("[{t0}, {t1}]: expected 0 <= t0 <= t1 <= 1"));
         }
         if self.lr.is_nan() || self.lr <= 0.0 || self.min_lr < 0.0 {
-            return bad(format!("lr {} must be positive and min_lr {} non-negative", self.lr, self.min_lr));
+            return bad("lr", format!("{} must be positive and min_lr {} non-negative", self.lr, self.min_lr));
         }
         if !["32", "32-true"].contains(&self.precision.as_str()) {
-            return bad(format!("precision `{}`: dfdet trains in f32 only; expected one of `32`, `32-true`", self.precision));
+            return bad("precision", format!("`{}`: dfdet trains in f32 only; expected one of `32`, `32-true`", self.precision));
         }
         if self.peft.enabled && self.peft.lora.enabled && self.peft.ln_tuning.enabled {
-            return bad("peft: enable either lora or ln_tuning, not both (as the reference)".into());
+            return bad("peft", "enable either lora or ln_tuning, not both (as the reference)".into());
         }
         if self.peft.enabled && self.peft.lora.enabled {
             self.peft.lora.validate()?;
         }
         if self.cache_features && !self.is_linear_probe() {
-            return bad("cache_features needs linear probing: a frozen encoder (peft off or nothing enabled, no unfreeze_layers, freeze_feature_extractor) and augmentations off".into());
+            return bad("cache_features", "needs linear probing: a frozen encoder (peft off or nothing enabled, no unfreeze_layers, freeze_feature_extractor) and augmentations off".into());
         }
         Ok(())
     }
@@ -364,7 +366,7 @@ impl TrainConfig {
 fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) = assignment
         .split_once('=')
-        .ok_or_else(|| Error::Invalid(format!("--set `{assignment}`: expected KEY=VALUE")))?;
+        .ok_or_else(|| Error::config(format!("--set `{assignment}`"), "expected KEY=VALUE"))?;
     let key = key.trim();
     let value = match format!("v = {}", raw.trim()).parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").expect("parsed"),
@@ -374,7 +376,7 @@ fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let mut table = doc;
     for (i, part) in parts.iter().enumerate() {
         if part.is_empty() {
-            return Err(Error::Invalid(format!("--set `{assignment}`: empty key component")));
+            return Err(Error::config(format!("--set `{assignment}`"), "empty key component"));
         }
         if i + 1 == parts.len() {
             table.insert(part.to_string(), value);
@@ -383,7 +385,7 @@ fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
         let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = entry
             .as_table_mut()
-            .ok_or_else(|| Error::Invalid(format!("--set `{assignment}`: `{}` is not a table", parts[..=i].join("."))))?;
+            .ok_or_else(|| Error::config(format!("--set `{assignment}`"), format!("`{}` is not a table", parts[..=i].join("."))))?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use super::augment::augment;
-use super::rng::{Rng, Stream};
+use crate::rng::{Rng, Stream};
 use crate::data::sets::Split;
 use crate::data::InputError;
 use crate::model::config::PixelConfig;

@@ -8,7 +8,7 @@ use crate::model::hub::Hub;
 use crate::model::weights::{Checkpoint, HeadKind, HostTensor, ModelSpec, TensorMap, Tuning};
 use crate::{Error, Result};
 
-use super::rng::{Rng, Stream};
+use crate::rng::{Rng, Stream};
 
 /// A base CLIP: the encoder's `vision_model.*` tensors from `name` (a local HF folder with
 /// `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through the HF

@@ -7,7 +7,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::rng::{Rng, Stream};
+use crate::rng::{Rng, Stream};
 use crate::model::clip::Lora;
 use crate::model::Detector;
 use crate::{Error, Result};
@@ -37,21 +37,21 @@ impl LoraConfig {
     /// Checks the targets and rank.
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
-            return Err(Error::Invalid("peft.lora.rank must be at least 1".into()));
+            return Err(Error::config("peft.lora.rank", "must be at least 1"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Invalid(format!("peft.lora.dropout {} is not in [0, 1)", self.dropout)));
+            return Err(Error::config("peft.lora.dropout", format!("{} is not in [0, 1)", self.dropout)));
         }
         for t in &self.target_modules {
             if !LORA_TARGETS.contains(&t.as_str()) {
-                return Err(Error::Invalid(format!(
-                    "peft.lora.target_modules: `{t}` is not one of {}",
-                    LORA_TARGETS.join(", ")
-                )));
+                return Err(Error::config(
+                    "peft.lora.target_modules",
+                    format!("`{t}` is not one of {}", LORA_TARGETS.join(", ")),
+                ));
             }
         }
         if self.target_modules.is_empty() {
-            return Err(Error::Invalid("peft.lora.target_modules is empty".into()));
+            return Err(Error::config("peft.lora.target_modules", "is empty"));
         }
         Ok(())
     }

@@ -6,23 +6,23 @@
 //! final test pass; resumable at any saved step.
 
 pub mod augment;
-pub mod bench;
 pub mod data;
+pub mod forward;
 pub mod config;
 pub mod init;
 pub mod loss;
 pub mod lora;
 pub mod optim;
 pub mod params;
-pub mod progress;
 pub mod run;
-pub mod rng;
 pub mod schedule;
 pub mod slerp;
+pub mod splits;
 pub mod state;
+pub mod validate;
 
 pub use config::TrainConfig;
-pub use run::{resume, train, Observer, Outcome, Silent};
+pub use run::{Outcome, resume, train};
 
 /// The device training computes gradients on: `device` with autodiff. (burn's balanced gradient
 /// checkpointing was measured slower and, with the fused kernels of `model::fused`, no lighter on

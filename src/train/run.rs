@@ -7,43 +7,30 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::FloatDType;
 
 use super::config::TrainConfig;
-use super::data::{epoch_order, load_batch, FeatureCache};
+use super::data::{FeatureCache, epoch_order, load_batch};
+use super::forward::{HeadPass, encode, head_pass};
 use super::init::base_clip;
-use super::loss::{self, LossValues};
+use super::loss::LossValues;
 use super::lora;
 use super::optim::{AdamW, AdamWConfig};
-use super::params::{export, host, Trainable};
-use super::rng::{Rng, Stream};
+use super::params::{Trainable, export, host};
 use super::schedule::Schedule;
 use super::slerp::SlerpPlan;
-use super::state::{load_state, save_checkpoint, Best, EpochSoFar, MetricsLog, RunDir, TrainState};
+use super::splits::Splits;
+use super::state::{Best, EpochSoFar, MetricsLog, RunDir, TrainState, load_state, save_checkpoint};
+use super::validate::{loss_rows, metric_rows, score_val};
 use crate::data::sets::Split;
 use crate::eval::unifalign::{alignment, uniformity};
-use crate::eval::video::evaluate;
-use crate::eval::metrics::Metrics;
-use crate::evaluate::{run_test, TestOutcome};
-use crate::model::weights::load_checkpoint;
+use crate::eval::video::frame_and_video;
 use crate::model::Detector;
+use crate::model::weights::load_checkpoint;
+use crate::progress::Observer;
+use crate::rng::{Rng, Stream};
+use crate::score::{TestOutcome, test_split};
 use crate::{Error, Result};
-
-/// What a caller sees of a run as it goes (progress bars, messages). All methods default to
-/// doing nothing.
-pub trait Observer {
-    /// A line for the user (warnings, summaries).
-    fn message(&mut self, _msg: &str) {}
-    /// A phase with `total` units of work starts ("epoch 3/10", "val", "test", "features").
-    fn phase(&mut self, _name: &str, _total: usize, _done: usize) {}
-    /// One unit of the phase done, with the latest loss and lr for training phases.
-    fn advance(&mut self, _n: usize, _loss: Option<f64>, _lr: Option<f64>) {}
-}
-
-/// An observer that shows nothing.
-pub struct Silent;
-impl Observer for Silent {}
 
 /// How a run ended.
 #[derive(Debug)]
@@ -60,11 +47,13 @@ pub struct Outcome {
 pub fn train(config: &TrainConfig, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
     let dir = RunDir { dir: config.run_path() };
     if dir.metrics().exists() {
-        return Err(Error::Invalid(format!(
-            "{} already holds a run; continue it with `dfdet train --resume {}` or choose another run_name",
-            dir.dir.display(),
-            dir.dir.display()
-        )));
+        return Err(Error::format(
+            &dir.dir,
+            format!(
+                "already holds a run; continue it with `dfdet train --resume {}` or choose another run_name",
+                dir.dir.display()
+            ),
+        ));
     }
     // Writability is checked by writing the config, before any data or model is touched.
     std::fs::create_dir_all(&dir.dir).map_err(|e| Error::io(&dir.dir, e))?;
@@ -78,33 +67,6 @@ pub fn resume(run_dir: &Path, obs: &mut dyn Observer, stop: &AtomicBool) -> Resu
     let dir = RunDir { dir: run_dir.to_path_buf() };
     let config = TrainConfig::load(Some(&dir.config()), &[])?;
     Trainer::new(config, dir, true, obs)?.run(obs, stop)
-}
-
-/// Loads a split and checks it holds every class before anything is computed.
-fn load_split(name: &str, config: &TrainConfig, files: &super::config::Files, limit: Option<usize>, obs: &mut dyn Observer) -> Result<Split> {
-    let specs = files.set_specs();
-    if specs.is_empty() {
-        return Err(Error::Invalid(format!("{name} is empty: give its list files")));
-    }
-    let split = Split::load(&specs, limit)?;
-    for e in &split.errors {
-        obs.message(&format!("warning: {name}: {}: {}", e.path, e.reason));
-    }
-    let lists: Vec<String> = specs.iter().flat_map(|s| s.lists.iter().map(|l| l.display().to_string())).collect();
-    if split.files.is_empty() {
-        return Err(Error::Invalid(format!("{name}: the lists name no existing frame ({})", lists.join(", "))));
-    }
-    for class in 0..config.num_classes {
-        if !split.labels.contains(&class) {
-            let what = if class == 0 { "real (class 0: a source folder whose name contains \"real\")" } else { "fake (class 1)" };
-            return Err(Error::Invalid(format!(
-                "{name}: no {what} frames among {} frames of {}; every class must be present",
-                split.files.len(),
-                lists.join(", ")
-            )));
-        }
-    }
-    Ok(split)
 }
 
 struct Trainer {
@@ -129,18 +91,12 @@ struct Trainer {
 impl Trainer {
     fn new(config: TrainConfig, dir: RunDir, resuming: bool, obs: &mut dyn Observer) -> Result<Self> {
         if config.num_classes != 2 {
-            return Err(Error::Invalid(format!(
-                "num_classes = {}: training uses binary labels (real/fake), as the reference",
-                config.num_classes
-            )));
+            return Err(Error::config(
+                "num_classes",
+                format!("{}: training uses binary labels (real/fake), as the reference", config.num_classes),
+            ));
         }
-        let trn = load_split("trn_files", &config, &config.trn_files, config.limit_trn_files, obs)?;
-        let val = load_split("val_files", &config, &config.val_files, config.limit_val_files, obs)?;
-        let tst = if config.tst_files.is_empty() {
-            None
-        } else {
-            Some(load_split("tst_files", &config, &config.tst_files, config.limit_tst_files, obs)?)
-        };
+        let Splits { trn, val, tst } = Splits::load(&config, obs)?;
 
         let device = Device::flex();
         let autodiff = super::autodiff_device(&device);
@@ -148,10 +104,10 @@ impl Trainer {
             Some(source) => {
                 let mut c = load_checkpoint(source, None)?;
                 if c.spec.num_classes != config.num_classes {
-                    return Err(Error::Invalid(format!(
-                        "checkpoint `{source}` has {} classes, the config {}",
-                        c.spec.num_classes, config.num_classes
-                    )));
+                    return Err(Error::config(
+                        "checkpoint",
+                        format!("`{source}` has {} classes, the config {}", c.spec.num_classes, config.num_classes),
+                    ));
                 }
                 c.spec.head = config.head;
                 c.spec.tuning = config.tuning();
@@ -193,7 +149,7 @@ impl Trainer {
 
         let (state, log) = if resuming {
             let last = dir.last_for_resume().ok_or_else(|| {
-                Error::Invalid(format!("{}: no checkpoints/last to resume from", dir.dir.display()))
+                Error::format(&dir.dir, "no checkpoints/last to resume from")
             })?;
             let state = load_state(&last, &mut trainable, &mut adam)?;
             let log = MetricsLog::open(&dir.metrics(), state.metrics_bytes)?;
@@ -257,7 +213,10 @@ impl Trainer {
                 let chunks: Vec<&[usize]> = order[first..last].chunks(mb).collect();
                 let (loss, lr) = self.optimizer_step(epoch, s * accum, &chunks, obs)?;
                 self.state.step_in_epoch += 1;
-                obs.advance(1, loss, Some(lr));
+                obs.advance(1);
+                if let Some(loss) = loss {
+                    obs.status(&format!("loss {loss:.4} lr {lr:.2e}"));
+                }
                 let every = self.config.save_every_steps;
                 let interrupted = stop.load(Ordering::SeqCst);
                 if interrupted || (every > 0 && self.state.global_step.is_multiple_of(every)) {
@@ -347,33 +306,26 @@ impl Trainer {
     fn minibatch(&mut self, epoch: usize, mb: u64, index: &[usize], obs: &mut dyn Observer) -> Result<Option<(LossValues, Tensor<1>, Vec<(String, f64)>)>> {
         let seed = self.config.seed;
         let index: Vec<usize> = index.iter().copied().filter(|i| !self.unreadable.contains(i)).collect();
-        let (ok, pooled) = match &self.cache {
-            Some((trn, _)) => trn.batch(&index, &self.device),
-            None => {
-                let augment = self.config.augmentations.then_some((seed, epoch));
-                let batch = load_batch(&self.trn, &index, &self.detector.backbone.pixels, augment, &self.device);
-                for e in batch.errors {
-                    obs.message(&format!("warning: {}: {} (left out of training)", e.path, e.reason));
-                    if let Some(i) = self.trn.files.iter().position(|f| *f == e.path) {
-                        self.unreadable.insert(i);
-                    }
-                }
-                if batch.index.is_empty() {
-                    return Ok(None);
-                }
-                if let Some(l) = self.config.lora() {
-                    let b = batch.index.len();
-                    let cfg = &self.detector.backbone.encoder;
-                    let mut rng = Rng::derive(seed, Stream::Dropout, &[epoch as u64, mb]);
-                    let shape = [b, cfg.num_positions(), cfg.hidden_size];
-                    lora::set_dropout(&mut self.detector, l.dropout, shape, Some(&mut rng), &self.device);
-                }
-                (batch.index.clone(), self.detector.encoder.forward(batch.pixels))
+        let augment = self.config.augmentations.then_some((seed, epoch));
+        let lora = self.config.lora().map(|l| l.dropout);
+        let device = self.device.clone();
+        let before_forward = |detector: &mut Detector, b: usize| {
+            if let Some(dropout) = lora {
+                let cfg = &detector.backbone.encoder;
+                let mut rng = Rng::derive(seed, Stream::Dropout, &[epoch as u64, mb]);
+                let shape = [b, cfg.num_positions(), cfg.hidden_size];
+                lora::set_dropout(detector, dropout, shape, Some(&mut rng), &device);
             }
         };
-        if ok.is_empty() {
-            return Ok(None);
+        let cache = self.cache.as_ref().map(|(trn, _)| trn);
+        let (ok, pooled, errors) = encode(&mut self.detector, &self.trn, &index, cache, augment, &self.device, before_forward);
+        for e in errors {
+            obs.message(&format!("warning: {}: {} (left out of training)", e.path, e.reason));
+            if let Some(i) = self.trn.files.iter().position(|f| *f == e.path) {
+                self.unreadable.insert(i);
+            }
         }
+        let Some(pooled) = pooled.filter(|_| !ok.is_empty()) else { return Ok(None) };
         let labels: Vec<usize> = ok.iter().map(|&i| self.trn.labels[i]).collect();
         let pooled = if self.config.slerp_feature_augmentation {
             let mut rng = Rng::derive(seed, Stream::Slerp, &[epoch as u64, mb]);
@@ -381,17 +333,14 @@ impl Trainer {
         } else {
             pooled
         };
-        let out = self.detector.head.forward(pooled);
-        let probs = host(softmax(out.logits.clone(), 1)).1;
-        let feats = rows(&host(out.features.clone()).1, out.features.dims()[1]);
-        let lo = loss::compute(&self.config.loss, out.logits, out.features, &labels);
-        let mut stats = vec![("train/alignment".to_string(), alignment(&feats, &labels, 2.0))];
-        if let Some(u) = uniformity(&feats, 2.0) {
+        let HeadPass { probs, features, loss } = head_pass(&self.detector, pooled, &labels, &self.config.loss);
+        let mut stats = vec![("train/alignment".to_string(), alignment(&features, &labels, 2.0))];
+        if let Some(u) = uniformity(&features, 2.0) {
             stats.push(("train/uniformity".into(), u));
         }
         self.state.epoch_so_far.seen.extend(&ok);
         self.state.epoch_so_far.probs.extend(&probs);
-        Ok(Some((lo.values, lo.total, stats)))
+        Ok(Some((loss.values, loss.total, stats)))
     }
 
     /// Encoder features of every frame of the training (or validation) split, for linear probing.
@@ -413,7 +362,7 @@ impl Trainer {
                     cache.rows.insert(i, f[k * d..(k + 1) * d].to_vec());
                 }
             }
-            obs.advance(chunk.len(), None, None);
+            obs.advance(chunk.len());
         }
         Ok(cache)
     }
@@ -430,7 +379,7 @@ impl Trainer {
             let files: Vec<&str> = so_far.seen.iter().map(|&i| self.trn.files[i].as_str()).collect();
             let labels: Vec<usize> = so_far.seen.iter().map(|&i| self.trn.labels[i]).collect();
             let probs: Vec<f64> = so_far.probs.iter().map(|&p| p as f64).collect();
-            let e = evaluate(&files, &probs, &labels, self.config.num_classes, true)?;
+            let e = frame_and_video(&files, &probs, &labels, self.config.num_classes, true)?;
             metric_rows(&mut rows, "train", "frame", &e.frame);
             metric_rows(&mut rows, "train", "video", &e.video);
         }
@@ -439,7 +388,8 @@ impl Trainer {
         // Validation.
         self.trainable.unbind(&mut self.detector, &self.device);
         lora::set_dropout(&mut self.detector, 0.0, [0, 0, 0], None, &self.device);
-        let val = self.score_val(obs)?;
+        let cache = self.cache.as_ref().map(|(_, val)| val);
+        let val = score_val(&mut self.detector, &self.val, cache, &self.config, &self.device, obs)?;
         for (k, v) in loss_rows("val", &val.loss) {
             rows.push((k, v));
         }
@@ -447,7 +397,7 @@ impl Trainer {
         if let Some(u) = val.uniformity {
             rows.push(("val/uniformity".into(), u));
         }
-        let e = evaluate(&val.files, &val.probs, &val.labels, self.config.num_classes, true)?;
+        let e = frame_and_video(&val.files, &val.probs, &val.labels, self.config.num_classes, true)?;
         metric_rows(&mut rows, "val", "frame", &e.frame);
         metric_rows(&mut rows, "val", "video", &e.video);
 
@@ -480,70 +430,6 @@ impl Trainer {
         Ok(())
     }
 
-    fn score_val(&mut self, obs: &mut dyn Observer) -> Result<ValScores> {
-        obs.phase("val", self.val.files.len(), 0);
-        let mut out = ValScores::default();
-        let mut loss_sum: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        let (mut align, mut unif, mut weight, mut unif_weight) = (0.0, 0.0, 0usize, 0usize);
-        let index: Vec<usize> = (0..self.val.files.len()).collect();
-        for chunk in index.chunks(self.config.mini_batch_size) {
-            let (ok, pooled) = match &self.cache {
-                Some((_, val)) => val.batch(chunk, &self.device),
-                None => {
-                    let b = load_batch(&self.val, chunk, &self.detector.backbone.pixels, None, &self.device);
-                    for e in &b.errors {
-                        obs.message(&format!("warning: {}: {}", e.path, e.reason));
-                    }
-                    if b.index.is_empty() {
-                        obs.advance(chunk.len(), None, None);
-                        continue;
-                    }
-                    (b.index.clone(), self.detector.encoder.forward(b.pixels))
-                }
-            };
-            if ok.is_empty() {
-                obs.advance(chunk.len(), None, None);
-                continue;
-            }
-            let labels: Vec<usize> = ok.iter().map(|&i| self.val.labels[i]).collect();
-            let h = self.detector.head.forward(pooled);
-            let probs = host(softmax(h.logits.clone(), 1)).1;
-            let feats = rows(&host(h.features.clone()).1, h.features.dims()[1]);
-            let lo = loss::compute(&self.config.loss, h.logits, h.features, &labels);
-            for (k, v) in loss_rows("val", &lo.values) {
-                let e = loss_sum.entry(k).or_default();
-                e.0 += v * ok.len() as f64;
-                e.1 += ok.len();
-            }
-            align += alignment(&feats, &labels, 2.0) * ok.len() as f64;
-            weight += ok.len();
-            if let Some(u) = uniformity(&feats, 2.0) {
-                unif += u * ok.len() as f64;
-                unif_weight += ok.len();
-            }
-            for (k, &i) in ok.iter().enumerate() {
-                out.files.push(self.val.files[i].clone());
-                out.labels.push(labels[k]);
-                out.probs.extend(probs[k * 2..k * 2 + 2].iter().map(|&p| p as f64));
-            }
-            obs.advance(chunk.len(), None, None);
-        }
-        if out.files.is_empty() {
-            return Err(Error::Invalid("val_files: no frame could be read".into()));
-        }
-        let mean = |k: &str| loss_sum.get(k).map(|(s, n)| s / *n as f64);
-        out.loss = LossValues {
-            ce_labels: mean("val/loss_ce"),
-            bce_labels: mean("val/loss_bce"),
-            uniformity: mean("val/loss_uniformity"),
-            alignment_labels: mean("val/loss_alignment"),
-            total: mean("val/loss").unwrap_or(f64::NAN),
-        };
-        out.alignment = align / weight.max(1) as f64;
-        out.uniformity = (unif_weight > 0).then(|| unif / unif_weight as f64);
-        Ok(out)
-    }
-
     fn save_last(&mut self) -> Result<()> {
         self.state.metrics_bytes = self.log.bytes()?;
         self.state.adam_steps = self.adam.state.iter().map(|m| m.step).collect();
@@ -571,59 +457,21 @@ impl Trainer {
         let out = self.dir.test();
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         obs.phase("test", tst.files.len(), 0);
-        let outcome = run_test(&detector, &self.device, tst, self.config.mini_batch_size, &out, |n| obs.advance(n, None, None))?;
+        let outcome = test_split(&detector, &self.device, tst, self.config.mini_batch_size, &out, obs)?;
         for e in &outcome.errors {
             obs.message(&format!("warning: {}: {}", e.path, e.reason));
         }
+        for w in &outcome.warnings {
+            obs.message(&format!("warning: {w}"));
+        }
         Ok(Some(outcome))
     }
-}
-
-#[derive(Debug, Default)]
-struct ValScores {
-    files: Vec<String>,
-    labels: Vec<usize>,
-    probs: Vec<f64>,
-    loss: LossValues,
-    alignment: f64,
-    uniformity: Option<f64>,
 }
 
 fn add_row(rows: &mut BTreeMap<String, (f64, usize)>, name: &str, v: f64) {
     let e = rows.entry(name.to_string()).or_default();
     e.0 += v;
     e.1 += 1;
-}
-
-/// The reference's loss log names: `<stage>/loss`, `<stage>/loss_ce`, ...
-fn loss_rows(stage: &str, v: &LossValues) -> Vec<(String, f64)> {
-    let mut out = vec![(format!("{stage}/loss"), v.total)];
-    for (name, x) in [("ce", v.ce_labels), ("bce", v.bce_labels), ("uniformity", v.uniformity), ("alignment", v.alignment_labels)] {
-        if let Some(x) = x {
-            out.push((format!("{stage}/loss_{name}"), x));
-        }
-    }
-    out
-}
-
-/// The reference's metric names: `<stage>/auroc_<level>`, `<stage>/mAP_<level>`, ...
-fn metric_rows(rows: &mut Vec<(String, f64)>, stage: &str, level: &str, m: &Metrics) {
-    for (name, v) in [
-        ("auroc", m.auroc),
-        ("mAP", m.map),
-        ("eer", m.eer),
-        ("acc", m.acc),
-        ("balanced_acc", m.balanced_acc),
-        ("f1_score", m.f1_score),
-    ] {
-        if let Some(v) = v {
-            rows.push((format!("{stage}/{name}_{level}"), v));
-        }
-    }
-}
-
-fn rows(flat: &[f32], d: usize) -> Vec<Vec<f32>> {
-    flat.chunks(d).map(<[f32]>::to_vec).collect()
 }
 
 fn l2(v: &[f32]) -> f64 {

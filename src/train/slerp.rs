@@ -7,7 +7,7 @@
 
 use burn::prelude::*;
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::model::head::l2_normalize;
 
 /// Spherical interpolation of the rows of `a` and `b` (`[n, d]`) at `t` (`[n, 1]`), both

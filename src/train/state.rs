@@ -150,12 +150,12 @@ pub fn save_checkpoint(
         }
         for (key, shape, bytes) in &blobs {
             let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map_err(|e| Error::Invalid(format!("state tensor `{key}`: {e}")))?;
+                .map_err(|e| Error::output(tmp.join(STATE_TENSORS), format!("state tensor `{key}`: {e}")))?;
             views.push((key.as_str(), view));
         }
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("training state: {e}")))?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::output(tmp.join(STATE_TENSORS), e.to_string()))?;
         write_file(&tmp.join(STATE_TENSORS), &bytes)?;
-        let json = serde_json::to_vec(state).map_err(|e| Error::Invalid(format!("training state: {e}")))?;
+        let json = serde_json::to_vec(state).map_err(|e| Error::output(tmp.join(STATE_JSON), e.to_string()))?;
         write_file(&tmp.join(STATE_JSON), &json)?;
     }
     if dest.exists() {

@@ -1,0 +1,224 @@
+//! One function per command: options -> library settings -> library call -> stdout/stderr.
+//! Each returns how the run ended ([`Ended`]); `main` turns that into the exit code.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+
+use super::args::{BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, TestArgs, TrainArgs, VideoArgs};
+use super::progress::Bars;
+use dfdet::commands::predict::Format;
+use dfdet::commands::test::{TestConfig, TestOverrides};
+use dfdet::commands::{self, FaceSettings};
+use dfdet::data::sets::SetSpec;
+use dfdet::model::{Checkpoint, Detector, Dtype, load_checkpoint};
+use dfdet::preprocess::run::CropConfig;
+use dfdet::preprocess::video::Sampling;
+
+/// How a command ended, for the exit code.
+pub enum Ended {
+    /// Everything was done.
+    Done,
+    /// Some inputs could not be processed (each was named); the rest were.
+    Partial,
+    /// Stopped by Ctrl-C after saving what resuming needs.
+    Interrupted,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
+    }
+    Ok(())
+}
+
+fn checkpoint(weights: &str, backbone: Option<&str>) -> Result<Checkpoint> {
+    load_checkpoint(weights, backbone).with_context(|| format!("loading weights `{weights}`"))
+}
+
+fn detector(weights: &str, backbone: Option<&str>, dtype: Dtype, device: &Device) -> Result<Detector> {
+    Detector::from_checkpoint(checkpoint(weights, backbone)?, device, dtype.float())
+        .with_context(|| format!("building the model from `{weights}`"))
+}
+
+fn write_stdout(text: &str) -> Result<()> {
+    std::io::stdout().write_all(text.as_bytes()).context("writing to stdout")
+}
+
+/// The face settings of `--detector/--models/--frames/--stride/--template/--no-redetect`.
+fn face_settings(v: &VideoArgs) -> Result<FaceSettings> {
+    let sampling = match v.stride {
+        Some(k) if k > 0 => Sampling::Stride(k),
+        Some(_) => anyhow::bail!("--stride must be at least 1"),
+        None => Sampling::Linspace(v.frames),
+    };
+    let crop = CropConfig { template: v.template, size: 256, redetect: !v.no_redetect };
+    Ok(FaceSettings { backend: v.detector, models: v.models.clone(), sampling, crop })
+}
+
+pub fn predict(args: PredictArgs) -> Result<Ended> {
+    set_threads(args.model.threads)?;
+    let ModelArgs { weights, backbone, dtype, .. } = &args.model;
+    let faces = face_settings(&args.video)?;
+    let device = Device::flex();
+    let detector = detector(weights, backbone.as_deref(), *dtype, &device)?;
+    let mut bars = Bars::new(25);
+    let result = commands::predict::predict(&detector, &device, &args.inputs, args.batch_size, &faces, &mut bars);
+    bars.finish();
+    let predictions = result?;
+    for e in &predictions.errors {
+        eprintln!("error: {}: {}", e.path, e.reason);
+    }
+    write_stdout(&predictions.render(args.format))?;
+    if predictions.errors.is_empty() {
+        return Ok(Ended::Done);
+    }
+    let total = predictions.frames.len() + predictions.errors.len();
+    eprintln!("{} of {total} inputs failed", predictions.errors.len());
+    Ok(Ended::Partial)
+}
+
+pub fn info(args: InfoArgs) -> Result<Ended> {
+    let ckpt = checkpoint(&args.weights, args.backbone.as_deref())?;
+    let path = ckpt.path.clone();
+    let detector = Detector::from_checkpoint(ckpt, &Device::flex(), Dtype::F32.float())
+        .with_context(|| format!("building the model from `{}`", args.weights))?;
+    write_stdout(&commands::info::describe(&detector, &path))?;
+    Ok(Ended::Done)
+}
+
+pub fn convert(args: ConvertArgs) -> Result<Ended> {
+    let ckpt = checkpoint(&args.weights, args.backbone.as_deref())?;
+    commands::info::convert(&ckpt, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(Ended::Done)
+}
+
+pub fn bench(args: BenchArgs) -> Result<Ended> {
+    set_threads(args.threads)?;
+    let json = args.format == Format::Json;
+    let out = if args.train {
+        let batch = args.batch.first().copied().unwrap_or(4);
+        let row = commands::bench::train_step(&args.backbone, batch, args.iters)?;
+        if json { format!("{}\n", serde_json::to_string(&row)?) } else { row.render() }
+    } else {
+        let rows = commands::bench::inference(&args.backbone, &args.batch, &args.dtype, args.iters)?;
+        if json { format!("{}\n", serde_json::to_string_pretty(&rows)?) } else { commands::bench::render_table(&rows) }
+    };
+    write_stdout(&out)?;
+    Ok(Ended::Done)
+}
+
+pub fn test(args: TestArgs) -> Result<Ended> {
+    set_threads(args.threads)?;
+    let sets = args.sets.iter().map(|s| SetSpec::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let overrides = TestOverrides {
+        weights: args.weights,
+        backbone: args.backbone,
+        sets,
+        limit_files: args.limit_files,
+        batch_size: args.batch_size,
+        dtype: args.dtype,
+    };
+    let config = TestConfig::load(args.config.as_deref(), overrides)?;
+    let split = config.split()?;
+    eprint!("{}", split.statistics());
+    let device = Device::flex();
+    let detector = detector(&config.weights, config.backbone.as_deref(), config.dtype, &device)?;
+    let out = commands::test::run_dir(args.out.as_deref())?;
+    let mut bars = Bars::new(25);
+    let outcome = commands::test::run(&config, &split, &detector, &device, &out, &mut bars);
+    bars.finish();
+    let outcome = outcome?;
+    for e in &outcome.errors {
+        eprintln!("error: {}: {}", e.path, e.reason);
+    }
+    print!("{}", dfdet::eval::report::summary_table(&outcome.report));
+    eprintln!("wrote {}", out.display());
+    Ok(if outcome.errors.is_empty() { Ended::Done } else { Ended::Partial })
+}
+
+pub fn metrics(args: MetricsArgs) -> Result<Ended> {
+    use dfdet::eval::report::{Predictions, evaluate_sets, write_report};
+    let preds = Predictions::read_csv(&args.predictions)?;
+    let plots = args.out.as_ref().map(|d| d.join("plots"));
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (report, warnings) = evaluate_sets(&preds, &Default::default(), plots.as_deref(), "test")?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(dir) = &args.out {
+        write_report(&dir.join("metrics.json"), &report)?;
+    }
+    write_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    Ok(Ended::Done)
+}
+
+pub fn preprocess(args: PreprocessArgs) -> Result<Ended> {
+    set_threads(args.threads)?;
+    let faces = face_settings(&args.video)?;
+    let output = commands::preprocess::Output { out: args.out, dataset: args.dataset, source: args.source };
+    let mut bars = Bars::new(2);
+    let summary = commands::preprocess::preprocess(&args.inputs, &output, &faces, &mut bars);
+    bars.finish();
+    let summary = summary?;
+    eprintln!(
+        "{} videos ({} already done): {} crops written, {} frames skipped, {} videos without crops",
+        summary.videos, summary.resumed, summary.crops, summary.skipped_frames, summary.failed_videos
+    );
+    for l in &summary.lists {
+        eprintln!("list   {}", l.display());
+    }
+    eprintln!("report {}", summary.report.display());
+    // Frames without a face are normal; a video that gave no crop at all is a partial failure.
+    Ok(if summary.failed_videos > 0 { Ended::Partial } else { Ended::Done })
+}
+
+pub fn train(args: TrainArgs) -> Result<Ended> {
+    set_threads(args.threads)?;
+    let config = match &args.resume {
+        Some(_) => None,
+        None => {
+            let mut sets = args.sets.clone();
+            if args.cache_features {
+                sets.push("cache_features=true".into());
+            }
+            Some(dfdet::train::TrainConfig::load(args.config.as_deref(), &sets)?)
+        }
+    };
+    if let (true, Some(config)) = (args.print_config, &config) {
+        print!("{}", config.to_toml());
+        return Ok(Ended::Done);
+    }
+    // The first Ctrl-C stops after the current step with `last` saved; a second one quits.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(crate::EXIT_INTERRUPTED.into());
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let mut bars = Bars::new(0);
+    let outcome = match (&args.resume, &config) {
+        (Some(dir), _) => dfdet::train::resume(dir, &mut bars, &stop),
+        (_, Some(config)) => dfdet::train::train(config, &mut bars, &stop),
+        (None, None) => unreachable!("a config is loaded unless resuming"),
+    };
+    bars.finish();
+    let outcome = outcome?;
+    if outcome.interrupted {
+        return Ok(Ended::Interrupted);
+    }
+    if let Some(test) = &outcome.test {
+        print!("{}", dfdet::eval::report::summary_table(&test.report));
+    }
+    eprintln!("wrote {}", outcome.run_dir.display());
+    Ok(Ended::Done)
+}

@@ -1,0 +1,186 @@
+//! `dfdet bench`: speed and peak memory of a full-size encoder with random weights: the
+//! forward pass (inference), or one LN-tuning optimizer step (`--train`).
+//!
+//! Random weights are as fast as real ones. Inference: the forward pass of the encoder and
+//! head on a batch of pixels, after one warm-up pass. Training: forward, slerp, LinearNorm head,
+//! cross-entropy, backward through the frozen encoder to every LayerNorm, AdamW — the step that
+//! `scripts/bench/train_torch.py` times in PyTorch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use serde::Serialize;
+
+use crate::Result;
+use crate::memory::{peak_rss_mib, reset_peak_rss};
+use crate::model::config::Backbone;
+use crate::model::weights::{Checkpoint, HeadKind, HostTensor, ModelSpec, TensorMap, Tuning};
+use crate::model::{Detector, Dtype, clip};
+use crate::rng::Rng;
+use crate::train::loss::{LossConfig, compute};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::params::{LN_TARGETS, Selection, Trainable};
+use crate::train::slerp::SlerpPlan;
+
+/// One measured inference setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub backbone: String,
+    pub dtype: String,
+    pub batch: usize,
+    pub threads: usize,
+    /// Median seconds per image over the timed passes.
+    pub s_per_img: f64,
+    pub img_per_s: f64,
+    /// Peak resident memory of the process during this setting, in MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// A random checkpoint shaped for `backbone`, with a LinearNorm head.
+pub fn random_checkpoint(backbone: &Backbone, seed: u64) -> Checkpoint {
+    let mut rng = Rng::new(seed);
+    let mut tensors = TensorMap::new(PathBuf::from("<random>"));
+    let mut shapes = clip::tensor_shapes(&backbone.encoder);
+    let d = backbone.encoder.hidden_size;
+    shapes.push(("model.linear.weight".into(), vec![2, d]));
+    shapes.push(("model.linear.bias".into(), vec![2]));
+    for (key, shape) in shapes {
+        let n = shape.iter().product();
+        let is_ln_weight = key.ends_with("norm.weight") || key.contains("layer_norm") && key.ends_with("weight");
+        let data = (0..n).map(|_| if is_ln_weight { 1.0 } else { 0.02 * rng.normal() as f32 }).collect();
+        tensors.insert(key, HostTensor { shape, data });
+    }
+    let spec = ModelSpec {
+        backbone: backbone.name.clone(),
+        head: HeadKind::LinearNorm,
+        num_classes: 2,
+        tuning: Tuning::LnTuning,
+        precision: None,
+        run_name: None,
+    };
+    Checkpoint { path: PathBuf::from("<random>"), spec, backbone: backbone.clone(), tensors }
+}
+
+/// Random pixels of a batch of `b` images.
+fn random_pixels(backbone: &Backbone, b: usize, device: &Device) -> Tensor<4> {
+    let [h, w] = backbone.pixels.crop_size;
+    let mut rng = Rng::new(1);
+    let pixels: Vec<f32> = (0..b * 3 * h * w).map(|_| rng.normal() as f32).collect();
+    Tensor::<4>::from_data(TensorData::new(pixels, [b, 3, h, w]), device)
+}
+
+/// The median of `iters` (at least one) timed runs of `f`, in seconds.
+fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Measures the forward pass for every combination of `dtypes` x `batches`.
+pub fn inference(backbone: &str, batches: &[usize], dtypes: &[Dtype], iters: usize) -> Result<Vec<BenchRow>> {
+    let backbone = Backbone::resolve(backbone)?;
+    let device = Device::flex();
+    let threads = rayon::current_num_threads();
+    let mut rows = Vec::new();
+    for &dtype in dtypes {
+        reset_peak_rss();
+        let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype.float())?;
+        for &b in batches {
+            let x = random_pixels(&backbone, b, &device);
+            detector.probabilities(x.clone()); // warm-up
+            let s_per_img = median_seconds(iters, || {
+                detector.probabilities(x.clone());
+            }) / b as f64;
+            rows.push(BenchRow {
+                backbone: backbone.name.clone(),
+                dtype: dtype.to_string(),
+                batch: b,
+                threads,
+                s_per_img,
+                img_per_s: 1.0 / s_per_img,
+                peak_rss_mib: peak_rss_mib(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// A plain table of the inference rows.
+pub fn render_table(rows: &[BenchRow]) -> String {
+    let mut s = String::from("backbone                        dtype  batch  threads  s/img    img/s   peak RSS MiB\n");
+    for r in rows {
+        s += &format!(
+            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>12.0}\n",
+            r.backbone, r.dtype, r.batch, r.threads, r.s_per_img, r.img_per_s, r.peak_rss_mib
+        );
+    }
+    s
+}
+
+/// One measured training setting.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchRow {
+    pub backbone: String,
+    pub batch: usize,
+    pub threads: usize,
+    pub trainable: usize,
+    /// Median seconds per optimizer step over the timed steps (after one warm-up step).
+    pub s_per_step: f64,
+    pub s_per_img: f64,
+    /// Peak resident memory of the process, in MiB.
+    pub peak_rss_mib: f64,
+}
+
+impl TrainBenchRow {
+    /// One line for the terminal.
+    pub fn render(&self) -> String {
+        format!(
+            "LN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+            self.backbone, self.batch, self.threads, self.s_per_step, self.s_per_img, self.peak_rss_mib
+        )
+    }
+}
+
+/// Times `iters` LN-tuning steps (f32) at mini-batch `batch`.
+pub fn train_step(backbone: &str, batch: usize, iters: usize) -> Result<TrainBenchRow> {
+    let backbone = Backbone::resolve(backbone)?;
+    let device = Device::flex();
+    let autodiff = crate::train::autodiff_device(&device);
+    let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, FloatDType::F32)?;
+    let selection = Selection { ln_targets: LN_TARGETS.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let mut trainable = Trainable::select(&mut detector, &selection)?;
+    detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
+    let mut adam = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, &trainable);
+    let x = random_pixels(&backbone, batch, &device);
+    let mut rng = Rng::new(1);
+    let labels: Vec<usize> = (0..batch).map(|i| i % 2).collect();
+    let loss = LossConfig::default();
+    let mut step = || {
+        let bound = trainable.bind(&mut detector, &autodiff);
+        let pooled = detector.encoder.forward(x.clone());
+        let pooled = SlerpPlan::draw(&labels, [0.0, 1.0], &mut rng).apply(pooled);
+        let out = detector.head.forward(pooled);
+        let l = compute(&loss, out.logits, out.features, &labels);
+        let grads = trainable.gradients(&bound, &l.total.backward());
+        adam.step(&mut trainable, &grads, 1e-4);
+    };
+    step(); // warm-up
+    let s_per_step = median_seconds(iters, &mut step);
+    Ok(TrainBenchRow {
+        backbone: backbone.name.clone(),
+        batch,
+        threads: rayon::current_num_threads(),
+        trainable: trainable.numel(),
+        s_per_step,
+        s_per_img: s_per_step / batch as f64,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

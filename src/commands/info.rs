@@ -1,0 +1,41 @@
+//! `dfdet info` and `dfdet convert`: describe a checkpoint, or write it as a dfdet folder.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::Result;
+use crate::model::Detector;
+use crate::model::weights::{Checkpoint, save_dfdet};
+
+/// Backbone, encoder shape, head, tuning method and parameter counts of a loaded detector
+/// read from `path`, one `key   value` line each.
+pub fn describe(detector: &Detector, path: &Path) -> String {
+    let (total, trainable) = (detector.num_params(), detector.num_trainable());
+    let spec = &detector.spec;
+    let enc = &detector.backbone.encoder;
+    let mut s = String::new();
+    let mut line = |key: &str, value: String| writeln!(s, "{key:<12} {value}").expect("writing to a String");
+    line("weights", path.display().to_string());
+    line("backbone", detector.backbone.name.clone());
+    line(
+        "encoder",
+        format!(
+            "hidden {}, {} layers, {} heads, MLP {}, patch {}, image {}",
+            enc.hidden_size, enc.num_hidden_layers, enc.num_attention_heads, enc.intermediate_size, enc.patch_size, enc.image_size
+        ),
+    );
+    line("head", format!("{:?}, {} classes", spec.head, spec.num_classes));
+    line("tuning", format!("{:?}", spec.tuning));
+    line("parameters", total.to_string());
+    line("trainable", format!("{trainable} ({:.4}%)", 100.0 * trainable as f64 / total as f64));
+    line("precision", spec.precision.as_deref().unwrap_or("unknown").to_string());
+    if let Some(name) = &spec.run_name {
+        line("run", name.clone());
+    }
+    s
+}
+
+/// Writes `checkpoint` as a self-contained dfdet folder (`model.safetensors` + `dfdet.json`).
+pub fn convert(checkpoint: &Checkpoint, out: &Path) -> Result<()> {
+    save_dfdet(out, &checkpoint.spec, &checkpoint.backbone, checkpoint.tensors.tensors())
+}

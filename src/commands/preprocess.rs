@@ -1,0 +1,73 @@
+//! `dfdet preprocess`: videos (files, or folders searched recursively) to aligned face crops in
+//! DeepfakeBench's layout, with list files and a report of what was skipped
+//! ([`crate::preprocess::run`]).
+
+use std::path::PathBuf;
+
+use super::FaceSettings;
+use crate::data::{InputError, walk_files};
+use crate::preprocess::faces::Largest;
+use crate::preprocess::run::{Job, Summary, is_video};
+use crate::progress::Observer;
+use crate::{Error, Result};
+
+/// Where the crops go.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Root: crops go to `OUT/DATASET/SOURCE/VIDEO/FRAME.png`, lists to `OUT/DATASET/SOURCE.txt`.
+    pub out: PathBuf,
+    pub dataset: String,
+    /// Source folder name for every video (`None`: from each video's path).
+    pub source: Option<String>,
+}
+
+/// The videos among `inputs`: files as given (a file that is not a video is reported per
+/// video, not here), folders searched recursively and sorted; folders that cannot be read are
+/// returned as errors.
+pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
+    let (mut videos, mut errors) = (Vec::new(), Vec::new());
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            walk_files(input, &is_video, &mut found, &mut errors);
+            found.sort();
+            videos.extend(found);
+        } else {
+            videos.push(input.clone());
+        }
+    }
+    (videos, errors)
+}
+
+/// Processes every video of `inputs`; `obs` advances once per finished video.
+pub fn preprocess(
+    inputs: &[PathBuf],
+    output: &Output,
+    faces: &FaceSettings,
+    obs: &mut (dyn Observer + Send),
+) -> Result<Summary> {
+    let (videos, errors) = collect_videos(inputs);
+    for e in &errors {
+        obs.message(&format!("warning: {}: {}", e.path, e.reason));
+    }
+    if videos.is_empty() {
+        return Err(Error::Invalid(format!("no video files in {inputs:?}")));
+    }
+    let detector = faces.detector()?;
+    let job = Job {
+        out: output.out.clone(),
+        dataset: output.dataset.clone(),
+        source: output.source.clone(),
+        sampling: faces.sampling,
+        crop: faces.crop,
+        detector: detector.as_ref(),
+        chooser: &Largest,
+    };
+    obs.phase("videos", videos.len(), 0);
+    let obs = std::sync::Mutex::new(obs);
+    job.run(&videos, |rec| {
+        let mut obs = obs.lock().expect("observer lock");
+        obs.status(&rec.name);
+        obs.advance(1);
+    })
+}

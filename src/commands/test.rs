@@ -1,0 +1,172 @@
+//! `dfdet test`: score every frame of named test sets and write a run folder with the
+//! reference's predictions CSV, `metrics.json` and plots.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::DEFAULT_WEIGHTS;
+use crate::data::sets::{SetSpec, Split};
+use crate::model::{Detector, Dtype};
+use crate::progress::Observer;
+use crate::score::{TestOutcome, test_split};
+use crate::{Error, Result};
+
+/// A test run's resolved settings, written to `<run>/config.toml` before anything else.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TestConfig {
+    /// Checkpoint (path or hub id).
+    #[serde(default = "default_weights")]
+    pub weights: String,
+    /// Backbone replacing the checkpoint's, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<String>,
+    /// Named sets of list files.
+    #[serde(default)]
+    pub sets: BTreeMap<String, Vec<PathBuf>>,
+    /// Limit the frames to this many, by whole videos (the reference's `limit_tst_files`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_files: Option<usize>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub dtype: Dtype,
+}
+
+fn default_weights() -> String {
+    DEFAULT_WEIGHTS.into()
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            weights: default_weights(),
+            backbone: None,
+            sets: BTreeMap::new(),
+            limit_files: None,
+            batch_size: default_batch_size(),
+            dtype: Dtype::default(),
+        }
+    }
+}
+
+/// Settings given on the command line, each replacing the config file's.
+#[derive(Debug, Clone, Default)]
+pub struct TestOverrides {
+    pub weights: Option<String>,
+    pub backbone: Option<String>,
+    /// Sets added (or replaced, by name).
+    pub sets: Vec<SetSpec>,
+    pub limit_files: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub dtype: Option<Dtype>,
+}
+
+impl TestConfig {
+    /// The config of `file` (or the defaults) with `overrides` applied; at least one set.
+    pub fn load(file: Option<&Path>, overrides: TestOverrides) -> Result<Self> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        let o = overrides;
+        config.weights = o.weights.unwrap_or(config.weights);
+        config.backbone = o.backbone.or(config.backbone);
+        for spec in o.sets {
+            config.sets.insert(spec.name, spec.lists);
+        }
+        config.limit_files = o.limit_files.or(config.limit_files);
+        config.batch_size = o.batch_size.unwrap_or(config.batch_size);
+        config.dtype = o.dtype.unwrap_or(config.dtype);
+        if config.sets.is_empty() {
+            return Err(Error::config("sets", "no test sets: give --set NAME=LIST[,LIST...] or a config file with [sets]"));
+        }
+        Ok(config)
+    }
+
+    /// Reads a TOML config; an unknown key or a wrong type names the key.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+        // Lists in a config file are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new(""));
+        for lists in config.sets.values_mut() {
+            for l in lists.iter_mut() {
+                if !l.exists() && base.join(&*l).exists() {
+                    *l = base.join(&*l);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The sets as [`SetSpec`]s.
+    pub fn set_specs(&self) -> Vec<SetSpec> {
+        self.sets.iter().map(|(name, lists)| SetSpec { name: name.clone(), lists: lists.clone() }).collect()
+    }
+
+    /// The frames of the sets (checked before any model is loaded).
+    pub fn split(&self) -> Result<Split> {
+        let split = Split::load(&self.set_specs(), self.limit_files)?;
+        if split.files.is_empty() {
+            return Err(Error::config("sets", "the test sets name no existing frame"));
+        }
+        Ok(split)
+    }
+
+    /// Writes `config.toml` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("config.toml");
+        let text = toml::to_string_pretty(self).map_err(|e| Error::format(&path, e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// Writes `config.toml` into `out`, then scores `split` and writes the predictions, metrics and
+/// plots there.
+pub fn run(
+    config: &TestConfig,
+    split: &Split,
+    detector: &Detector,
+    device: &Device,
+    out: &Path,
+    obs: &mut dyn Observer,
+) -> Result<TestOutcome> {
+    config.write(out)?;
+    obs.phase("frames", split.files.len(), 0);
+    let outcome = test_split(detector, device, split, config.batch_size, out, obs)?;
+    for w in &outcome.warnings {
+        obs.message(&format!("warning: {w}"));
+    }
+    Ok(outcome)
+}
+
+/// The run folder: `out` when given (created if needed), else a new `runs/test`, `runs/test-2`, ...
+pub fn run_dir(out: Option<&Path>) -> Result<PathBuf> {
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            Ok(dir.to_path_buf())
+        }
+        None => new_run_dir(Path::new("runs/test")),
+    }
+}
+
+/// A new run folder: `base` itself if it does not exist yet, else `base-2`, `base-3`, ...
+pub fn new_run_dir(base: &Path) -> Result<PathBuf> {
+    let mut dir = base.to_path_buf();
+    let mut k = 2;
+    while dir.exists() {
+        dir = PathBuf::from(format!("{}-{k}", base.display()));
+        k += 1;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}

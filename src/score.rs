@@ -1,0 +1,174 @@
+//! Scoring with a detector: frames read from files or already in memory, batched through the
+//! encoder and head, and a test split scored and written as a run's outputs.
+//!
+//! A frame's p(fake) and a video's score follow the reference's evaluation ([`eval::video`]):
+//! per-source probability rows become `[p(real), max p(fake source)]` before videos are averaged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::data::InputError;
+use crate::data::sets::Split;
+use crate::eval;
+use crate::eval::report::{Predictions, Report, evaluate_sets, write_report};
+use crate::model::Detector;
+use crate::preprocess::pixels::{load_rgb, pixel_values};
+use crate::progress::Observer;
+use crate::{Error, Result};
+
+/// One frame's class probabilities (class 0 real; 1.. fake).
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameScore {
+    pub path: String,
+    pub p_fake: f32,
+    #[serde(skip)]
+    pub probs: Vec<f32>,
+}
+
+impl FrameScore {
+    fn new(path: String, probs: Vec<f32>) -> Self {
+        let binary = eval::video::sources_to_binary(&probs.iter().map(|&p| p as f64).collect::<Vec<_>>(), probs.len());
+        Self { path, p_fake: binary[1] as f32, probs }
+    }
+}
+
+/// A video's score: the mean p(fake) of its frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoScore {
+    pub video: String,
+    pub p_fake: f32,
+    pub frames: usize,
+}
+
+/// Groups frames by video (their parent folder, [`crate::data::video_of`]) in order of first
+/// appearance and averages their p(fake), as the reference's video-level evaluation does.
+pub fn video_scores(frames: &[FrameScore]) -> Vec<VideoScore> {
+    let files: Vec<&str> = frames.iter().map(|f| f.path.as_str()).collect();
+    let probs: Vec<f64> = frames.iter().flat_map(|f| [1.0 - f.p_fake as f64, f.p_fake as f64]).collect();
+    let labels = vec![0; frames.len()];
+    let videos = eval::video::aggregate_videos(&files, &probs, &labels, 2).expect("one row per frame");
+    videos
+        .videos
+        .into_iter()
+        .zip(videos.probs.chunks_exact(2))
+        .zip(videos.n_frames)
+        .map(|((video, row), frames)| VideoScore { video, p_fake: row[1] as f32, frames })
+        .collect()
+}
+
+/// Scores `frames` in batches. A frame that cannot be read is reported in the errors and the
+/// rest are still scored; `obs` advances by the frames of each batch.
+pub fn score_frames(
+    detector: &Detector,
+    device: &Device,
+    frames: &[PathBuf],
+    batch_size: usize,
+    obs: &mut dyn Observer,
+) -> (Vec<FrameScore>, Vec<InputError>) {
+    let cfg = &detector.backbone.pixels;
+    let [h, w] = cfg.crop_size;
+    let mut scores = Vec::with_capacity(frames.len());
+    let mut errors = Vec::new();
+    for chunk in frames.chunks(batch_size.max(1)) {
+        let decoded: Vec<_> = chunk.par_iter().map(|p| load_rgb(p).map(|img| pixel_values(&img, cfg))).collect();
+        let mut ok_paths = Vec::new();
+        let mut pixels = Vec::with_capacity(chunk.len() * 3 * h * w);
+        for (path, result) in chunk.iter().zip(decoded) {
+            match result {
+                Ok(px) => {
+                    pixels.extend_from_slice(&px);
+                    ok_paths.push(path);
+                }
+                Err(e) => errors.push(InputError { path: path.display().to_string(), reason: e.to_string() }),
+            }
+        }
+        if !ok_paths.is_empty() {
+            let x = Tensor::<4>::from_data(TensorData::new(pixels, [ok_paths.len(), 3, h, w]), device);
+            for (path, probs) in ok_paths.into_iter().zip(detector.probabilities(x)) {
+                scores.push(FrameScore::new(path.display().to_string(), probs));
+            }
+        }
+        obs.advance(chunk.len());
+    }
+    (scores, errors)
+}
+
+/// Scores images already in memory (e.g. face crops of a video), named by their first element,
+/// in batches.
+pub fn score_images(
+    detector: &Detector,
+    device: &Device,
+    images: &[(String, image::RgbImage)],
+    batch_size: usize,
+) -> Vec<FrameScore> {
+    let cfg = &detector.backbone.pixels;
+    let [h, w] = cfg.crop_size;
+    let mut scores = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch_size.max(1)) {
+        let pixels: Vec<f32> = chunk.par_iter().flat_map_iter(|(_, img)| pixel_values(img, cfg)).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), device);
+        for ((name, _), probs) in chunk.iter().zip(detector.probabilities(x)) {
+            scores.push(FrameScore::new(name.clone(), probs));
+        }
+    }
+    scores
+}
+
+/// What scoring a test split produced.
+#[derive(Debug)]
+pub struct TestOutcome {
+    pub report: Report,
+    /// Frames that could not be scored (missing list entries, unreadable images).
+    pub errors: Vec<InputError>,
+    /// Sets that could not be evaluated, undefined metrics.
+    pub warnings: Vec<String>,
+    pub predictions_csv: PathBuf,
+    pub metrics_json: PathBuf,
+}
+
+/// Scores `split` with `detector` and writes `test_predictions.csv`, `metrics.json` and
+/// `plots/` into `out`. Frames that fail are reported and left out; the rest are evaluated.
+pub fn test_split(
+    detector: &Detector,
+    device: &Device,
+    split: &Split,
+    batch_size: usize,
+    out: &Path,
+    obs: &mut dyn Observer,
+) -> Result<TestOutcome> {
+    let paths: Vec<PathBuf> = split.files.iter().map(PathBuf::from).collect();
+    let (scores, mut errors) = score_frames(detector, device, &paths, batch_size, obs);
+    errors.splice(0..0, split.errors.iter().cloned());
+
+    // Frames scored, in split order, and where each split index went.
+    let n_classes = detector.spec.num_classes;
+    let index: BTreeMap<&str, usize> = split.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+    let mut preds = Predictions { n_classes, ..Predictions::default() };
+    let mut new_index = vec![None; split.files.len()];
+    for s in &scores {
+        let i = index[s.path.as_str()];
+        new_index[i] = Some(preds.files.len());
+        preds.files.push(s.path.clone());
+        preds.labels.push(split.labels[i]);
+        preds.probs.extend(s.probs.iter().map(|&p| p as f64));
+    }
+    if preds.files.is_empty() {
+        return Err(Error::Invalid(format!("none of the {} test frames could be scored", split.files.len())));
+    }
+    let sets: BTreeMap<String, Vec<usize>> = split
+        .sets
+        .iter()
+        .map(|(name, idx)| (name.clone(), idx.iter().filter_map(|&i| new_index[i]).collect()))
+        .collect();
+
+    let predictions_csv = out.join("test_predictions.csv");
+    preds.write_csv(&predictions_csv)?;
+    let (report, warnings) = evaluate_sets(&preds, &sets, Some(&out.join("plots")), "test")?;
+    let metrics_json = out.join("metrics.json");
+    write_report(&metrics_json, &report)?;
+    Ok(TestOutcome { report, errors, warnings, predictions_csv, metrics_json })
+}
