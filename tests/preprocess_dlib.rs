@@ -81,10 +81,10 @@ fn frontal_face_detector_header_decompresses() {
     }
     let want = &json("dlib.json")["__detector__"];
     let text = std::fs::read_to_string(&header).unwrap();
-    let bytes = dfdet::preprocess::dlib_hog::decode_header(&text).unwrap();
+    let bytes = dfdet::preprocess::dlib::ppm::decode_header(&text).unwrap();
     assert_eq!(bytes.len() as u64, want["len"].as_u64().unwrap());
     assert_eq!(crc32fast(&bytes), want["crc32"].as_u64().unwrap() as u32);
-    let det = dfdet::preprocess::dlib_hog::HogDetector::from_serialized(&bytes, &header).unwrap();
+    let det = dfdet::preprocess::dlib::HogDetector::from_serialized(&bytes, &header).unwrap();
     assert_eq!(det.num_filters(), 5);
 }
 
@@ -99,7 +99,7 @@ fn crc32fast(data: &[u8]) -> u32 {
     !crc
 }
 
-fn hog() -> Option<dfdet::preprocess::dlib_hog::HogDetector> {
+fn hog() -> Option<dfdet::preprocess::dlib::HogDetector> {
     let header = PathBuf::from("/usr/include/dlib/image_processing/frontal_face_detector.h");
     if !header.is_file() {
         let msg = "libdlib-dev is not installed: run scripts/setup-assets.sh";
@@ -107,7 +107,7 @@ fn hog() -> Option<dfdet::preprocess::dlib_hog::HogDetector> {
         eprintln!("SKIPPED: {msg}");
         return None;
     }
-    Some(dfdet::preprocess::dlib_hog::HogDetector::from_header(&header).unwrap())
+    Some(dfdet::preprocess::dlib::HogDetector::from_header(&header).unwrap())
 }
 
 fn image_from(v: &serde_json::Value) -> image::RgbImage {
@@ -119,7 +119,7 @@ fn image_from(v: &serde_json::Value) -> image::RgbImage {
 /// dlib's bilinear resizes (the image pyramid and the upsampling) on seeded noise.
 #[test]
 fn resizes_match_dlib() {
-    use dfdet::preprocess::dlib_hog::{pyramid_down6, resize_bilinear};
+    use dfdet::preprocess::dlib::pyramid::{pyramid_down6, resize_bilinear};
     let doc = &json("dlib.json")["__resize__"];
     let input = image_from(&doc["input"]);
     for (name, got) in [

@@ -4,7 +4,6 @@
 
 pub mod align;
 pub mod dlib;
-pub mod dlib_hog;
 pub mod faces;
 pub mod pixels;
 pub mod retinaface;
