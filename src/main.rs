@@ -121,12 +121,12 @@ fn video_settings(
     v: &dfdet::cli::VideoArgs,
 ) -> Result<(Box<dyn dfdet::preprocess::faces::FaceDetector>, dfdet::preprocess::video::Sampling, dfdet::preprocess::run::CropConfig)> {
     use dfdet::cli::{FaceBackend, FaceTemplate};
-    use dfdet::preprocess::{align::TemplateKind, faces, run::CropConfig, video::Sampling};
+    use dfdet::preprocess::{align::TemplateKind, backend::{Backend, load_backend}, run::CropConfig, video::Sampling};
     let backend = match v.detector {
-        FaceBackend::Retinaface => faces::Backend::Retinaface,
-        FaceBackend::Dlib => faces::Backend::Dlib,
+        FaceBackend::Retinaface => Backend::Retinaface,
+        FaceBackend::Dlib => Backend::Dlib,
     };
-    let detector = faces::load_backend(backend, v.models.as_deref()).context("loading the face detector")?;
+    let detector = load_backend(backend, v.models.as_deref()).context("loading the face detector")?;
     let sampling = match v.stride {
         Some(k) if k > 0 => Sampling::Stride(k),
         Some(_) => anyhow::bail!("--stride must be at least 1"),

@@ -184,7 +184,8 @@ fn hog_detections_match_dlib_bin() {
 #[test]
 fn deepfakebench_pipeline_end_to_end() {
     use dfdet::preprocess::align::{TemplateKind, align};
-    use dfdet::preprocess::faces::{Backend, FaceChooser, Largest, load_backend};
+    use dfdet::preprocess::backend::{Backend, load_backend};
+    use dfdet::preprocess::faces::{FaceChooser, Largest};
     let (Some(_), Some(astronaut), Some(video)) = (hog(), asset("astronaut.png"), asset("carphone_pristine.mp4"))
     else {
         return;

@@ -3,6 +3,7 @@
 //! pipeline (§2).
 
 pub mod align;
+pub mod backend;
 pub mod dlib;
 pub mod faces;
 pub mod pixels;
