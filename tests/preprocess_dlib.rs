@@ -6,20 +6,14 @@
 #[path = "preprocess_common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
-
-use common::{asset, json, root};
+use common::{asset, installed, json, root};
 use dfdet::preprocess::dlib::ShapePredictor;
 use dfdet::preprocess::video::{Sampling, decode_sampled};
 
+const HEADER: &str = "/usr/include/dlib/image_processing/frontal_face_detector.h";
+
 fn predictor() -> Option<ShapePredictor> {
-    let path = PathBuf::from("/usr/share/dlib/shape_predictor_68_face_landmarks.dat");
-    if !path.is_file() {
-        let msg = "libdlib-data is not installed (/usr/share/dlib/shape_predictor_68_face_landmarks.dat): run scripts/setup-assets.sh";
-        assert!(std::env::var("CI").is_err(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-        return None;
-    }
+    let path = installed("/usr/share/dlib/shape_predictor_68_face_landmarks.dat", "libdlib-data")?;
     Some(ShapePredictor::from_file(&path).unwrap())
 }
 
@@ -72,13 +66,7 @@ fn landmarks_match_dlib_bin() {
 /// bytes dlib-bin's `get_frontal_face_detector().save()` writes.
 #[test]
 fn frontal_face_detector_header_decompresses() {
-    let header = PathBuf::from("/usr/include/dlib/image_processing/frontal_face_detector.h");
-    if !header.is_file() {
-        let msg = "libdlib-dev is not installed: run scripts/setup-assets.sh";
-        assert!(std::env::var("CI").is_err(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-        return;
-    }
+    let Some(header) = installed(HEADER, "libdlib-dev") else { return };
     let want = &json("dlib.json")["__detector__"];
     let text = std::fs::read_to_string(&header).unwrap();
     let bytes = dfdet::preprocess::dlib::ppm::decode_header(&text).unwrap();
@@ -100,13 +88,7 @@ fn crc32fast(data: &[u8]) -> u32 {
 }
 
 fn hog() -> Option<dfdet::preprocess::dlib::HogDetector> {
-    let header = PathBuf::from("/usr/include/dlib/image_processing/frontal_face_detector.h");
-    if !header.is_file() {
-        let msg = "libdlib-dev is not installed: run scripts/setup-assets.sh";
-        assert!(std::env::var("CI").is_err(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-        return None;
-    }
+    let header = installed(HEADER, "libdlib-dev")?;
     Some(dfdet::preprocess::dlib::HogDetector::from_header(&header).unwrap())
 }
 
