@@ -39,6 +39,10 @@ fn compare(got: &[Face], want: &Value, what: &str) -> f64 {
     worst
 }
 
+
+/// RetinaFace under tract against onnxruntime, relative: 3.5e-7 was measured on an AVX-512 CPU;
+/// tract picks its kernels by CPU, so the bound (and the README's claim) leaves room for others.
+const RETINAFACE_REL_TOL: f64 = 1e-6;
 #[test]
 fn retinaface_matches_onnxruntime_on_the_astronaut() {
     let (Some(model), Some(astronaut)) = (retinaface(), asset("astronaut.png")) else { return };
@@ -46,7 +50,7 @@ fn retinaface_matches_onnxruntime_on_the_astronaut() {
     let faces = model.detect(&img).unwrap();
     let worst = compare(&faces, &json("retinaface.json")["astronaut"], "astronaut");
     eprintln!("astronaut: largest relative difference to onnxruntime {worst:.2e}");
-    assert!(worst <= 1e-3, "{worst}");
+    assert!(worst <= RETINAFACE_REL_TOL, "{worst}");
 }
 
 #[test]
@@ -63,7 +67,7 @@ fn retinaface_matches_onnxruntime_on_carphone_frames() {
     .unwrap();
     eprintln!("carphone: {frames} frames, largest relative difference to onnxruntime {worst:.2e}");
     assert_eq!(frames, 32);
-    assert!(worst <= 1e-3, "{worst}");
+    assert!(worst <= RETINAFACE_REL_TOL, "{worst}");
 }
 
 fn matrix(v: &Value) -> [[f64; 3]; 2] {
@@ -101,10 +105,10 @@ fn alignment_matches_skimage_and_cv2_warp_affine() {
         let (worst, n) = pixel_diff(&crop, &reference);
         eprintln!("{name}: matrix within {dm:.1e}; crop: {n} of {} values differ, by at most {worst}", 256 * 256 * 3);
         assert!(dm < 1e-4, "{name}: matrix {m:?} vs {want_m:?}");
-        assert!(worst <= 2, "{name}: crop differs by {worst} grey levels");
+        assert!(worst <= 1, "{name}: crop differs by {worst} grey levels");
         // The warp alone, on the reference's own matrix.
         let (w2, _) = pixel_diff(&warp_affine(&card, &want_m, 256, 256), &reference);
-        assert!(w2 <= 2, "{name}: warp differs by {w2}");
+        assert!(w2 <= 1, "{name}: warp differs by {w2}");
     }
     let _ = similarity;
 }

