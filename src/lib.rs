@@ -33,3 +33,5 @@ pub mod train;
 pub mod commands;
 
 pub use error::{Error, Result};
+
+pub mod layers;

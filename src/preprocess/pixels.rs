@@ -14,8 +14,107 @@ use std::path::Path;
 
 use image::{ColorType, ImageDecoder, ImageError, ImageReader, RgbImage};
 
-use crate::model::config::PixelConfig;
+use serde::{Deserialize, Serialize};
+
 use crate::{Error, Result};
+
+/// What HF `CLIPImageProcessor` does to an image (the fields of `preprocessor_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PixelConfig {
+    /// Shortest side after resizing.
+    pub shortest_edge: usize,
+    /// Center crop `[height, width]`.
+    pub crop_size: [usize; 2],
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+    pub do_resize: bool,
+    pub do_center_crop: bool,
+    pub do_normalize: bool,
+    pub do_rescale: bool,
+    pub rescale_factor: f32,
+}
+
+/// OpenAI CLIP's normalisation constants.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's normalisation constants.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+impl PixelConfig {
+    /// The processor of the OpenAI CLIP checkpoints at `size` pixels.
+    pub fn clip(size: usize) -> Self {
+        Self {
+            shortest_edge: size,
+            crop_size: [size, size],
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
+            do_resize: true,
+            do_center_crop: true,
+            do_normalize: true,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+        }
+    }
+
+    /// Reads a HF `preprocessor_config.json`; absent fields take `CLIPImageProcessor`'s defaults.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+        let bad = |key: &str| Error::format(path, format!("`{key}` has an unexpected value"));
+        let mut config = Self::clip(224);
+        // `size` is an int (old files) or {"shortest_edge": n}.
+        if let Some(size) = v.get("size") {
+            config.shortest_edge = match size {
+                serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| bad("size"))? as usize,
+                obj => obj
+                    .get("shortest_edge")
+                    .and_then(|n| n.as_u64())
+                    .ok_or_else(|| bad("size"))? as usize,
+            };
+        }
+        // `crop_size` is an int or {"height": h, "width": w}.
+        if let Some(crop) = v.get("crop_size") {
+            config.crop_size = match crop {
+                serde_json::Value::Number(n) => {
+                    let n = n.as_u64().ok_or_else(|| bad("crop_size"))? as usize;
+                    [n, n]
+                }
+                obj => {
+                    let h = obj.get("height").and_then(|n| n.as_u64()).ok_or_else(|| bad("crop_size"))?;
+                    let w = obj.get("width").and_then(|n| n.as_u64()).ok_or_else(|| bad("crop_size"))?;
+                    [h as usize, w as usize]
+                }
+            };
+        }
+        let triple = |key: &str| -> Result<Option<[f32; 3]>> {
+            match v.get(key) {
+                None => Ok(None),
+                Some(x) => serde_json::from_value::<[f32; 3]>(x.clone()).map(Some).map_err(|_| bad(key)),
+            }
+        };
+        if let Some(mean) = triple("image_mean")? {
+            config.image_mean = mean;
+        }
+        if let Some(std) = triple("image_std")? {
+            config.image_std = std;
+        }
+        let flag = |key: &str, default: bool| v.get(key).and_then(|b| b.as_bool()).unwrap_or(default);
+        config.do_resize = flag("do_resize", true);
+        config.do_center_crop = flag("do_center_crop", true);
+        config.do_normalize = flag("do_normalize", true);
+        config.do_rescale = flag("do_rescale", true);
+        if let Some(f) = v.get("rescale_factor") {
+            config.rescale_factor = f.as_f64().ok_or_else(|| bad("rescale_factor"))? as f32;
+        }
+        if let Some(r) = v.get("resample") {
+            // Only bicubic (3) is what the CLIP checkpoints use.
+            if r.as_u64() != Some(3) {
+                return Err(Error::format(path, format!("resample {r} is not supported (only 3, bicubic)")));
+            }
+        }
+        Ok(config)
+    }
+}
 
 /// Decodes an image file and converts it to RGB as Pillow's `convert("RGB")` does.
 ///
