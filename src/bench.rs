@@ -11,7 +11,8 @@ use burn::tensor::FloatDType;
 use serde::Serialize;
 
 use crate::model::config::Backbone;
-use crate::model::weights::{Checkpoint, HeadKind, HostTensor, ModelSpec, TensorMap, Tuning};
+use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
+use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::model::{clip, Detector};
 use crate::Result;
 

@@ -277,7 +277,7 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
 fn convert(args: ConvertArgs) -> Result<ExitCode> {
     let ckpt = load_checkpoint(&args.weights, args.backbone.as_deref())
         .with_context(|| format!("loading weights `{}`", args.weights))?;
-    dfdet::model::weights::save_dfdet(&args.out, &ckpt.spec, &ckpt.backbone, ckpt.tensors.tensors())
+    dfdet::model::checkpoint::save_dfdet(&args.out, &ckpt.spec, &ckpt.backbone, ckpt.tensors.tensors())
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)

@@ -13,7 +13,7 @@ use burn::tensor::FloatDType;
 
 use super::config::EncoderConfig;
 use super::fused::softmax_last;
-use super::weights::{HostTensor, TensorMap};
+use super::checkpoint::{HostTensor, TensorMap};
 use crate::Result;
 
 /// Builds burn tensors from checkpoint tensors, on one device and in one float dtype.

@@ -6,7 +6,8 @@ use burn::tensor::FloatDType;
 use super::clip::{Loader, VisionTransformer};
 use super::config::Backbone;
 use super::head::{Head, HeadOutput};
-use super::weights::{Checkpoint, ModelSpec, Tuning};
+use super::checkpoint::Checkpoint;
+use super::spec::{ModelSpec, Tuning};
 use crate::Result;
 
 /// A CLIP vision encoder and a linear head, ready for inference.

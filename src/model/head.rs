@@ -4,7 +4,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::clip::Loader;
-use super::weights::{HeadKind, TensorMap};
+use super::checkpoint::TensorMap;
+use super::spec::HeadKind;
 use crate::Result;
 
 /// What the head returns.

@@ -16,7 +16,7 @@ use burn::tensor::Gradients;
 
 use crate::model::clip::{transpose, Lora, VisionTransformer};
 use crate::model::head::Head;
-use crate::model::weights::HostTensor;
+use crate::model::checkpoint::HostTensor;
 use crate::model::Detector;
 use crate::{Error, Result};
 

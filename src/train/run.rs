@@ -26,7 +26,7 @@ use crate::eval::unifalign::{alignment, uniformity};
 use crate::eval::video::evaluate;
 use crate::eval::metrics::Metrics;
 use crate::evaluate::{run_test, TestOutcome};
-use crate::model::weights::load_checkpoint;
+use crate::model::checkpoint::load_checkpoint;
 use crate::model::Detector;
 use crate::{Error, Result};
 
