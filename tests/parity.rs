@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use dfdet::model::clip::{Loader, VisionTransformer};
+use dfdet::model::clip::VisionTransformer;
+use dfdet::model::params::Loader;
 use dfdet::model::config::Backbone;
 use dfdet::model::checkpoint::{HostTensor, TensorMap};
 use dfdet::model::{load_checkpoint, Detector};

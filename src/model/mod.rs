@@ -8,6 +8,7 @@ pub mod detector;
 pub mod fused;
 pub mod head;
 pub mod hub;
+pub mod params;
 pub mod spec;
 
 pub use checkpoint::{load_checkpoint, Checkpoint};

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::TensorMap;
+use crate::model::clip;
 use crate::model::config::{Backbone, PRESETS};
 use crate::model::hub::{self, Hub, Lookup};
 use crate::{Error, Result};
@@ -57,18 +58,8 @@ pub fn resolve_backbone(name: &str, bases: &[&Path], hub: &Hub) -> Result<Backbo
 pub(super) fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result<()> {
     let cfg = &backbone.encoder;
     let (d, p) = (cfg.hidden_size, cfg.patch_size);
-    let expect = [
-        (
-            "vision_model.embeddings.patch_embedding.weight",
-            vec![d, cfg.num_channels, p, p],
-        ),
-        (
-            "vision_model.embeddings.position_embedding.weight",
-            vec![cfg.num_positions(), d],
-        ),
-    ];
-    for (key, shape) in expect {
-        if let Some(t) = tensors.get(key)
+    for (key, shape) in clip::embedding_shapes(cfg) {
+        if let Some(t) = tensors.get(&key)
             && t.shape != shape
         {
             return Err(Error::format(
@@ -83,13 +74,7 @@ pub(super) fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result
     }
     let layers = tensors
         .keys()
-        .filter_map(|k| {
-            k.strip_prefix("vision_model.encoder.layers.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|k| clip::layer_index(k))
         .max()
         .map_or(0, |i| i + 1);
     if layers != 0 && layers != cfg.num_hidden_layers {
