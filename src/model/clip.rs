@@ -13,7 +13,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::checkpoint::TensorMap;
-use super::config::EncoderConfig;
+use super::config::{EncoderConfig, HiddenAct};
 use super::fused::softmax_last;
 use super::params::{empty, Layout, Loader, Visit, Walker};
 use crate::Result;
@@ -250,17 +250,18 @@ impl SelfAttention {
     }
 }
 
-/// `CLIPMLP`: `fc1 -> quick_gelu -> fc2`.
+/// `CLIPMLP`: `fc1 -> activation -> fc2`.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Projection,
     pub fc2: Projection,
-    quick: bool,
+    #[module(skip)]
+    act: HiddenAct,
 }
 
 impl Mlp {
     fn skeleton(cfg: &EncoderConfig, device: &Device) -> Self {
-        Self { fc1: Projection::skeleton(device), fc2: Projection::skeleton(device), quick: cfg.hidden_act == "quick_gelu" }
+        Self { fc1: Projection::skeleton(device), fc2: Projection::skeleton(device), act: cfg.hidden_act }
     }
 
     /// The projections under their names ([`MLP_PROJECTIONS`]), in that order.
@@ -278,7 +279,10 @@ impl Mlp {
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.fc1.forward(x); // [b, t, m]
-        let x = if self.quick { quick_gelu(x) } else { gelu(x) };
+        let x = match self.act {
+            HiddenAct::QuickGelu => quick_gelu(x),
+            HiddenAct::Gelu => gelu(x),
+        };
         self.fc2.forward(x) // [b, t, d]
     }
 }
