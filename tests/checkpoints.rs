@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dfdet::model::hub::Hub;
-use dfdet::model::weights::{
-    HeadKind, HostTensor, TensorMap, Tuning, load_checkpoint, load_checkpoint_with, save_dfdet,
+use dfdet::model::checkpoint::{
+    HostTensor, TensorMap, load_checkpoint, load_checkpoint_with, save_dfdet,
 };
+use dfdet::model::spec::{HeadKind, Tuning};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use dfdet::model::clip::{Loader, VisionTransformer};
+use dfdet::model::clip::VisionTransformer;
+use dfdet::model::params::Loader;
 use dfdet::model::config::Backbone;
-use dfdet::model::weights::{HostTensor, TensorMap};
+use dfdet::model::checkpoint::{HostTensor, TensorMap};
 use dfdet::model::{load_checkpoint, Detector};
 use dfdet::preprocess::pixels::{load_rgb, pixel_values};
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use dfdet::model::weights::{HeadKind, HostTensor, Tuning};
+use dfdet::model::checkpoint::HostTensor;
+use dfdet::model::spec::{HeadKind, Tuning};
 use dfdet::model::Detector;
 use dfdet::preprocess::pixels::{load_rgb, pixel_values};
 use dfdet::train::init::base_clip;

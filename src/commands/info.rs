@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::Result;
 use crate::model::Detector;
-use crate::model::weights::{Checkpoint, save_dfdet};
+use crate::model::checkpoint::{Checkpoint, save_dfdet};
 
 /// Backbone, encoder shape, head, tuning method and parameter counts of a loaded detector
 /// read from `path`, one `key   value` line each.

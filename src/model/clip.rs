@@ -1,75 +1,35 @@
 //! The CLIP vision transformer (HF `CLIPVisionModel`), as METHOD.md §1 specifies it.
 //!
 //! Module paths mirror Hugging Face's weight names (`vision_model.encoder.layers.{i}.self_attn.q_proj`,
-//! the `pre_layrnorm` typo included) so that a checkpoint maps onto it one to one.
+//! the `pre_layrnorm` typo included) so that a checkpoint maps onto it one to one. Each module
+//! names its parameters once, in `walk` (see [`super::params`]); loading, [`tensor_shapes`]
+//! and training's selection of parameters all walk those.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::FloatDType;
 
-use super::config::EncoderConfig;
+use super::lora::Lora;
+use super::tensors::{TensorMap, transpose};
+use super::config::{EncoderConfig, HiddenAct};
 use super::fused::softmax_last;
-use super::weights::{HostTensor, TensorMap};
+use super::params::{empty, Layout, Loader, Visit, Walker};
 use crate::Result;
 
-/// Builds burn tensors from checkpoint tensors, on one device and in one float dtype.
-#[derive(Debug, Clone)]
-pub struct Loader {
-    pub device: Device,
-    pub dtype: FloatDType,
-}
+/// Where the encoder's tensors live in a checkpoint: HF's `CLIPVisionModel.vision_model`.
+pub const ROOT: &str = "vision_model";
+/// The embeddings, under [`ROOT`].
+const EMBEDDINGS: &str = "embeddings";
+/// The encoder layers, under [`ROOT`].
+const LAYERS: &str = "encoder.layers";
+/// The attention projections, by name (LoRA's possible targets).
+pub const ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
+/// The MLP's projections, by name.
+pub const MLP_PROJECTIONS: [&str; 2] = ["fc1", "fc2"];
 
-impl Loader {
-    /// A tensor of rank `D` from host data, cast to the loader's dtype.
-    pub fn tensor<const D: usize>(&self, t: HostTensor) -> Tensor<D> {
-        let data = TensorData::new(t.data, t.shape);
-        let x = Tensor::<D>::from_data(data, &self.device);
-        if self.dtype == FloatDType::F32 { x } else { x.cast(self.dtype) }
-    }
-
-    /// `key` from `map`, with its shape checked.
-    pub fn take<const D: usize>(&self, map: &mut TensorMap, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        Ok(self.tensor(map.take(key, &shape)?))
-    }
-
-    /// An `nn.Linear` (PyTorch weight `[out, in]`) as burn's `Linear` (weight `[in, out]`).
-    pub fn linear(&self, map: &mut TensorMap, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear> {
-        let w = map.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        // Transposed once here, on the host, so that every forward multiplies contiguous memory.
-        let w = HostTensor { shape: vec![d_in, d_out], data: transpose(&w.data, d_out, d_in) };
-        let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
-        Ok(Linear { weight: Param::from_tensor(self.tensor(w)), bias: Some(Param::from_tensor(self.tensor(b))) })
-    }
-
-    /// An `nn.LayerNorm` with weight and bias.
-    pub fn layer_norm(&self, map: &mut TensorMap, prefix: &str, d: usize, eps: f64) -> Result<LayerNorm> {
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
-        ln.gamma = Param::from_tensor(self.take(map, &format!("{prefix}.weight"), [d])?);
-        ln.beta = Some(Param::from_tensor(self.take(map, &format!("{prefix}.bias"), [d])?));
-        Ok(ln)
-    }
-}
-
-/// Row-major `[rows, cols]` -> `[cols, rows]`, in 32 x 32 tiles (a plain double loop strides
-/// through memory on every write; this runs at load time over every weight).
-pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0.0; data.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = data[r * cols + c];
-                }
-            }
-        }
-    }
-    out
-}
 
 /// `CLIPVisionEmbeddings`: patch embedding, class token, position embedding.
 #[derive(Module, Debug)]
@@ -84,20 +44,21 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+    fn skeleton(cfg: &EncoderConfig, device: &Device) -> Self {
+        Self {
+            patch_embedding: empty(device),
+            class_embedding: empty(device),
+            position_embedding: empty(device),
+            patch_size: cfg.patch_size,
+        }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, cfg: &EncoderConfig) -> Result<()> {
         let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
-        let w = map.take(&format!("{prefix}.patch_embedding.weight"), &[d, c, p, p])?;
-        let w = HostTensor { shape: vec![c * p * p, d], data: transpose(&w.data, d, c * p * p) };
-        Ok(Self {
-            patch_embedding: Param::from_tensor(ld.tensor(w)),
-            class_embedding: Param::from_tensor(ld.take(map, &format!("{prefix}.class_embedding"), [d])?),
-            position_embedding: Param::from_tensor(ld.take(
-                map,
-                &format!("{prefix}.position_embedding.weight"),
-                [cfg.num_positions(), d],
-            )?),
-            patch_size: p,
-        })
+        let patch = Layout::PatchEmbedding { channels: c, patch: p };
+        w.matrix("patch_embedding.weight", &mut self.patch_embedding, &[d, c, p, p], patch)?;
+        w.vector("class_embedding", &mut self.class_embedding, d)?;
+        w.matrix("position_embedding.weight", &mut self.position_embedding, &[cfg.num_positions(), d], Layout::Same)
     }
 
     /// `[b, c, s, s]` -> `[b, n + 1, d]`
@@ -118,81 +79,63 @@ impl Embeddings {
     }
 }
 
+/// An `nn.Linear` of the encoder (all have a bias), with what training adds to it.
+#[derive(Module, Debug)]
+pub struct Projection {
+    /// `[in, out]` (burn layout; PyTorch's weight is `[out, in]`).
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`
+    pub bias: Param<Tensor<1>>,
+    /// Training only: the weight as a contiguous `[out, in]` copy, which makes the backward
+    /// pass's products as fast as the forward's (see
+    /// [`VisionTransformer::keep_transposed_weights`]).
+    pub weight_t: Option<Tensor<2>>,
+    /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
+    /// it merged into the weight).
+    pub lora: Option<Lora>,
+}
+
+impl Projection {
+    fn skeleton(device: &Device) -> Self {
+        Self { weight: empty(device), bias: empty(device), weight_t: None, lora: None }
+    }
+
+    /// The weight and bias; the adapter's parameters are walked apart ([`Walker::lora`]).
+    fn walk(&mut self, w: &mut Walker<'_, '_>, d_in: usize, d_out: usize) -> Result<()> {
+        w.linear(&mut self.weight, Some(&mut self.bias), [d_in, d_out], self.lora.as_ref())
+    }
+
+    /// `[b, t, in]` -> `[b, t, out]`: the projection plus its adapter, if it has one.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lora {
+            Some(adapter) => self.linear(x.clone()) + adapter.forward(x),
+            None => self.linear(x),
+        }
+    }
+
+    /// `x W + b`: one fused matrix product with bias in f32 (its backward pass computes only
+    /// the input's gradient when the weight is frozen), burn's `linear` otherwise.
+    fn linear<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if x.dtype() == burn::tensor::DType::F32 {
+            let w = self.weight.val();
+            let wt = self.weight_t.clone().unwrap_or_else(|| w.clone().transpose());
+            super::fused::linear(x, w, wt, self.bias.val())
+        } else {
+            burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()))
+        }
+    }
+}
+
 /// `CLIPAttention`: multi-head self-attention, all projections with bias.
 #[derive(Module, Debug)]
 pub struct SelfAttention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub out_proj: Linear,
-    /// LoRA adapters on the projections while training with LoRA; none otherwise (a trained
-    /// checkpoint holds them merged into the projection weights).
-    pub lora: AttentionLora,
-    /// Training only: the weights of q, k, v and out as contiguous `[out, in]` copies, which
-    /// make the backward pass's products as fast as the forward's (empty otherwise).
-    pub weights_t: Vec<Tensor<2>>,
+    pub q_proj: Projection,
+    pub k_proj: Projection,
+    pub v_proj: Projection,
+    pub out_proj: Projection,
     num_heads: usize,
 }
 
-/// The LoRA adapter of each attention projection, if any.
-#[derive(Module, Debug, Default)]
-pub struct AttentionLora {
-    pub q_proj: Option<Lora>,
-    pub k_proj: Option<Lora>,
-    pub v_proj: Option<Lora>,
-    pub out_proj: Option<Lora>,
-}
-
-/// A low-rank adapter with peft's semantics: `y = base(x) + B(A(dropout(x))) · scaling`.
-#[derive(Module, Debug)]
-pub struct Lora {
-    /// `lora_A` as `[in, r]` (burn layout; peft's weight is `[r, in]`).
-    pub lora_a: Param<Tensor<2>>,
-    /// `lora_B` as `[r, out]`.
-    pub lora_b: Param<Tensor<2>>,
-    /// `alpha / r`.
-    pub scaling: f64,
-    /// Dropout for the next forward, as a mask already divided by the keep probability:
-    /// `[b, t, in]`. `None` (evaluation, or dropout 0) leaves `x` as it is.
-    pub dropout_mask: Option<Tensor<3>>,
-}
-
-impl Lora {
-    /// `[b, t, in]` -> the adapter's addition `[b, t, out]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = match &self.dropout_mask {
-            // The last layer computes the class token only: its rows of the mask.
-            Some(mask) => {
-                let [b, t, d] = x.dims();
-                x * mask.clone().slice([0..b, 0..t, 0..d])
-            }
-            None => x,
-        };
-        let down = x.matmul(self.lora_a.val().unsqueeze::<3>()); // [b, t, r]
-        down.matmul(self.lora_b.val().unsqueeze::<3>()) * self.scaling // [b, t, out]
-    }
-}
-
-/// A projection plus its adapter, if it has one. `weight_t`: the weight as `[out, in]`, if kept.
-fn project(linear: &Linear, weight_t: Option<&Tensor<2>>, lora: &Option<Lora>, x: Tensor<3>) -> Tensor<3> {
-    match lora {
-        Some(adapter) => apply(linear, weight_t, x.clone()) + adapter.forward(x),
-        None => apply(linear, weight_t, x),
-    }
-}
-
-/// `linear(x)`: one fused matrix product with bias in f32 (its backward pass computes only the
-/// input's gradient when the weight is frozen), burn's module otherwise.
-fn apply<const D: usize>(linear: &Linear, weight_t: Option<&Tensor<2>>, x: Tensor<D>) -> Tensor<D> {
-    match &linear.bias {
-        Some(bias) if x.dtype() == burn::tensor::DType::F32 => {
-            let w = linear.weight.val();
-            let wt = weight_t.cloned().unwrap_or_else(|| w.clone().transpose());
-            super::fused::linear(x, w, wt, bias.val())
-        }
-        _ => linear.forward(x),
-    }
-}
 
 /// `weight` `[in, out]` as a contiguous `[out, in]` tensor.
 fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
@@ -203,17 +146,33 @@ fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
 }
 
 impl SelfAttention {
-    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
-        let d = cfg.hidden_size;
-        Ok(Self {
-            q_proj: ld.linear(map, &format!("{prefix}.q_proj"), d, d)?,
-            k_proj: ld.linear(map, &format!("{prefix}.k_proj"), d, d)?,
-            v_proj: ld.linear(map, &format!("{prefix}.v_proj"), d, d)?,
-            out_proj: ld.linear(map, &format!("{prefix}.out_proj"), d, d)?,
-            lora: AttentionLora::default(),
-            weights_t: Vec::new(),
+    fn skeleton(cfg: &EncoderConfig, device: &Device) -> Self {
+        Self {
+            q_proj: Projection::skeleton(device),
+            k_proj: Projection::skeleton(device),
+            v_proj: Projection::skeleton(device),
+            out_proj: Projection::skeleton(device),
             num_heads: cfg.num_attention_heads,
-        })
+        }
+    }
+
+    /// The projections under their names ([`ATTENTION_PROJECTIONS`]), in that order.
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Projection); 4] {
+        let [q, k, v, out] = ATTENTION_PROJECTIONS;
+        [(q, &mut self.q_proj), (k, &mut self.k_proj), (v, &mut self.v_proj), (out, &mut self.out_proj)]
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, d: usize) -> Result<()> {
+        for (name, proj) in self.projections_mut() {
+            proj.walk(&mut w.pp(name), d, d)?;
+        }
+        // The adapters after the projections, the order training has always listed them in.
+        for (name, proj) in self.projections_mut() {
+            if let Some(lora) = &mut proj.lora {
+                w.pp(name).lora(lora)?;
+            }
+        }
+        Ok(())
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
@@ -228,10 +187,9 @@ impl SelfAttention {
         let tq = xq.dims()[1];
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, n, h, hd]).swap_dims(1, 2); // [b, h, n, hd]
-        let wt = |i: usize| self.weights_t.get(i);
-        let q = heads(project(&self.q_proj, wt(0), &self.lora.q_proj, xq), tq);
-        let k = heads(project(&self.k_proj, wt(1), &self.lora.k_proj, x.clone()), t);
-        let v = heads(project(&self.v_proj, wt(2), &self.lora.v_proj, x), t);
+        let q = heads(self.q_proj.forward(xq), tq);
+        let k = heads(self.k_proj.forward(x.clone()), t);
+        let v = heads(self.v_proj.forward(x), t);
         // softmax(q kᵀ · hd^-0.5) v, the scale HF applies to q.
         let scale = (hd as f64).powf(-0.5);
         let ctx = if q.is_tracked() {
@@ -244,36 +202,44 @@ impl SelfAttention {
             let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
             attention(q, k, v, None, None, opts) // [b, h, tq, hd]
         };
-        project(&self.out_proj, wt(3), &self.lora.out_proj, ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
+        self.out_proj.forward(ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }
 }
 
-/// `CLIPMLP`: `fc1 -> quick_gelu -> fc2`.
+/// `CLIPMLP`: `fc1 -> activation -> fc2`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub fc1: Linear,
-    pub fc2: Linear,
-    /// Training only: fc1's and fc2's weights as `[out, in]` (see [`SelfAttention::weights_t`]).
-    pub weights_t: Vec<Tensor<2>>,
-    quick: bool,
+    pub fc1: Projection,
+    pub fc2: Projection,
+    #[module(skip)]
+    act: HiddenAct,
 }
 
 impl Mlp {
-    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
-        let (d, m) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            fc1: ld.linear(map, &format!("{prefix}.fc1"), d, m)?,
-            fc2: ld.linear(map, &format!("{prefix}.fc2"), m, d)?,
-            weights_t: Vec::new(),
-            quick: cfg.hidden_act == "quick_gelu",
-        })
+    fn skeleton(cfg: &EncoderConfig, device: &Device) -> Self {
+        Self { fc1: Projection::skeleton(device), fc2: Projection::skeleton(device), act: cfg.hidden_act }
+    }
+
+    /// The projections under their names ([`MLP_PROJECTIONS`]), in that order.
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut Projection); 2] {
+        let [fc1, fc2] = MLP_PROJECTIONS;
+        [(fc1, &mut self.fc1), (fc2, &mut self.fc2)]
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, d: usize, m: usize) -> Result<()> {
+        let [(fc1, p1), (fc2, p2)] = self.projections_mut();
+        p1.walk(&mut w.pp(fc1), d, m)?;
+        p2.walk(&mut w.pp(fc2), m, d)
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = apply(&self.fc1, self.weights_t.first(), x); // [b, t, m]
-        let x = if self.quick { quick_gelu(x) } else { gelu(x) };
-        apply(&self.fc2, self.weights_t.get(1), x) // [b, t, d]
+        let x = self.fc1.forward(x); // [b, t, m]
+        let x = match self.act {
+            HiddenAct::QuickGelu => quick_gelu(x),
+            HiddenAct::Gelu => gelu(x),
+        };
+        self.fc2.forward(x) // [b, t, d]
     }
 }
 
@@ -292,16 +258,28 @@ pub struct EncoderLayer {
     eps: f64,
 }
 
+/// A LayerNorm of width `d` whose parameters a walk fills.
+fn layer_norm_skeleton(cfg: &EncoderConfig, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(cfg.hidden_size).with_epsilon(cfg.layer_norm_eps).init(device)
+}
+
 impl EncoderLayer {
-    fn load(ld: &Loader, map: &mut TensorMap, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        Ok(Self {
-            self_attn: SelfAttention::load(ld, map, &format!("{prefix}.self_attn"), cfg)?,
-            layer_norm1: ld.layer_norm(map, &format!("{prefix}.layer_norm1"), d, eps)?,
-            mlp: Mlp::load(ld, map, &format!("{prefix}.mlp"), cfg)?,
-            layer_norm2: ld.layer_norm(map, &format!("{prefix}.layer_norm2"), d, eps)?,
-            eps,
-        })
+    fn skeleton(cfg: &EncoderConfig, device: &Device) -> Self {
+        Self {
+            self_attn: SelfAttention::skeleton(cfg, device),
+            layer_norm1: layer_norm_skeleton(cfg, device),
+            mlp: Mlp::skeleton(cfg, device),
+            layer_norm2: layer_norm_skeleton(cfg, device),
+            eps: cfg.layer_norm_eps,
+        }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, cfg: &EncoderConfig) -> Result<()> {
+        let d = cfg.hidden_size;
+        self.self_attn.walk(&mut w.pp("self_attn"), d)?;
+        w.pp("layer_norm1").layer_norm(&mut self.layer_norm1, d)?;
+        self.mlp.walk(&mut w.pp("mlp"), d, cfg.intermediate_size)?;
+        w.pp("layer_norm2").layer_norm(&mut self.layer_norm2, d)
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
@@ -349,14 +327,61 @@ impl VisionTransformer {
     /// Takes the `vision_model.*` tensors out of `map` (HF names), checking every shape.
     pub fn load(ld: &Loader, map: &mut TensorMap, cfg: &EncoderConfig) -> Result<Self> {
         cfg.validate()?;
-        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        let embeddings = Embeddings::load(ld, map, "vision_model.embeddings", cfg)?;
-        let pre_layrnorm = ld.layer_norm(map, "vision_model.pre_layrnorm", d, eps)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::load(ld, map, &format!("vision_model.encoder.layers.{i}"), cfg))
-            .collect::<Result<Vec<_>>>()?;
-        let post_layernorm = ld.layer_norm(map, "vision_model.post_layernorm", d, eps)?;
-        Ok(Self { embeddings, pre_layrnorm, encoder: Encoder { layers }, post_layernorm, eps })
+        let mut encoder = Self::skeleton(cfg, &ld.device);
+        encoder.visit_params(cfg, &mut |entry| ld.fill(map, entry))?;
+        Ok(encoder)
+    }
+
+    /// The encoder's structure for `cfg`, its parameters empty until a walk fills them.
+    pub(crate) fn skeleton(cfg: &EncoderConfig, device: &Device) -> Self {
+        Self {
+            embeddings: Embeddings::skeleton(cfg, device),
+            pre_layrnorm: layer_norm_skeleton(cfg, device),
+            encoder: Encoder { layers: (0..cfg.num_hidden_layers).map(|_| EncoderLayer::skeleton(cfg, device)).collect() },
+            post_layernorm: layer_norm_skeleton(cfg, device),
+            eps: cfg.layer_norm_eps,
+        }
+    }
+
+    /// Calls `visit` on every parameter, in checkpoint order: its HF name, PyTorch shape (for
+    /// `cfg`, the config the encoder was built for) and slot. A projection's LoRA adapter, if
+    /// any, comes as `<proj>.lora_A.weight` and `<proj>.lora_B.weight` after the layer's
+    /// attention projections.
+    pub fn visit_params(&mut self, cfg: &EncoderConfig, visit: &mut Visit<'_>) -> Result<()> {
+        let mut root = Walker::new(visit);
+        let mut w = root.pp(ROOT);
+        let d = cfg.hidden_size;
+        self.embeddings.walk(&mut w.pp(EMBEDDINGS), cfg)?;
+        w.pp("pre_layrnorm").layer_norm(&mut self.pre_layrnorm, d)?;
+        for (i, layer) in self.encoder.layers.iter_mut().enumerate() {
+            layer.walk(&mut w.pp(LAYERS).pp(i), cfg)?;
+        }
+        w.pp("post_layernorm").layer_norm(&mut self.post_layernorm, d)
+    }
+
+    /// Every projection of every layer, attention's then the MLP's, under its name.
+    pub fn projections_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut Projection)> {
+        self.encoder.layers.iter_mut().flat_map(|layer| {
+            let attention = layer.self_attn.projections_mut();
+            attention.into_iter().chain(layer.mlp.projections_mut())
+        })
+    }
+
+    /// Puts an adapter made by `make` on each attention projection (all `[d, d]`) named in
+    /// `targets`, layer by layer, in [`ATTENTION_PROJECTIONS`] order.
+    pub fn add_adapters(&mut self, targets: &[String], mut make: impl FnMut() -> Lora) {
+        for layer in &mut self.encoder.layers {
+            for (name, proj) in layer.self_attn.projections_mut() {
+                if targets.iter().any(|t| t == name) {
+                    proj.lora = Some(make());
+                }
+            }
+        }
+    }
+
+    /// The LoRA adapters, layer by layer.
+    pub fn adapters_mut(&mut self) -> impl Iterator<Item = &mut Lora> {
+        self.projections_mut().filter_map(|(_, proj)| proj.lora.as_mut())
     }
 
     /// Keeps `[out, in]` copies of the encoder's projection weights for the backward pass, or
@@ -365,18 +390,8 @@ impl VisionTransformer {
     /// re-packing it, for one more copy of the weights in memory (1.2 GB for ViT-L/14 in f32).
     /// Only frozen weights may be kept: a trained weight would leave its copy stale.
     pub fn keep_transposed_weights(&mut self, keep: bool) {
-        for layer in &mut self.encoder.layers {
-            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
-            attn.weights_t.clear();
-            mlp.weights_t.clear();
-            if keep {
-                for linear in [&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.out_proj] {
-                    attn.weights_t.push(transposed_copy(linear.weight.val()));
-                }
-                for linear in [&mlp.fc1, &mlp.fc2] {
-                    mlp.weights_t.push(transposed_copy(linear.weight.val()));
-                }
-            }
+        for (_, proj) in self.projections_mut() {
+            proj.weight_t = keep.then(|| transposed_copy(proj.weight.val()));
         }
     }
 
@@ -406,32 +421,54 @@ impl VisionTransformer {
     }
 }
 
-/// Every `vision_model.*` tensor the encoder loads, with its PyTorch shape.
+/// Every `vision_model.*` tensor the encoder loads, with its PyTorch shape, in checkpoint order.
 pub fn tensor_shapes(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, m, p, c) = (cfg.hidden_size, cfg.intermediate_size, cfg.patch_size, cfg.num_channels);
-    let mut out = vec![
-        ("vision_model.embeddings.patch_embedding.weight".to_string(), vec![d, c, p, p]),
-        ("vision_model.embeddings.class_embedding".to_string(), vec![d]),
-        ("vision_model.embeddings.position_embedding.weight".to_string(), vec![cfg.num_positions(), d]),
-    ];
-    let ln = |out: &mut Vec<(String, Vec<usize>)>, name: String| {
-        out.push((format!("{name}.weight"), vec![d]));
-        out.push((format!("{name}.bias"), vec![d]));
-    };
-    ln(&mut out, "vision_model.pre_layrnorm".into());
-    for i in 0..cfg.num_hidden_layers {
-        let l = format!("vision_model.encoder.layers.{i}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            out.push((format!("{l}.self_attn.{proj}.weight"), vec![d, d]));
-            out.push((format!("{l}.self_attn.{proj}.bias"), vec![d]));
-        }
-        ln(&mut out, format!("{l}.layer_norm1"));
-        out.push((format!("{l}.mlp.fc1.weight"), vec![m, d]));
-        out.push((format!("{l}.mlp.fc1.bias"), vec![m]));
-        out.push((format!("{l}.mlp.fc2.weight"), vec![d, m]));
-        out.push((format!("{l}.mlp.fc2.bias"), vec![d]));
-        ln(&mut out, format!("{l}.layer_norm2"));
-    }
-    ln(&mut out, "vision_model.post_layernorm".into());
+    let mut encoder = VisionTransformer::skeleton(cfg, &Device::flex());
+    record(|visit| encoder.visit_params(cfg, visit))
+}
+
+/// The `vision_model.embeddings.*` tensors, with their PyTorch shapes: the ones that tell
+/// backbones apart (width, patch and image size) before any layer is loaded.
+pub fn embedding_shapes(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
+    let mut embeddings = Embeddings::skeleton(cfg, &Device::flex());
+    record(|visit| embeddings.walk(&mut Walker::new(visit).pp(ROOT).pp(EMBEDDINGS), cfg))
+}
+
+/// The names and shapes a walk visits.
+fn record(walk: impl FnOnce(&mut Visit<'_>) -> Result<()>) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    walk(&mut |entry| {
+        out.push((entry.name.to_string(), entry.shape.to_vec()));
+        Ok(())
+    })
+    .expect("recording names cannot fail");
     out
+}
+
+/// The encoder layer a checkpoint name belongs to (`vision_model.encoder.layers.{i}.*`).
+pub fn layer_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix(ROOT)?.strip_prefix('.')?.strip_prefix(LAYERS)?.strip_prefix('.')?;
+    rest.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_shapes_name_every_parameter_once() {
+        let cfg = EncoderConfig { num_hidden_layers: 2, ..EncoderConfig::clip_vit_base_patch16() };
+        let shapes = tensor_shapes(&cfg);
+        assert_eq!(shapes.len(), 3 + 2 + 2 * 16 + 2);
+        assert_eq!(shapes[0], ("vision_model.embeddings.patch_embedding.weight".into(), vec![768, 3, 16, 16]));
+        assert_eq!(shapes[3].0, "vision_model.pre_layrnorm.weight");
+        assert_eq!(shapes[5], ("vision_model.encoder.layers.0.self_attn.q_proj.weight".into(), vec![768, 768]));
+        assert_eq!(shapes[15], ("vision_model.encoder.layers.0.mlp.fc1.weight".into(), vec![3072, 768]));
+        assert_eq!(shapes.last().unwrap().0, "vision_model.post_layernorm.bias");
+        let names: std::collections::BTreeSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), shapes.len());
+        assert_eq!(embedding_shapes(&cfg), shapes[..3]);
+        assert_eq!(layer_index("vision_model.encoder.layers.1.mlp.fc2.bias"), Some(1));
+        assert_eq!(layer_index("vision_model.post_layernorm.bias"), None);
+    }
 }

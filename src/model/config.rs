@@ -21,8 +21,17 @@ pub struct EncoderConfig {
     pub num_channels: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    pub hidden_act: String,
+    pub hidden_act: HiddenAct,
     pub layer_norm_eps: f64,
+}
+
+/// The MLP's activation (HF `hidden_act`; CLIP uses these two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenAct {
+    /// `x · sigmoid(1.702 x)`, the OpenAI checkpoints' activation.
+    QuickGelu,
+    Gelu,
 }
 
 impl Default for EncoderConfig {
@@ -36,7 +45,7 @@ impl Default for EncoderConfig {
             num_channels: 3,
             image_size: 224,
             patch_size: 32,
-            hidden_act: "quick_gelu".into(),
+            hidden_act: HiddenAct::QuickGelu,
             layer_norm_eps: 1e-5,
         }
     }
@@ -88,9 +97,6 @@ impl EncoderConfig {
         }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad("image_size must be a multiple of patch_size");
-        }
-        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return bad("hidden_act must be quick_gelu or gelu");
         }
         Ok(())
     }
@@ -181,5 +187,14 @@ mod tests {
     fn unknown_backbone_lists_presets() {
         let err = Backbone::resolve("openai/clip-vit-huge").unwrap_err().to_string();
         assert!(err.contains("openai/clip-vit-large-patch14"), "{err}");
+    }
+
+    #[test]
+    fn hidden_act_reads_hf_names() {
+        let read = |act: &str| serde_json::from_value::<EncoderConfig>(serde_json::json!({ "hidden_act": act }));
+        assert_eq!(read("gelu").unwrap().hidden_act, HiddenAct::Gelu);
+        assert_eq!(read("quick_gelu").unwrap().hidden_act, HiddenAct::QuickGelu);
+        assert!(read("relu").unwrap_err().to_string().contains("quick_gelu"));
+        assert_eq!(serde_json::to_value(HiddenAct::QuickGelu).unwrap(), "quick_gelu");
     }
 }

@@ -1,12 +1,16 @@
 //! The detector: encoder + head, built from a [`Checkpoint`].
 
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
-use super::clip::{Loader, VisionTransformer};
+use super::checkpoint::Checkpoint;
+use super::clip::VisionTransformer;
+use super::lora::Lora;
 use super::config::Backbone;
 use super::head::{Head, HeadOutput};
-use super::weights::{Checkpoint, ModelSpec, Tuning};
+use super::params::{Entry, Loader, Selection, Visit};
+use super::spec::{ModelSpec, Tuning};
 use crate::Result;
 
 /// A CLIP vision encoder and a linear head, ready for inference.
@@ -51,24 +55,95 @@ impl Detector {
         self.encoder.num_params() + self.head.num_params()
     }
 
-    /// Parameters the checkpoint's training method trains (METHOD.md §4).
+    /// Parameters the checkpoint's training method trains (METHOD.md §4): those
+    /// [`Selection::of`] its tuning selects, LoRA adapters counted as training adds them.
     pub fn num_trainable(&self) -> usize {
-        let head = self.head.num_params();
+        num_trainable(&self.backbone, &self.spec)
+    }
+
+    /// Calls `visit` on every parameter of encoder and head in checkpoint order: its HF name,
+    /// PyTorch shape and slot (see [`super::params`]).
+    pub fn visit_params(&mut self, visit: &mut Visit<'_>) -> Result<()> {
         let cfg = &self.backbone.encoder;
+        self.encoder.visit_params(cfg, visit)?;
+        self.head.visit_params(cfg.hidden_size, self.spec.num_classes, visit)
+    }
+
+    /// [`Self::visit_params`] with a visitor that cannot fail.
+    pub fn for_each_param(&mut self, mut f: impl FnMut(Entry<'_>)) {
+        self.visit_params(&mut |entry| {
+            f(entry);
+            Ok(())
+        })
+        .expect("the visitor does not fail")
+    }
+}
+
+/// [`Detector::num_trainable`] of a detector of `spec` on `backbone`.
+fn num_trainable(backbone: &Backbone, spec: &ModelSpec) -> usize {
+    let selection = Selection::of(&spec.tuning);
+    training_shapes(backbone, spec)
+        .iter()
+        .filter(|(name, _)| selection.trains(name))
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum()
+}
+
+/// Every parameter of a detector of `spec` on `backbone` while it trains, with its checkpoint
+/// shape: LoRA adapters included, on the projections the tuning targets.
+fn training_shapes(backbone: &Backbone, spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    let cfg = &backbone.encoder;
+    let device = Device::flex();
+    let mut encoder = VisionTransformer::skeleton(cfg, &device);
+    if let Tuning::Lora { rank, alpha, target_modules, .. } = &spec.tuning {
         let d = cfg.hidden_size;
-        match &self.spec.tuning {
-            Tuning::LinearProbe => head,
+        encoder.add_adapters(target_modules, || Lora {
+            lora_a: Param::from_tensor(Tensor::zeros([d, *rank], &device)),
+            lora_b: Param::from_tensor(Tensor::zeros([*rank, d], &device)),
+            scaling: alpha / *rank as f64,
+            dropout_mask: None,
+        });
+    }
+    let mut head = Head::skeleton(spec.head, &device);
+    let mut out = Vec::new();
+    let mut record = |entry: Entry<'_>| {
+        out.push((entry.name.to_string(), entry.shape.to_vec()));
+        Ok(())
+    };
+    encoder.visit_params(cfg, &mut record).expect("recording names cannot fail");
+    head.visit_params(cfg.hidden_size, spec.num_classes, &mut record).expect("recording names cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::spec::HeadKind;
+
+    #[test]
+    fn trainable_counts_follow_the_tuning() {
+        let backbone = Backbone::preset("openai/clip-vit-base-patch32").unwrap();
+        let (d, layers) = (768, 12);
+        let head = 2 * d + 2;
+        let spec = |tuning| ModelSpec {
+            backbone: backbone.name.clone(),
+            head: HeadKind::LinearNorm,
+            num_classes: 2,
+            tuning,
+            precision: None,
+            run_name: None,
+        };
+        let all: usize = super::super::clip::tensor_shapes(&backbone.encoder).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let lora = Tuning::Lora { rank: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "out_proj".into(), "fc1".into()] };
+        for (tuning, expected) in [
+            (Tuning::LinearProbe, head),
             // pre_layrnorm, post_layernorm and two per layer, each weight + bias.
-            Tuning::LnTuning => (2 * cfg.num_hidden_layers + 2) * 2 * d + head,
-            // A and B per targeted projection (all d×d in CLIP's attention).
-            Tuning::Lora { rank, target_modules, .. } => {
-                let per_layer = target_modules
-                    .iter()
-                    .filter(|m| matches!(m.as_str(), "q_proj" | "k_proj" | "v_proj" | "out_proj"))
-                    .count();
-                cfg.num_hidden_layers * per_layer * 2 * rank * d + head
-            }
-            Tuning::Full => self.num_params(),
+            (Tuning::LnTuning, (2 * layers + 2) * 2 * d + head),
+            // A and B on each targeted attention projection (fc1 is not one).
+            (lora, layers * 2 * 2 * 4 * d + head),
+            (Tuning::Full, all + head),
+        ] {
+            assert_eq!(num_trainable(&backbone, &spec(tuning.clone())), expected, "{tuning:?}");
         }
     }
 }

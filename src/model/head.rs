@@ -3,8 +3,9 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
-use super::clip::Loader;
-use super::weights::{HeadKind, TensorMap};
+use super::params::{empty, Loader, Visit, Walker};
+use super::tensors::TensorMap;
+use super::spec::HeadKind;
 use crate::Result;
 
 /// What the head returns.
@@ -27,7 +28,22 @@ pub struct Head {
 impl Head {
     /// Takes `model.linear.{weight,bias}` out of `map`.
     pub fn load(ld: &Loader, map: &mut TensorMap, kind: HeadKind, d: usize, classes: usize) -> Result<Self> {
-        Ok(Self { linear: ld.linear(map, "model.linear", d, classes)?, normalize: kind == HeadKind::LinearNorm })
+        let mut head = Self::skeleton(kind, &ld.device);
+        head.visit_params(d, classes, &mut |entry| ld.fill(map, entry))?;
+        Ok(head)
+    }
+
+    /// The head, its parameters empty until a walk fills them.
+    pub(crate) fn skeleton(kind: HeadKind, device: &Device) -> Self {
+        let linear = Linear { weight: empty(device), bias: Some(empty(device)) };
+        Self { linear, normalize: kind == HeadKind::LinearNorm }
+    }
+
+    /// Calls `visit` on the head's parameters (`model.linear.{weight,bias}`, for a `d`-wide
+    /// feature and `classes` classes), as [`super::clip::VisionTransformer::visit_params`].
+    pub fn visit_params(&mut self, d: usize, classes: usize, visit: &mut Visit<'_>) -> Result<()> {
+        let linear = &mut self.linear;
+        Walker::new(visit).pp("model.linear").linear(&mut linear.weight, linear.bias.as_mut(), [d, classes], None)
     }
 
     /// `[b, d]` -> logits `[b, classes]` and normalised features `[b, d]`.

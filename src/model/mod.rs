@@ -1,14 +1,20 @@
-//! The detector: CLIP vision encoder + linear head, and the checkpoint formats it loads from.
+//! The detector: CLIP vision encoder + linear head ([`spec`] describes it), and the checkpoint
+//! formats it loads from ([`checkpoint`]).
 
+pub mod checkpoint;
 pub mod clip;
 pub mod config;
-pub mod head;
-pub mod hub;
-pub mod weights;
 pub mod detector;
 pub mod dtype;
 pub mod fused;
+pub mod head;
+pub mod hub;
+pub mod lora;
+pub mod params;
+pub mod spec;
+pub mod tensors;
 
+pub use checkpoint::{load_checkpoint, Checkpoint};
 pub use detector::Detector;
 pub use dtype::Dtype;
-pub use weights::{load_checkpoint, Checkpoint, HeadKind, ModelSpec, Tuning};
+pub use spec::{HeadKind, ModelSpec, Tuning};

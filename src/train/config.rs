@@ -16,7 +16,7 @@ use super::loss::LossConfig;
 use super::params::{Selection, LN_TARGETS};
 use super::schedule::Scheduler;
 use crate::data::sets::SetSpec;
-use crate::model::weights::{HeadKind, Tuning};
+use crate::model::spec::{HeadKind, Tuning};
 use crate::{Error, Result};
 
 /// LN-tuning settings (peft's `LNTuningConfig`).

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::model::config::Backbone;
 use crate::model::hub::Hub;
-use crate::model::weights::{Checkpoint, HeadKind, HostTensor, ModelSpec, TensorMap, Tuning};
+use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
+use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::{Error, Result};
 
 use crate::rng::{Rng, Stream};

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::rng::{Rng, Stream};
-use crate::model::clip::Lora;
+use crate::model::lora::Lora;
 use crate::model::Detector;
 use crate::{Error, Result};
 
@@ -31,7 +31,7 @@ impl Default for LoraConfig {
 }
 
 /// The projections LoRA can adapt in CLIP's attention.
-pub const LORA_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
+pub const LORA_TARGETS: [&str; 4] = crate::model::clip::ATTENTION_PROJECTIONS;
 
 impl LoraConfig {
     /// Checks the targets and rank.
@@ -65,28 +65,17 @@ pub fn attach(detector: &mut Detector, config: &LoraConfig, seed: u64) -> Result
     let r = config.rank;
     let mut rng = Rng::derive(seed, Stream::Init, &[1]);
     let bound = 1.0 / (d as f64).sqrt();
-    for layer in &mut detector.encoder.encoder.layers {
-        let lora = &mut layer.self_attn.lora;
-        for (name, slot) in [
-            ("q_proj", &mut lora.q_proj),
-            ("k_proj", &mut lora.k_proj),
-            ("v_proj", &mut lora.v_proj),
-            ("out_proj", &mut lora.out_proj),
-        ] {
-            if !config.target_modules.iter().any(|t| t == name) {
-                continue;
-            }
-            // peft's A weight is [r, in]; drawn row-major there, stored transposed here.
-            let a_rows: Vec<f32> = (0..r * d).map(|_| rng.range(-bound, bound) as f32).collect();
-            let a = crate::model::clip::transpose(&a_rows, r, d); // [in, r]
-            *slot = Some(Lora {
-                lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d, r]), &device)),
-                lora_b: Param::from_tensor(Tensor::zeros([r, d], &device)),
-                scaling: config.alpha / r as f64,
-                dropout_mask: None,
-            });
+    detector.encoder.add_adapters(&config.target_modules, || {
+        // peft's A weight is [r, in]; drawn row-major there, stored transposed here.
+        let a_rows: Vec<f32> = (0..r * d).map(|_| rng.range(-bound, bound) as f32).collect();
+        let a = crate::model::tensors::transpose(&a_rows, r, d); // [in, r]
+        Lora {
+            lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d, r]), &device)),
+            lora_b: Param::from_tensor(Tensor::zeros([r, d], &device)),
+            scaling: config.alpha / r as f64,
+            dropout_mask: None,
         }
-    }
+    });
     Ok(())
 }
 
@@ -94,18 +83,15 @@ pub fn attach(detector: &mut Detector, config: &LoraConfig, seed: u64) -> Result
 /// clears them (`p = 0`, or `rng = None` for evaluation).
 pub fn set_dropout(detector: &mut Detector, p: f64, shape: [usize; 3], rng: Option<&mut Rng>, device: &Device) {
     let mut rng = rng;
-    for layer in &mut detector.encoder.encoder.layers {
-        let lora = &mut layer.self_attn.lora;
-        for adapter in [&mut lora.q_proj, &mut lora.k_proj, &mut lora.v_proj, &mut lora.out_proj].into_iter().flatten() {
-            adapter.dropout_mask = match rng.as_deref_mut() {
-                Some(rng) if p > 0.0 => {
-                    let n = shape.iter().product();
-                    let keep = (1.0 / (1.0 - p)) as f32;
-                    let mask: Vec<f32> = (0..n).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
-                    Some(Tensor::from_data(TensorData::new(mask, shape), device))
-                }
-                _ => None,
-            };
-        }
+    for adapter in detector.encoder.adapters_mut() {
+        adapter.dropout_mask = match rng.as_deref_mut() {
+            Some(rng) if p > 0.0 => {
+                let n = shape.iter().product();
+                let keep = (1.0 / (1.0 - p)) as f32;
+                let mask: Vec<f32> = (0..n).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
+                Some(Tensor::from_data(TensorData::new(mask, shape), device))
+            }
+            _ => None,
+        };
     }
 }

@@ -6,156 +6,25 @@
 //! autodiff device ([`Trainable::bind`]); everything else stays on the plain device, and burn
 //! treats it as a constant. For evaluation they are put back as plain tensors
 //! ([`Trainable::unbind`]).
+//!
+//! The parameters, their names and which of them train come from the model's one walk over
+//! them ([`crate::model::params`]); [`Selection`], [`Layout`], [`LN_TARGETS`] and [`host`] are
+//! re-exported from there.
 
 use std::collections::{BTreeMap, HashMap};
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::Gradients;
 
-use crate::model::clip::{transpose, Lora, VisionTransformer};
-use crate::model::head::Head;
-use crate::model::weights::HostTensor;
+use crate::model::checkpoint::HostTensor;
+use crate::model::clip::{ATTENTION_PROJECTIONS, MLP_PROJECTIONS, ROOT};
+use crate::model::lora::Lora;
+use crate::model::tensors::transpose;
+use crate::model::params::{is_adapter, Slot};
+pub use crate::model::params::{host, Layout, Selection, LN_TARGETS};
 use crate::model::Detector;
 use crate::{Error, Result};
-
-/// How a module tensor relates to its checkpoint tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Same shape and order.
-    Same,
-    /// burn's `Linear` weight `[in, out]` vs PyTorch's `[out, in]`.
-    Transposed,
-    /// The patch convolution as a matrix `[c·p·p, d]` vs PyTorch's `[d, c, p, p]`.
-    PatchEmbedding { channels: usize, patch: usize },
-}
-
-/// A tensor's shape and values on the host, as f32.
-pub fn host<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
-    let data = t.into_data();
-    let shape = data.shape().to_vec();
-    (shape, data.try_into_vec_as::<f32>().expect("float tensor"))
-}
-
-/// A module parameter, whichever its rank.
-pub enum Slot<'a> {
-    Vector(&'a mut Param<Tensor<1>>),
-    Matrix(&'a mut Param<Tensor<2>>, Layout),
-}
-
-impl Slot<'_> {
-    /// The parameter's current value on the host, in burn's layout, and its shape.
-    fn read(&self) -> (Vec<usize>, Vec<f32>) {
-        match self {
-            Slot::Vector(p) => host(p.val()),
-            Slot::Matrix(p, _) => host(p.val()),
-        }
-    }
-
-    fn layout(&self) -> Layout {
-        match self {
-            Slot::Vector(_) => Layout::Same,
-            Slot::Matrix(_, l) => *l,
-        }
-    }
-}
-
-/// Calls `f` with the checkpoint name and slot of every parameter of encoder and head, in
-/// checkpoint order; LoRA adapters as `<proj>.lora_A.weight` / `<proj>.lora_B.weight`.
-pub fn for_each_param(encoder: &mut VisionTransformer, head: &mut Head, f: &mut dyn FnMut(&str, Slot<'_>)) {
-    let emb = &mut encoder.embeddings;
-    let patch_layout = {
-        let [rows, d] = emb.patch_embedding.dims();
-        let _ = d;
-        // rows = c·p·p with c = 3 channels.
-        let patch = ((rows / 3) as f64).sqrt().round() as usize;
-        Layout::PatchEmbedding { channels: 3, patch }
-    };
-    f("vision_model.embeddings.patch_embedding.weight", Slot::Matrix(&mut emb.patch_embedding, patch_layout));
-    f("vision_model.embeddings.class_embedding", Slot::Vector(&mut emb.class_embedding));
-    f("vision_model.embeddings.position_embedding.weight", Slot::Matrix(&mut emb.position_embedding, Layout::Same));
-    layer_norm(f, "vision_model.pre_layrnorm", &mut encoder.pre_layrnorm);
-    for (i, layer) in encoder.encoder.layers.iter_mut().enumerate() {
-        let l = format!("vision_model.encoder.layers.{i}");
-        let attn = &mut layer.self_attn;
-        linear(f, &format!("{l}.self_attn.q_proj"), &mut attn.q_proj);
-        linear(f, &format!("{l}.self_attn.k_proj"), &mut attn.k_proj);
-        linear(f, &format!("{l}.self_attn.v_proj"), &mut attn.v_proj);
-        linear(f, &format!("{l}.self_attn.out_proj"), &mut attn.out_proj);
-        let lora = &mut attn.lora;
-        for (proj, adapter) in [
-            ("q_proj", &mut lora.q_proj),
-            ("k_proj", &mut lora.k_proj),
-            ("v_proj", &mut lora.v_proj),
-            ("out_proj", &mut lora.out_proj),
-        ] {
-            if let Some(a) = adapter {
-                f(&format!("{l}.self_attn.{proj}.lora_A.weight"), Slot::Matrix(&mut a.lora_a, Layout::Transposed));
-                f(&format!("{l}.self_attn.{proj}.lora_B.weight"), Slot::Matrix(&mut a.lora_b, Layout::Transposed));
-            }
-        }
-        layer_norm(f, &format!("{l}.layer_norm1"), &mut layer.layer_norm1);
-        linear(f, &format!("{l}.mlp.fc1"), &mut layer.mlp.fc1);
-        linear(f, &format!("{l}.mlp.fc2"), &mut layer.mlp.fc2);
-        layer_norm(f, &format!("{l}.layer_norm2"), &mut layer.layer_norm2);
-    }
-    layer_norm(f, "vision_model.post_layernorm", &mut encoder.post_layernorm);
-    linear(f, "model.linear", &mut head.linear);
-}
-
-fn layer_norm(f: &mut dyn FnMut(&str, Slot<'_>), name: &str, ln: &mut LayerNorm) {
-    f(&format!("{name}.weight"), Slot::Vector(&mut ln.gamma));
-    if let Some(beta) = &mut ln.beta {
-        f(&format!("{name}.bias"), Slot::Vector(beta));
-    }
-}
-
-fn linear(f: &mut dyn FnMut(&str, Slot<'_>), name: &str, lin: &mut Linear) {
-    f(&format!("{name}.weight"), Slot::Matrix(&mut lin.weight, Layout::Transposed));
-    if let Some(bias) = &mut lin.bias {
-        f(&format!("{name}.bias"), Slot::Vector(bias));
-    }
-}
-
-/// The LayerNorm modules of the CLIP vision tower, by their name's last component.
-pub const LN_TARGETS: [&str; 5] = ["pre_layrnorm", "layer_norm1", "layer_norm2", "post_layernorm", "layernorm"];
-
-/// Which parameters train.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Selection {
-    /// Train every encoder parameter (the reference's `freeze_feature_extractor = False`).
-    pub full: bool,
-    /// LayerNorm modules to tune (peft LN-tuning `target_modules`); empty = none.
-    pub ln_targets: Vec<String>,
-    /// Parameters whose name contains one of these also train (the reference's `unfreeze_layers`).
-    pub unfreeze: Vec<String>,
-    /// Train the LoRA adapters present in the model.
-    pub lora: bool,
-}
-
-/// peft's module matching: the module's name is the target or ends with `.target`.
-fn module_matches(module: &str, target: &str) -> bool {
-    module == target || module.ends_with(&format!(".{target}"))
-}
-
-impl Selection {
-    /// Whether the parameter `name` trains.
-    pub fn trains(&self, name: &str) -> bool {
-        if name.starts_with("model.") || self.full {
-            return true;
-        }
-        if self.unfreeze.iter().any(|p| name.contains(p.as_str())) {
-            return true;
-        }
-        if self.lora && (name.contains(".lora_A.") || name.contains(".lora_B.")) {
-            return true;
-        }
-        let module = name.rsplit_once('.').map_or(name, |(m, _)| m);
-        let is_ln = module.rsplit('.').next().is_some_and(|last| LN_TARGETS.contains(&last));
-        is_ln && self.ln_targets.iter().any(|t| module_matches(module, t))
-    }
-}
 
 /// The original's parameter groups: no weight decay on a name with "bias" or "norm".
 pub fn decays(name: &str) -> bool {
@@ -179,12 +48,12 @@ pub struct TrainParam {
 impl TrainParam {
     /// `values` (this tensor's burn layout) in the checkpoint's layout and shape.
     pub fn to_checkpoint(&self, values: &[f32]) -> HostTensor {
-        to_checkpoint(&self.shape, values, self.layout)
+        self.layout.to_checkpoint(&self.shape, values)
     }
 
     /// Replaces the values from a tensor in the checkpoint's layout.
     pub fn set_from_checkpoint(&mut self, t: &HostTensor) -> Result<()> {
-        let expected = self.to_checkpoint(&self.data).shape;
+        let expected = self.layout.checkpoint_shape(&self.shape);
         if t.shape != expected {
             return Err(Error::Invalid(format!("`{}`: shape {:?}, expected {:?}", self.name, t.shape, expected)));
         }
@@ -224,10 +93,11 @@ impl Trainable {
     /// Reads the selected parameters out of `detector`. An empty selection is an error.
     pub fn select(detector: &mut Detector, selection: &Selection) -> Result<Self> {
         let mut params = Vec::new();
-        for_each_param(&mut detector.encoder, &mut detector.head, &mut |name, slot| {
+        detector.for_each_param(|entry| {
+            let name = entry.name;
             if selection.trains(name) {
-                let layout = slot.layout();
-                let (shape, data) = slot.read();
+                let layout = entry.slot.layout();
+                let (shape, data) = entry.slot.read();
                 params.push(TrainParam { name: name.to_string(), shape, data, decay: decays(name), layout });
             }
         });
@@ -248,11 +118,11 @@ impl Trainable {
         let index: HashMap<&str, usize> = self.params.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
         let tracked = device.is_autodiff();
         let mut bound: Vec<Option<Bound>> = vec![None; self.params.len()];
-        for_each_param(&mut detector.encoder, &mut detector.head, &mut |name, slot| {
-            let Some(&i) = index.get(name) else { return };
+        detector.for_each_param(|entry| {
+            let Some(&i) = index.get(entry.name) else { return };
             let p = &self.params[i];
             let data = TensorData::new(p.data.clone(), p.shape.clone());
-            match slot {
+            match entry.slot {
                 Slot::Vector(param) => {
                     let mut t = Tensor::<1>::from_data(data, device);
                     if tracked {
@@ -290,13 +160,13 @@ impl Trainable {
     /// (LN-tuning, LoRA): then keeping their transposed weights pays
     /// ([`VisionTransformer::keep_transposed_weights`]).
     pub fn backward_through_frozen_projections(&self) -> bool {
-        const PROJECTIONS: [&str; 6] = [".q_proj.", ".k_proj.", ".v_proj.", ".out_proj.", ".fc1.", ".fc2."];
+        let in_encoder = |name: &str| name.strip_prefix(ROOT).is_some_and(|rest| rest.starts_with('.'));
         let is_projection = |name: &str| {
-            name.starts_with("vision_model.")
-                && PROJECTIONS.iter().any(|p| name.contains(p))
-                && !(name.contains(".lora_A.") || name.contains(".lora_B."))
+            in_encoder(name)
+                && name.split('.').any(|m| ATTENTION_PROJECTIONS.contains(&m) || MLP_PROJECTIONS.contains(&m))
+                && !is_adapter(name)
         };
-        let encoder_trains = self.params.iter().any(|p| p.name.starts_with("vision_model."));
+        let encoder_trains = self.params.iter().any(|p| in_encoder(&p.name));
         encoder_trains && !self.params.iter().any(|p| is_projection(&p.name))
     }
 
@@ -311,47 +181,22 @@ impl Trainable {
     }
 }
 
-/// A module tensor in burn layout -> the checkpoint's tensor.
-pub fn to_checkpoint(shape: &[usize], values: &[f32], layout: Layout) -> HostTensor {
-    match layout {
-        Layout::Same => HostTensor::new(shape.to_vec(), values.to_vec()),
-        Layout::Transposed => {
-            let (rows, cols) = (shape[0], shape[1]);
-            HostTensor::new(vec![cols, rows], transpose(values, rows, cols))
-        }
-        Layout::PatchEmbedding { channels, patch } => {
-            let (rows, d) = (shape[0], shape[1]);
-            HostTensor::new(vec![d, channels, patch, patch], transpose(values, rows, d))
-        }
-    }
-}
-
 /// Every tensor of `detector` under its checkpoint name and in the checkpoint's layout, LoRA
 /// adapters merged into their projection (`W += scaling · B A`), ready for `save_dfdet`.
 pub fn export(detector: &mut Detector) -> BTreeMap<String, HostTensor> {
-    // Adapters first, so that their projection is merged when it is read.
-    let mut deltas: HashMap<String, Vec<f32>> = HashMap::new();
-    for (i, layer) in detector.encoder.encoder.layers.iter().enumerate() {
-        let lora = &layer.self_attn.lora;
-        for (proj, adapter) in [("q_proj", &lora.q_proj), ("k_proj", &lora.k_proj), ("v_proj", &lora.v_proj), ("out_proj", &lora.out_proj)] {
-            if let Some(a) = adapter {
-                deltas.insert(format!("vision_model.encoder.layers.{i}.self_attn.{proj}.weight"), lora_delta(a));
-            }
-        }
-    }
     let mut out = BTreeMap::new();
-    for_each_param(&mut detector.encoder, &mut detector.head, &mut |name, slot| {
-        if name.contains(".lora_A.") || name.contains(".lora_B.") {
+    detector.for_each_param(|entry| {
+        if is_adapter(entry.name) {
             return;
         }
-        let layout = slot.layout();
-        let (shape, mut values) = slot.read();
-        if let Some(delta) = deltas.get(name) {
-            for (v, d) in values.iter_mut().zip(delta) {
+        let layout = entry.slot.layout();
+        let (shape, mut values) = entry.slot.read();
+        if let Some(adapter) = entry.adapter {
+            for (v, d) in values.iter_mut().zip(lora_delta(adapter)) {
                 *v += d;
             }
         }
-        out.insert(name.to_string(), to_checkpoint(&shape, &values, layout));
+        out.insert(entry.name.to_string(), layout.to_checkpoint(&shape, &values));
     });
     out
 }

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::optim::{AdamW, Moments};
 use super::params::Trainable;
 use crate::model::config::Backbone;
-use crate::model::weights::{save_dfdet, HostTensor, ModelSpec};
+use crate::model::checkpoint::{save_dfdet, HostTensor};
+use crate::model::spec::ModelSpec;
 use crate::{Error, Result};
 
 pub const STATE_JSON: &str = "train_state.json";
