@@ -28,8 +28,14 @@ pub enum Ended {
     Interrupted,
 }
 
+/// More threads than this is a typo, not a machine.
+const MAX_THREADS: usize = 1024;
+
 fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
+        if !(1..=MAX_THREADS).contains(&n) {
+            anyhow::bail!("--threads {n} is outside 1..={MAX_THREADS}");
+        }
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
     }
     Ok(())

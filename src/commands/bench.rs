@@ -64,6 +64,13 @@ pub fn random_checkpoint(backbone: &Backbone, seed: u64) -> Checkpoint {
     Checkpoint { path: PathBuf::from("<random>"), spec, backbone: backbone.clone(), tensors }
 }
 
+fn check_batches(batches: &[usize]) -> Result<()> {
+    match batches.iter().find(|&&b| b == 0 || b > 1024) {
+        Some(b) => Err(crate::Error::config("--batch", format!("{b} is outside 1..=1024"))),
+        None => Ok(()),
+    }
+}
+
 /// Random pixels of a batch of `b` images.
 fn random_pixels(backbone: &Backbone, b: usize, device: &Device) -> Tensor<4> {
     let [h, w] = backbone.pixels.crop_size;
@@ -87,6 +94,7 @@ fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
 
 /// Measures the forward pass for every combination of `dtypes` x `batches`.
 pub fn inference(backbone: &str, batches: &[usize], dtypes: &[Dtype], iters: usize) -> Result<Vec<BenchRow>> {
+    check_batches(batches)?;
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
     let threads = rayon::current_num_threads();
@@ -152,6 +160,7 @@ impl TrainBenchRow {
 
 /// Times `iters` LN-tuning steps (f32) at mini-batch `batch`.
 pub fn train_step(backbone: &str, batch: usize, iters: usize) -> Result<TrainBenchRow> {
+    check_batches(&[batch])?;
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
     let autodiff = crate::train::autodiff_device(&device);

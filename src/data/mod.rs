@@ -1,5 +1,5 @@
 //! Inputs: image files, folders and list files, and the dataset layout of the reference
-//! (`<dataset>/<source>/<video>/<frame>`, METHOD.md §8).
+//! (`<dataset>/<source>/<video>/<frame>`, docs/method.md §8).
 
 pub mod sets;
 
@@ -76,9 +76,32 @@ fn collect_images(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputEr
     walk_files(dir, &is_image, files, errors);
 }
 
-/// Collects the files under `dir` (recursively) that `keep` accepts. A folder or entry that
-/// cannot be read is reported in `errors`, never dropped in silence.
+/// Collects the regular files under `dir` (recursively) that `keep` accepts. A folder or entry
+/// that cannot be read is reported in `errors`, never dropped in silence; a folder reached again
+/// through a symbolic link is walked once; FIFOs, sockets and devices are passed over (reading
+/// one would block or never end).
 pub fn walk_files(dir: &Path, keep: &dyn Fn(&Path) -> bool, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
+    walk(dir, keep, files, errors, &mut HashSet::new());
+}
+
+fn walk(
+    dir: &Path,
+    keep: &dyn Fn(&Path) -> bool,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<InputError>,
+    seen: &mut HashSet<PathBuf>,
+) {
+    match dir.canonicalize() {
+        Ok(real) => {
+            if !seen.insert(real) {
+                return; // a symbolic link back into the walk
+            }
+        }
+        Err(e) => {
+            errors.push(InputError { path: dir.display().to_string(), reason: format!("cannot resolve folder: {e}") });
+            return;
+        }
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -95,8 +118,8 @@ pub fn walk_files(dir: &Path, keep: &dyn Fn(&Path) -> bool, files: &mut Vec<Path
             }
         };
         if path.is_dir() {
-            walk_files(&path, keep, files, errors);
-        } else if keep(&path) {
+            walk(&path, keep, files, errors, seen);
+        } else if path.is_file() && keep(&path) {
             files.push(path);
         }
     }

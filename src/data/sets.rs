@@ -1,4 +1,4 @@
-//! Splits made of list files, grouped under named sets (METHOD.md §8), as the reference's
+//! Splits made of list files, grouped under named sets (docs/method.md §8), as the reference's
 //! `DeepfakeDataset` builds them: paths de-duplicated and sorted, labels from source names,
 //! optionally limited to N files by whole videos in a seeded shuffle.
 

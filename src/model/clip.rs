@@ -1,4 +1,4 @@
-//! The CLIP vision transformer (HF `CLIPVisionModel`), as METHOD.md §1 specifies it.
+//! The CLIP vision transformer (HF `CLIPVisionModel`), as docs/method.md §1 specifies it.
 //!
 //! Module paths mirror Hugging Face's weight names (`vision_model.encoder.layers.{i}.self_attn.q_proj`,
 //! the `pre_layrnorm` typo included) so that a checkpoint maps onto it one to one. Each module

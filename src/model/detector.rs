@@ -55,7 +55,7 @@ impl Detector {
         self.encoder.num_params() + self.head.num_params()
     }
 
-    /// Parameters the checkpoint's training method trains (METHOD.md §4): those
+    /// Parameters the checkpoint's training method trains (docs/method.md §4): those
     /// [`Selection::of`] its tuning selects, LoRA adapters counted as training adds them.
     pub fn num_trainable(&self) -> usize {
         num_trainable(&self.backbone, &self.spec)

@@ -1,4 +1,4 @@
-//! The classification heads of METHOD.md §3: `Linear` and the paper's `LinearNorm`.
+//! The classification heads of docs/method.md §3: `Linear` and the paper's `LinearNorm`.
 
 use burn::nn::Linear;
 use burn::prelude::*;

@@ -220,7 +220,7 @@ impl Loader {
 /// The LayerNorm modules of the CLIP vision tower, by their name's last component.
 pub const LN_TARGETS: [&str; 5] = ["pre_layrnorm", "layer_norm1", "layer_norm2", "post_layernorm", "layernorm"];
 
-/// Which parameters train (METHOD.md section 4).
+/// Which parameters train (docs/method.md §4).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     /// Train every encoder parameter (the reference's `freeze_feature_extractor = False`).

@@ -1,6 +1,6 @@
 //! What a checkpoint says about the model beyond its tensors: the head, the number of classes,
 //! what trains and the backbone's name. Ports the original's `Head` enum and the `peft` /
-//! `freeze_feature_extractor` settings of its hyper-parameters (METHOD.md sections 3 and 4);
+//! `freeze_feature_extractor` settings of its hyper-parameters (docs/method.md §3 and §4);
 //! the training config and the head import these, whatever file format they came from.
 
 use std::fmt;
@@ -42,7 +42,7 @@ impl fmt::Display for HeadKind {
     }
 }
 
-/// What trains in the encoder (METHOD.md section 4).
+/// What trains in the encoder (docs/method.md §4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Tuning {
     /// Frozen encoder, only the head trains.

@@ -1,5 +1,5 @@
 //! Turning videos and images into encoder input: video decoding and frame sampling, face
-//! detection and alignment (DeepfakeBench's 256x256 crops, METHOD.md §8), and the CLIP pixel
+//! detection and alignment (DeepfakeBench's 256x256 crops, docs/method.md §8), and the CLIP pixel
 //! pipeline (§2).
 
 pub mod align;

@@ -106,6 +106,16 @@ impl PixelConfig {
         if let Some(f) = v.get("rescale_factor") {
             config.rescale_factor = f.as_f64().ok_or_else(|| bad("rescale_factor"))? as f32;
         }
+        // A crop of 0 pixels cannot be scored, and one past 4096 (the encoders take 224-448) is
+        // a typo that would allocate gigabytes per image.
+        for (key, n) in [("size", config.shortest_edge), ("crop_size", config.crop_size[0]), ("crop_size", config.crop_size[1])] {
+            if !(1..=MAX_SIDE).contains(&n) {
+                return Err(Error::format(path, format!("`{key}` {n} is outside 1..={MAX_SIDE} pixels")));
+            }
+        }
+        if config.image_std.iter().any(|&s| !s.is_finite() || s == 0.0) || config.image_mean.iter().any(|m| !m.is_finite()) {
+            return Err(Error::format(path, "`image_mean` must be finite and `image_std` finite and non-zero"));
+        }
         if let Some(r) = v.get("resample") {
             // Only bicubic (3) is what the CLIP checkpoints use.
             if r.as_u64() != Some(3) {
@@ -115,6 +125,9 @@ impl PixelConfig {
         Ok(config)
     }
 }
+
+/// The largest resize or crop side a pixel configuration may ask for.
+pub const MAX_SIDE: usize = 4096;
 
 /// Decodes an image file and converts it to RGB as Pillow's `convert("RGB")` does.
 ///

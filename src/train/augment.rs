@@ -1,4 +1,4 @@
-//! Training image augmentations (METHOD.md §7), the reference's `init_augmentations`
+//! Training image augmentations (docs/method.md §7), the reference's `init_augmentations`
 //! (src/dataset/base.py, torchvision v2) on RGB images, before the CLIP pixel pipeline:
 //! `RandomHorizontalFlip(0.5)`, `RandomAffine(degrees=10, translate=(0.1, 0.1),
 //! scale=(0.9, 1.1))` (nearest, black fill), `GaussianBlur(kernel_size=(3, 7),
@@ -60,6 +60,9 @@ fn kernel(size: usize, sigma: f64) -> Vec<f64> {
 
 /// Reflect (without repeating the edge) index into `0..n`.
 fn reflect(i: i64, n: i64) -> u32 {
+    if n <= 1 {
+        return 0; // one pixel wide: every index reflects onto it
+    }
     let mut i = i;
     while i < 0 || i >= n {
         i = if i < 0 { -i } else { 2 * (n - 1) - i };

@@ -285,6 +285,10 @@ impl TrainConfig {
                 self.batch_size, self.mini_batch_size
             ));
         }
+        let l = &self.loss;
+        if [l.ce_labels, l.bce_labels, l.uniformity, l.alignment_labels].iter().all(|&w| w == 0.0) {
+            return bad("loss", "every loss weight is 0: nothing would train (set loss.ce_labels = 1.0)".into());
+        }
         if self.max_epochs == 0 {
             return bad("max_epochs", "must be at least 1".into());
         }

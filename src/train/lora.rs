@@ -1,4 +1,4 @@
-//! LoRA adapters with peft's semantics (METHOD.md §4): rank `r` on the chosen attention
+//! LoRA adapters with peft's semantics (docs/method.md §4): rank `r` on the chosen attention
 //! projections, `scaling = alpha / r`, dropout on the adapter's input, `A` drawn as PyTorch's
 //! `kaiming_uniform_(a = √5)` (uniform in `±1/√in`) and `B` zero, so training starts from the
 //! frozen model exactly.

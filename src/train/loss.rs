@@ -1,4 +1,4 @@
-//! The training losses of METHOD.md §6 on burn tensors, differentiable.
+//! The training losses of docs/method.md §6 on burn tensors, differentiable.
 //!
 //! Ports yermandy/deepfake-detection `src/loss.py` (weights per term, a NaN total reported) and
 //! `src/losses/unifalign.py` (alignment and uniformity of Wang & Isola 2020, arXiv 2005.10242).

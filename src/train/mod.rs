@@ -1,4 +1,4 @@
-//! `dfdet train`: parameter-efficient fine-tuning of the detector (METHOD.md §4-§7).
+//! `dfdet train`: parameter-efficient fine-tuning of the detector (docs/method.md §4-§7).
 //!
 //! LN-tuning, linear probing and LoRA on the CLIP encoder; slerp feature augmentation; the
 //! reference's losses; AdamW with its two parameter groups and a per-step cosine schedule;

@@ -1,4 +1,4 @@
-//! AdamW with the reference's two parameter groups (METHOD.md §7), on the host.
+//! AdamW with the reference's two parameter groups (docs/method.md §7), on the host.
 //!
 //! Written here rather than taken from burn-optim: the trainable tensors are few (LN-tuning of
 //! ViT-L/14 is 104k values) and live on the host between steps, the weight decay differs per

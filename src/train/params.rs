@@ -1,4 +1,4 @@
-//! What trains (METHOD.md §4), decided once when training starts: the trainable tensors live
+//! What trains (docs/method.md §4), decided once when training starts: the trainable tensors live
 //! here as host copies in burn's layout, under their checkpoint names; frozen weights stay plain
 //! tensors in the model and never get gradients or optimizer state.
 //!

@@ -1,4 +1,4 @@
-//! The training loop (METHOD.md §7): epochs of shuffled mini-batches, gradient accumulation,
+//! The training loop (docs/method.md §7): epochs of shuffled mini-batches, gradient accumulation,
 //! AdamW steps on the schedule, validation each epoch with the best checkpoint kept by video-level
 //! mAP, and a final test pass with it. Resumable from any saved `last`.
 

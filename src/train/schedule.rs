@@ -1,4 +1,4 @@
-//! The learning rate at each optimizer step (METHOD.md §7), as PyTorch's schedulers give it
+//! The learning rate at each optimizer step (docs/method.md §7), as PyTorch's schedulers give it
 //! when stepped once per optimizer step (Lightning's `interval = "step"`):
 //! `CosineAnnealingLR(T_max = total, eta_min = min_lr)` (the original), and GenD's variants:
 //! a `LinearLR` warm-up from `min_lr` to `lr` over `warmup` steps chained by `SequentialLR`

@@ -1,4 +1,4 @@
-//! Latent augmentation by spherical interpolation (METHOD.md §5).
+//! Latent augmentation by spherical interpolation (docs/method.md §5).
 //!
 //! Ports `slerp` and `DeepfakeDetectionModel.slerp_feature_augmentation` of
 //! yermandy/deepfake-detection `src/model/dfdet.py`: per class with at least two samples in the

@@ -62,9 +62,7 @@ pub fn load_checkpoint_with(
     if hub::looks_like_repo_id(source) {
         return load_from_hub(source, backbone_override, hub);
     }
-    Err(Error::Invalid(format!(
-        "checkpoint `{source}`: no such file or folder, and not a Hugging Face repo id (owner/name)"
-    )))
+    Err(Error::format(source, "no such file or folder, and not a Hugging Face repo id (owner/name)"))
 }
 
 /// Files a checkpoint repo on the Hub may hold, in the order they are looked for.

@@ -158,11 +158,10 @@ pub fn save_dfdet(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for (key, t) in tensors {
         if t.shape.iter().product::<usize>() != t.data.len() {
-            return Err(Error::Invalid(format!(
-                "tensor `{key}`: {} values for shape {:?}",
-                t.data.len(),
-                t.shape
-            )));
+            return Err(Error::output(
+                dir.join(SAFETENSORS),
+                format!("tensor `{key}`: {} values for shape {:?}", t.data.len(), t.shape),
+            ));
         }
     }
     let views: Vec<(&str, ::safetensors::tensor::TensorView<'_>)> = tensors
@@ -171,7 +170,7 @@ pub fn save_dfdet(
             let bytes: &[u8] = f32_bytes(&t.data);
             ::safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes)
                 .map(|v| (k.as_str(), v))
-                .map_err(|e| Error::Invalid(format!("tensor `{k}`: {e}")))
+                .map_err(|e| Error::output(dir.join(SAFETENSORS), format!("tensor `{k}`: {e}")))
         })
         .collect::<Result<_>>()?;
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -186,7 +185,7 @@ pub fn save_dfdet(
         backbone: backbone.clone(),
     };
     let json =
-        serde_json::to_vec_pretty(&meta).map_err(|e| Error::Invalid(format!("dfdet.json: {e}")))?;
+        serde_json::to_vec_pretty(&meta).map_err(|e| Error::output(dir.join(DFDET_JSON), e.to_string()))?;
     write_atomic(&dir.join(DFDET_JSON), &json)
 }
 
