@@ -12,18 +12,7 @@ use dfdet::model::weights::{HostTensor, TensorMap};
 use dfdet::model::{load_checkpoint, Detector};
 use dfdet::preprocess::pixels::{load_rgb, pixel_values};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/samples")
-}
-
-fn read_json(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+use crate::common::{fixtures, read_json, samples};
 
 /// The `vision_model.*` tensors of a HF CLIP folder's `model.safetensors`.
 fn vision_tensors(dir: &Path) -> TensorMap {

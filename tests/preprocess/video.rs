@@ -1,13 +1,12 @@
 //! Video decoding and frame sampling against OpenCV (cv2.VideoCapture) on carphone_pristine.mp4
 //! (scripts/fixtures/make_face_fixtures.py wrote the reference numbers).
 
-#[path = "preprocess_common/mod.rs"]
-mod common;
-
 use std::process::Command;
 
-use common::{asset, json, max_abs_diff, program, thumb};
 use dfdet::preprocess::video::{Sampling, decode_sampled, probe, sample_indices};
+
+use crate::common::{asset, program};
+use crate::support::{json, max_abs_diff, thumb};
 
 #[test]
 fn carphone_frame_count_and_sampled_indices_match_opencv() {

@@ -8,12 +8,10 @@ use dfdet::eval::metrics::{argmax_rows, confusion_matrix};
 use dfdet::eval::plots::{self, Scores};
 use serde_json::Value;
 
+use crate::common::read_json;
+
 fn case(name: &str) -> (Vec<f64>, Vec<usize>, usize) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/metrics_cases.json"
-    );
-    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fixture: Value = read_json("metrics_cases.json");
     let case = fixture["cases"]
         .as_array()
         .unwrap()
