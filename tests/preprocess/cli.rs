@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{asset, dfdet, program, root};
-use crate::support::{json, max_abs_diff, thumb};
+use crate::common::{asset, dfdet, installed, program, root};
+use crate::support::{DLIB_HEADER, DLIB_LANDMARKS, json, max_abs_diff, thumb};
 
 fn models() -> PathBuf {
     root().join("assets")
@@ -267,12 +267,13 @@ fn missing_models_name_their_package() {
 /// `--detector dlib`: DeepfakeBench's own detector and landmarks, from the Debian packages.
 #[test]
 fn preprocess_with_the_dlib_back_end() {
-    let Some(video) = asset("carphone_pristine.mp4") else { return };
-    if !Path::new("/usr/include/dlib/image_processing/frontal_face_detector.h").is_file() {
-        assert!(std::env::var("CI").is_err(), "libdlib-dev missing: run scripts/setup-assets.sh");
-        eprintln!("SKIPPED: libdlib-dev is not installed");
+    let (Some(video), Some(_), Some(_)) = (
+        asset("carphone_pristine.mp4"),
+        installed(DLIB_HEADER, "libdlib-dev"),
+        installed(DLIB_LANDMARKS, "libdlib-data"),
+    ) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("crops");
     let run = dfdet()
