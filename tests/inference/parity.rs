@@ -72,6 +72,9 @@ fn encoder_pooler_output_matches_transformers() {
 #[test]
 fn checkpoint_probabilities_match_reference() {
     let expected = read_json("expected_probs.json");
+    // LN-tuning with a LinearNorm head, a plain Linear head, LoRA, and a GenD folder.
+    let names: Vec<&String> = expected.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["ckpt-linear.ckpt", "ckpt-ln-linearnorm.ckpt", "ckpt-lora.ckpt", "gend-tiny"]);
     let device = Device::flex();
     for (name, cases) in expected.as_object().unwrap() {
         let source = fixtures().join(name);

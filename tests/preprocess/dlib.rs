@@ -55,7 +55,7 @@ fn landmarks_match_dlib_bin() {
         total / faces as f64,
         worst
     );
-    assert!(faces >= 60);
+    assert_eq!((images.len(), faces), (65, 65), "README: identical on 65 faces");
     assert_eq!(exact, faces, "landmarks differ from dlib-bin's on some faces (worst face mean error {worst})");
 }
 
@@ -155,6 +155,7 @@ fn hog_detections_match_dlib_bin() {
         "{} images, {faces} faces: {exact} boxes identical, worst IoU {worst_iou:.4}, largest score difference {worst_score:.2e}",
         images.len()
     );
+    assert_eq!((images.len(), faces), (65, 65), "README: 65 images, 65/65 boxes identical");
     assert_eq!(exact, faces, "boxes differ from dlib-bin's (worst IoU {worst_iou})");
     assert!(worst_score <= 5e-7, "{worst_score}");
 }
