@@ -42,7 +42,7 @@ fn test_run_writes_predictions_metrics_and_plots() {
     let real = rows.iter().filter(|r| r.split(',').nth(1) == Some("0")).count();
     assert_eq!(real, 12, "FF real (4) + Celeb-real (4) + YouTube-real (4)");
 
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = read_json(out.join("metrics.json"));
     for (set, frames, videos) in [("all", 32, 8), ("FF", 20, 5), ("CDF", 12, 3)] {
         assert_eq!(metrics[set]["frame"]["n_samples"], frames, "{set}");
         assert_eq!(metrics[set]["video"]["n_samples"], videos, "{set}");
@@ -81,7 +81,7 @@ fn missing_image_in_a_list_is_reported_and_the_rest_evaluated() {
     assert_eq!(res.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("extra.txt line 2"), "{stderr}");
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = read_json(out.join("metrics.json"));
     // The extra set's one good frame is one of the 32, which are all still evaluated.
     assert_eq!(metrics["all"]["frame"]["n_samples"], 32);
     assert_eq!(metrics["extra"]["frame"]["n_samples"], 1);
@@ -153,7 +153,7 @@ fn test_run_from_a_config_file() {
         .output()
         .unwrap();
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = read_json(out.join("metrics.json"));
     // limit_files = 10 keeps the first videos of the seeded order, cut at 10 frames.
     assert_eq!(metrics["all"]["frame"]["n_samples"], 10);
     let written = std::fs::read_to_string(out.join("config.toml")).unwrap();

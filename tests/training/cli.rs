@@ -130,9 +130,11 @@ fn unknown_keys_and_wrong_types_are_named() {
 #[test]
 fn a_missing_class_is_refused_before_any_compute() {
     let (tmp, config) = setup("");
-    let err = fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "trn_files=[\"real.txt\"]"]));
+    let err =
+        fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "trn_files=[\"real.txt\"]"]));
     assert!(err.contains("trn_files") && err.contains("no fake"), "{err}");
-    let err = fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "val_files=[\"fake.txt\"]"]));
+    let err =
+        fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "val_files=[\"fake.txt\"]"]));
     assert!(err.contains("val_files") && err.contains("no real"), "{err}");
     assert!(!tmp.path().join("runs/run/checkpoints/last").exists());
     assert!(!tmp.path().join("runs/run/metrics.csv").exists());
