@@ -5,7 +5,7 @@
 //! The resize is a port of Pillow's `ImagingResample` (`src/libImaging/Resample.c`), not a
 //! call into `image` or `fast_image_resize`: their bicubic differs from Pillow's by 2-5
 //! levels (other support/antialiasing, rounding and pass order), and the detector was
-//! trained on Pillow's pixels. The parity tests in `tests/pixels.rs` hold this file to
+//! trained on Pillow's pixels. The parity tests in `tests/inference/pixels.rs` hold this file to
 //! Pillow 13 / transformers 4.50 outputs (`scripts/fixtures/make_pixel_fixtures.py`): bit
 //! exact, except JPEG decoding (`image` uses zune-jpeg, Pillow libjpeg-turbo; 4:2:0 chroma
 //! upsampling differs by up to a few levels).

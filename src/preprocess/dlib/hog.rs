@@ -13,7 +13,7 @@
 //!
 //! dlib correlates rank-reduced separable versions of the filters (an SVD keeping singular values
 //! above 0.1% of the largest), as dfdet does; scores differ from dlib's only by float rounding
-//! (see tests/preprocess_dlib.rs).
+//! (see tests/preprocess/dlib.rs).
 
 use std::path::Path;
 

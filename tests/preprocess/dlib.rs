@@ -3,17 +3,14 @@
 //! the astronaut, 32 carphone frames and the 32 sample crops. Reference numbers:
 //! scripts/fixtures/make_face_fixtures.py --dlib.
 
-#[path = "preprocess_common/mod.rs"]
-mod common;
-
-use common::{asset, installed, json, root};
 use dfdet::preprocess::dlib::ShapePredictor;
 use dfdet::preprocess::video::{Sampling, decode_sampled};
 
-const HEADER: &str = "/usr/include/dlib/image_processing/frontal_face_detector.h";
+use crate::common::{asset, installed, samples};
+use crate::support::{DLIB_HEADER, DLIB_LANDMARKS, json, max_abs_diff, thumb};
 
 fn predictor() -> Option<ShapePredictor> {
-    let path = installed("/usr/share/dlib/shape_predictor_68_face_landmarks.dat", "libdlib-data")?;
+    let path = installed(DLIB_LANDMARKS, "libdlib-data")?;
     Some(ShapePredictor::from_file(&path).unwrap())
 }
 
@@ -29,7 +26,7 @@ fn landmarks_match_dlib_bin() {
     let mut images: Vec<(String, image::RgbImage)> =
         vec![("astronaut".into(), image::open(astronaut).unwrap().to_rgb8())];
     decode_sampled(&video, Sampling::Linspace(32), |i, img| images.push((format!("carphone/{i}"), img))).unwrap();
-    let samples = root().join("../shared/data/samples/datasets");
+    let samples = samples().join("datasets");
     for key in doc.as_object().unwrap().keys().filter(|k| k.starts_with("samples/")) {
         let img = image::open(samples.join(&key["samples/".len()..])).unwrap().to_rgb8();
         images.push((key.clone(), img));
@@ -58,7 +55,7 @@ fn landmarks_match_dlib_bin() {
         total / faces as f64,
         worst
     );
-    assert!(faces >= 60);
+    assert_eq!((images.len(), faces), (65, 65), "README: identical on 65 faces");
     assert_eq!(exact, faces, "landmarks differ from dlib-bin's on some faces (worst face mean error {worst})");
 }
 
@@ -66,7 +63,7 @@ fn landmarks_match_dlib_bin() {
 /// bytes dlib-bin's `get_frontal_face_detector().save()` writes.
 #[test]
 fn frontal_face_detector_header_decompresses() {
-    let Some(header) = installed(HEADER, "libdlib-dev") else { return };
+    let Some(header) = installed(DLIB_HEADER, "libdlib-dev") else { return };
     let want = &json("dlib.json")["__detector__"];
     let text = std::fs::read_to_string(&header).unwrap();
     let bytes = dfdet::preprocess::dlib::ppm::decode_header(&text).unwrap();
@@ -88,7 +85,7 @@ fn crc32fast(data: &[u8]) -> u32 {
 }
 
 fn hog() -> Option<dfdet::preprocess::dlib::HogDetector> {
-    let header = installed(HEADER, "libdlib-dev")?;
+    let header = installed(DLIB_HEADER, "libdlib-dev")?;
     Some(dfdet::preprocess::dlib::HogDetector::from_header(&header).unwrap())
 }
 
@@ -134,7 +131,7 @@ fn hog_detections_match_dlib_bin() {
     let mut images: Vec<(String, image::RgbImage)> =
         vec![("astronaut".into(), image::open(astronaut).unwrap().to_rgb8())];
     decode_sampled(&video, Sampling::Linspace(32), |i, img| images.push((format!("carphone/{i}"), img))).unwrap();
-    let samples = root().join("../shared/data/samples/datasets");
+    let samples = samples().join("datasets");
     for key in doc.as_object().unwrap().keys().filter(|k| k.starts_with("samples/")) {
         images.push((key.clone(), image::open(samples.join(&key["samples/".len()..])).unwrap().to_rgb8()));
     }
@@ -158,6 +155,7 @@ fn hog_detections_match_dlib_bin() {
         "{} images, {faces} faces: {exact} boxes identical, worst IoU {worst_iou:.4}, largest score difference {worst_score:.2e}",
         images.len()
     );
+    assert_eq!((images.len(), faces), (65, 65), "README: 65 images, 65/65 boxes identical");
     assert_eq!(exact, faces, "boxes differ from dlib-bin's (worst IoU {worst_iou})");
     assert!(worst_score <= 5e-7, "{worst_score}");
 }
@@ -195,7 +193,7 @@ fn deepfakebench_pipeline_end_to_end() {
         assert_eq!(face.landmarks.to_vec(), pts, "{key}");
         let (_, crop) = align(img, &face.landmarks, TemplateKind::Deepfakebench, 256).unwrap();
         let t: Vec<f64> = serde_json::from_value(want["thumb"].clone()).unwrap();
-        let d = common::max_abs_diff(&common::thumb(&crop, 32), &t);
+        let d = max_abs_diff(&thumb(&crop, 32), &t);
         eprintln!("{key}: crop block means within {d:.3}");
         assert!(d <= 0.02, "{key}: {d}");
         assert_eq!(!faces.detect(&crop).unwrap().is_empty(), want["redetected"].as_bool().unwrap(), "{key}");

@@ -13,18 +13,7 @@ use dfdet::model::checkpoint::{HostTensor, TensorMap};
 use dfdet::model::{load_checkpoint, Detector};
 use dfdet::preprocess::pixels::{load_rgb, pixel_values};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/samples")
-}
-
-fn read_json(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+use crate::common::{fixtures, read_json, samples};
 
 /// The `vision_model.*` tensors of a HF CLIP folder's `model.safetensors`.
 fn vision_tensors(dir: &Path) -> TensorMap {
@@ -84,6 +73,9 @@ fn encoder_pooler_output_matches_transformers() {
 #[test]
 fn checkpoint_probabilities_match_reference() {
     let expected = read_json("expected_probs.json");
+    // LN-tuning with a LinearNorm head, a plain Linear head, LoRA, and a GenD folder.
+    let names: Vec<&String> = expected.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["ckpt-linear.ckpt", "ckpt-ln-linearnorm.ckpt", "ckpt-lora.ckpt", "gend-tiny"]);
     let device = Device::flex();
     for (name, cases) in expected.as_object().unwrap() {
         let source = fixtures().join(name);

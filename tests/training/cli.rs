@@ -1,19 +1,12 @@
 //! `dfdet train` as a user runs it: hard-killed and resumed runs end exactly where an
 //! uninterrupted run does, Ctrl-C saves `last`, and bad input is refused before any compute.
 
-mod train_common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use train_common::*;
-
-fn dfdet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dfdet"));
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c
-}
+use crate::common::dfdet_process;
+use crate::support::*;
 
 /// A derived dataset and a config in a temp folder.
 fn setup(extra: &str) -> (tempfile::TempDir, PathBuf) {
@@ -49,7 +42,7 @@ fn saved_step(run: &Path) -> Option<u64> {
 
 /// Starts a run, and kills it with `signal` once `last` holds step `k` or later.
 fn interrupt_at(config: &Path, run_name: &str, run: &Path, k: u64, signal: &str) -> std::process::Output {
-    let child = dfdet()
+    let child = dfdet_process()
         .args(["train", "-c", config.to_str().unwrap(), "--set", &format!("run_name=\"{run_name}\"")])
         .spawn()
         .unwrap();
@@ -83,7 +76,7 @@ const COMPARED: [&str; 6] = [
 fn hard_killed_run_resumes_to_the_same_weights_and_optimizer_state() {
     let (tmp, config) = setup("save_every_steps = 1\nmax_epochs = 4\nslerp_feature_augmentation = true");
     let runs = tmp.path().join("runs");
-    run_ok(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
+    run_ok(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
     let total = saved_step(&runs.join("full")).unwrap();
     assert_eq!(total, 16, "4 epochs of 4 optimizer steps");
 
@@ -92,7 +85,7 @@ fn hard_killed_run_resumes_to_the_same_weights_and_optimizer_state() {
     assert!(!out.status.success(), "the run was to be killed before its end");
     let at = saved_step(&killed).unwrap();
     assert!((6..total).contains(&at), "killed at step {at}");
-    let stderr = run_ok(dfdet().args(["train", "--resume", killed.to_str().unwrap()]));
+    let stderr = run_ok(dfdet_process().args(["train", "--resume", killed.to_str().unwrap()]));
     assert!(stderr.contains("resuming"), "{stderr}");
     eprintln!("killed after step {at} of {total}, resumed");
     same_files(&runs.join("full"), &killed, &COMPARED);
@@ -110,9 +103,9 @@ fn ctrl_c_saves_last_and_exits_cleanly() {
     assert!(stderr.contains("--resume"), "{stderr}");
     let at = saved_step(&run).unwrap();
     assert!(at >= 4);
-    run_ok(dfdet().args(["train", "--resume", run.to_str().unwrap()]));
+    run_ok(dfdet_process().args(["train", "--resume", run.to_str().unwrap()]));
     assert_eq!(saved_step(&run), Some(16));
-    run_ok(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
+    run_ok(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
     same_files(&runs.join("full"), &run, &COMPARED);
 }
 
@@ -120,26 +113,28 @@ fn ctrl_c_saves_last_and_exits_cleanly() {
 fn unknown_keys_and_wrong_types_are_named() {
     let (_tmp, config) = setup("");
     let c = config.to_str().unwrap();
-    let err = fails(dfdet().args(["train", "-c", c, "--set", "lrr=1e-3"]));
+    let err = fails(dfdet_process().args(["train", "-c", c, "--set", "lrr=1e-3"]));
     assert!(err.contains("unknown field `lrr`") && err.contains("`lr`") && err.contains("`min_lr`"), "{err}");
-    let err = fails(dfdet().args(["train", "-c", c, "--set", "peft.lora.rnk=2"]));
+    let err = fails(dfdet_process().args(["train", "-c", c, "--set", "peft.lora.rnk=2"]));
     assert!(err.contains("`rnk`") && err.contains("`rank`"), "{err}");
-    let err = fails(dfdet().args(["train", "-c", c, "--set", "lr=fast"]));
+    let err = fails(dfdet_process().args(["train", "-c", c, "--set", "lr=fast"]));
     assert!(err.contains("lr = \"fast\"") && err.contains("expected f64"), "{err}");
-    let err = fails(dfdet().args(["train", "-c", c, "--set", "lr_scheduler=\"linear\""]));
+    let err = fails(dfdet_process().args(["train", "-c", c, "--set", "lr_scheduler=\"linear\""]));
     assert!(err.contains("`cosine`, `cyclic`, `none`"), "{err}");
-    let err = fails(dfdet().args(["train", "-c", c, "--set", "head=\"mlp\""]));
+    let err = fails(dfdet_process().args(["train", "-c", c, "--set", "head=\"mlp\""]));
     assert!(err.contains("mlp") && err.contains("LinearNorm"), "{err}");
-    let err = fails(dfdet().args(["train", "-c", c, "--set", "batch_size=6"]));
+    let err = fails(dfdet_process().args(["train", "-c", c, "--set", "batch_size=6"]));
     assert!(err.contains("batch_size: 6 is not a multiple of mini_batch_size 4"), "{err}");
 }
 
 #[test]
 fn a_missing_class_is_refused_before_any_compute() {
     let (tmp, config) = setup("");
-    let err = fails(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "trn_files=[\"real.txt\"]"]));
+    let err =
+        fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "trn_files=[\"real.txt\"]"]));
     assert!(err.contains("trn_files") && err.contains("no fake"), "{err}");
-    let err = fails(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", "val_files=[\"fake.txt\"]"]));
+    let err =
+        fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "val_files=[\"fake.txt\"]"]));
     assert!(err.contains("val_files") && err.contains("no real"), "{err}");
     assert!(!tmp.path().join("runs/run/checkpoints/last").exists());
     assert!(!tmp.path().join("runs/run/metrics.csv").exists());
@@ -151,7 +146,7 @@ fn an_unwritable_run_folder_fails_before_training() {
     let blocker = tmp.path().join("not-a-folder");
     std::fs::write(&blocker, "").unwrap();
     let run_dir = format!("run_dir=\"{}\"", blocker.join("runs").display());
-    let err = fails(dfdet().args(["train", "-c", config.to_str().unwrap(), "--set", &run_dir]));
+    let err = fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", &run_dir]));
     assert!(err.contains("not-a-folder"), "{err}");
     assert!(!err.contains("epoch"), "{err}");
 }
@@ -160,7 +155,7 @@ fn an_unwritable_run_folder_fails_before_training() {
 fn an_existing_run_is_not_overwritten() {
     let (_tmp, config) = setup("max_epochs = 1");
     let c = config.to_str().unwrap();
-    run_ok(dfdet().args(["train", "-c", c]));
-    let err = fails(dfdet().args(["train", "-c", c]));
+    run_ok(dfdet_process().args(["train", "-c", c]));
+    let err = fails(dfdet_process().args(["train", "-c", c]));
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
 }

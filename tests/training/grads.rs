@@ -2,7 +2,7 @@
 //! tensor of the tiny CLIP + head, per loss term and combined, Linear and LinearNorm heads,
 //! LN-tuning and LoRA. Expected numbers: `scripts/fixtures/make_train_fixtures.py` (float64).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -16,9 +16,8 @@ use dfdet::train::loss::{compute, LossConfig};
 use dfdet::train::params::{Selection, Trainable, LN_TARGETS};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{read_json, samples};
+use crate::support::tiny_clip;
 
 fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
@@ -40,7 +39,7 @@ struct Setup {
 }
 
 fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
-    let tiny = root().join("tests/fixtures/tiny-clip-p14");
+    let tiny = tiny_clip();
     let head = HeadKind::from_name(head).unwrap();
     let mut ckpt = base_clip(tiny.to_str().unwrap(), head, 2, Tuning::LnTuning, 0).unwrap();
     ckpt.tensors.insert("model.linear.weight".into(), HostTensor::new(vec![2, 32], f32s(&fx["head"]["weight"])));
@@ -77,7 +76,7 @@ fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
     // the transposed copies kept for training.
     assert!(trainable.backward_through_frozen_projections());
     detector.encoder.keep_transposed_weights(transposed);
-    let samples = root().join("../shared/data/samples");
+    let samples = samples();
     let [h, w] = backbone.pixels.crop_size;
     let images: Vec<String> = fx["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let mut data = Vec::new();
@@ -106,8 +105,7 @@ fn loss_config(w: &Value) -> LossConfig {
 
 #[test]
 fn gradients_match_pytorch() {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/train/grads.json")).unwrap();
-    let fx: Value = serde_json::from_str(&text).unwrap();
+    let fx = read_json("train/grads.json");
     let cases = fx["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 16);
     let ad = dfdet::train::autodiff_device(&Device::flex());
@@ -151,8 +149,7 @@ fn gradients_match_pytorch() {
 
 #[test]
 fn ln_tuning_selects_every_layer_norm_and_the_head() {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/train/grads.json")).unwrap();
-    let fx: Value = serde_json::from_str(&text).unwrap();
+    let fx = read_json("train/grads.json");
     let s = setup(&fx, "ln", "LinearNorm", false);
     // tiny CLIP: 2 layers -> 2 * 2 + 2 LayerNorms of 32, x2 (weight, bias), + head 2 * 32 + 2.
     assert_eq!(s.trainable.numel(), 6 * 2 * 32 + 66);

@@ -1,14 +1,13 @@
 //! Training end to end on the tiny CLIP: it learns, it resumes exactly, cached linear probing
 //! matches uncached (its speed-up: scripts/bench/cache_features.sh). Real sample crops vs the same crops with a visible manipulation.
 
-mod train_common;
-
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use dfdet::progress::Silent;
 use dfdet::train::{TrainConfig, train};
-use train_common::*;
+
+use crate::support::*;
 
 fn config(dir: &std::path::Path, sets: &[&str]) -> TrainConfig {
     let path = dir.join("config.toml");

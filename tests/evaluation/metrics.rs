@@ -7,14 +7,12 @@ use dfdet::eval::metrics::{Metrics, precision_recall_curve, roc_curve};
 use dfdet::eval::video::frame_and_video;
 use serde_json::Value;
 
+use crate::common::read_json;
+
 const TOL: f64 = 1e-9;
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/metrics_cases.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    read_json("metrics_cases.json")
 }
 
 fn floats(v: &Value) -> Vec<f64> {

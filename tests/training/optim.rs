@@ -2,7 +2,6 @@
 //! Expected numbers: `scripts/fixtures/make_train_fixtures.py`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use burn::prelude::*;
 use dfdet::train::optim::{AdamW, AdamWConfig};
@@ -12,10 +11,7 @@ use dfdet::train::schedule::{Schedule, Scheduler};
 use dfdet::train::slerp::{slerp, SlerpPlan};
 use serde_json::Value;
 
-fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train").join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use crate::common::read_json;
 
 fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
@@ -34,7 +30,7 @@ fn rel_err(a: &[f32], b: &[f64]) -> f64 {
 
 #[test]
 fn adamw_matches_torch_with_two_groups() {
-    let fx = fixture("adamw.json");
+    let fx = read_json("train/adamw.json");
     let shapes: BTreeMap<String, Vec<usize>> = serde_json::from_value(fx["shapes"].clone()).unwrap();
     let names: Vec<&String> = shapes.keys().collect();
     let mut params = Trainable {
@@ -87,7 +83,7 @@ fn adamw_leaves_tensors_without_gradient_alone() {
 
 #[test]
 fn schedules_match_torch_step_by_step() {
-    let fx = fixture("schedule.json");
+    let fx = read_json("train/schedule.json");
     for case in fx["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let schedule = Schedule {
@@ -107,7 +103,7 @@ fn schedules_match_torch_step_by_step() {
 
 #[test]
 fn slerp_matches_the_reference_function() {
-    let fx = fixture("slerp.json");
+    let fx = read_json("train/slerp.json");
     let device = Device::flex();
     for case in fx["cases"].as_array().unwrap() {
         let (n, d) = (case["n"].as_u64().unwrap() as usize, case["d"].as_u64().unwrap() as usize);

@@ -12,11 +12,7 @@ use dfdet::model::checkpoint::{
 use dfdet::model::spec::{HeadKind, Tuning};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-}
+use crate::common::{fixtures, read_json, samples};
 
 fn fixture(name: &str) -> String {
     fixtures().join(name).to_str().unwrap().to_string()
@@ -28,8 +24,7 @@ fn offline_hub(dir: &Path) -> Hub {
 }
 
 fn values() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("ckpt_values.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    read_json("ckpt_values.json")
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -359,8 +354,7 @@ fn not_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = offline_hub(tmp.path());
     let png = tmp.path().join("face.png");
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/samples/datasets/FF/real/000/000.png");
+    let samples = samples().join("datasets/FF/real/000/000.png");
     if samples.is_file() {
         std::fs::copy(&samples, &png).unwrap();
     } else {

@@ -8,12 +8,10 @@ use dfdet::eval::metrics::{argmax_rows, confusion_matrix};
 use dfdet::eval::plots::{self, Scores};
 use serde_json::Value;
 
+use crate::common::{read_json, skip_or_fail};
+
 fn case(name: &str) -> (Vec<f64>, Vec<usize>, usize) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/metrics_cases.json"
-    );
-    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fixture: Value = read_json("metrics_cases.json");
     let case = fixture["cases"]
         .as_array()
         .unwrap()
@@ -28,6 +26,19 @@ fn case(name: &str) -> (Vec<f64>, Vec<usize>, usize) {
     let probs = probs.map(|x| x.as_f64().unwrap()).collect();
     let labels = serde_json::from_value(case["labels"].clone()).unwrap();
     (probs, labels, case["n_classes"].as_u64().unwrap() as usize)
+}
+
+/// The TrueType font plots need, by the assets' rule: `None` (the test is skipped, with a note)
+/// outside CI, a failure under `CI=true`.
+fn require_font() -> Option<PathBuf> {
+    let font = plots::find_font();
+    if font.is_none() {
+        skip_or_fail(&format!(
+            "no TrueType font on this machine and {} unset: install fonts-dejavu-core or set it",
+            plots::FONT_ENV
+        ));
+    }
+    font
 }
 
 fn out_dir() -> (Option<tempfile::TempDir>, PathBuf) {
@@ -67,13 +78,7 @@ fn assert_svg(path: &Path) {
 
 #[test]
 fn every_plot_writes_png_and_svg() {
-    if plots::find_font().is_none() {
-        eprintln!(
-            "no TrueType font on this machine and {} unset: plots not checked",
-            plots::FONT_ENV
-        );
-        return;
-    }
+    let Some(_) = require_font() else { return };
     let (_keep, dir) = out_dir();
     let (probs, labels, n_classes) = case("binary_random_500");
     let names = ["real", "fake"];
@@ -120,9 +125,7 @@ fn every_plot_writes_png_and_svg() {
 
 #[test]
 fn one_class_and_bad_input() {
-    if plots::find_font().is_none() {
-        return;
-    }
+    let Some(_) = require_font() else { return };
     let (_keep, dir) = out_dir();
     // Only fakes: the ROC has no curve to draw but the file is still written.
     let probs = [0.2, 0.8, 0.6, 0.4, 0.1, 0.9];

@@ -1,19 +1,12 @@
 //! Shared by the training tests: a small labelled set derived from the real sample crops, and
 //! configs for the tiny CLIP.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn samples() -> PathBuf {
-    root().join("../shared/data/samples")
-}
+use crate::common::{fixtures, samples};
 
 pub fn tiny_clip() -> PathBuf {
-    root().join("tests/fixtures/tiny-clip-p14")
+    fixtures().join("tiny-clip-p14")
 }
 
 /// The 32 sample crops, sorted.

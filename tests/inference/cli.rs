@@ -1,28 +1,14 @@
 //! The real `dfdet` binary on real face crops, checked for what a user sees.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/samples")
-}
+use crate::common::{dfdet, fixtures, read_json, samples};
 
 const CKPT: &str = "ckpt-ln-linearnorm.ckpt";
 
-fn dfdet() -> Command {
-    Command::cargo_bin("dfdet").unwrap()
-}
-
 /// Reference p(fake) per sample crop (path relative to the samples root).
 fn expected(ckpt: &str) -> BTreeMap<String, f64> {
-    let text = std::fs::read_to_string(fixtures().join("expected_probs.json")).unwrap();
-    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let all = read_json("expected_probs.json");
     let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(all[ckpt].clone()).unwrap();
     cases.into_iter().map(|(k, v)| (k, v[1])).collect()
 }
