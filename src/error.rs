@@ -21,12 +21,7 @@ pub enum Error {
     MissingTensor { path: PathBuf, key: String },
     /// A tensor has a shape other than the model expects.
     #[error("{path}: tensor `{key}` has shape {found:?}, the model expects {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        key: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { path: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize> },
     /// A checkpoint holds tensors the model does not use.
     #[error("{path}: unexpected tensors {keys:?}")]
     UnexpectedTensors { path: PathBuf, keys: Vec<String> },

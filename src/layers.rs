@@ -105,7 +105,11 @@ mod tests {
             for r in references(&text, module) {
                 let Some(target) = r.first() else { continue };
                 match layer_of(target) {
-                    Some(l) if l > own => violations.push(format!("src/{} uses crate::{}", path.strip_prefix(&src).unwrap().display(), r.join("::"))),
+                    Some(l) if l > own => violations.push(format!(
+                        "src/{} uses crate::{}",
+                        path.strip_prefix(&src).unwrap().display(),
+                        r.join("::")
+                    )),
                     _ => {}
                 }
                 // Inside one folder: the edge between the two children where the paths part.
@@ -119,7 +123,8 @@ mod tests {
         assert!(violations.is_empty(), "imports from a higher layer:\n{}", violations.join("\n"));
         for (folder, edges) in &siblings {
             // Depth-first search for a cycle.
-            let next = |n: &str| -> Vec<String> { edges.iter().filter(|(a, _)| a == n).map(|(_, b)| b.clone()).collect() };
+            let next =
+                |n: &str| -> Vec<String> { edges.iter().filter(|(a, _)| a == n).map(|(_, b)| b.clone()).collect() };
             let nodes: BTreeSet<String> = edges.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
             for start in &nodes {
                 let mut stack: Vec<(String, Vec<String>)> = vec![(start.clone(), vec![start.clone()])];

@@ -81,7 +81,10 @@ mod tests {
     fn streams_are_reproducible_and_distinct() {
         let a: Vec<u64> = (0..4).map(|_| Rng::derive(42, Stream::Slerp, &[3, 7]).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::derive(42, Stream::Slerp, &[3, 7]).next_u64(), Rng::derive(42, Stream::Slerp, &[7, 3]).next_u64());
+        assert_ne!(
+            Rng::derive(42, Stream::Slerp, &[3, 7]).next_u64(),
+            Rng::derive(42, Stream::Slerp, &[7, 3]).next_u64()
+        );
         assert_ne!(Rng::derive(42, Stream::Slerp, &[3]).next_u64(), Rng::derive(42, Stream::Shuffle, &[3]).next_u64());
     }
 

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use burn::prelude::*;
 
-use super::args::{BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, TestArgs, TrainArgs, VideoArgs};
+use super::args::{
+    BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, TestArgs, TrainArgs,
+    VideoArgs,
+};
 use super::progress::Bars;
 use dfdet::commands::predict::Format;
 use dfdet::commands::test::{TestConfig, TestOverrides};

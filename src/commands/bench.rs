@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
-use crate::model::config::Backbone;
 use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
+use crate::model::config::Backbone;
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::model::{Detector, Dtype, clip};
 use crate::rng::Rng;

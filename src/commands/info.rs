@@ -21,7 +21,12 @@ pub fn describe(detector: &Detector, path: &Path) -> String {
         "encoder",
         format!(
             "hidden {}, {} layers, {} heads, MLP {}, patch {}, image {}",
-            enc.hidden_size, enc.num_hidden_layers, enc.num_attention_heads, enc.intermediate_size, enc.patch_size, enc.image_size
+            enc.hidden_size,
+            enc.num_hidden_layers,
+            enc.num_attention_heads,
+            enc.intermediate_size,
+            enc.patch_size,
+            enc.image_size
         ),
     );
     line("head", format!("{:?}, {} classes", spec.head, spec.num_classes));

@@ -85,7 +85,8 @@ impl Predictions {
         match format {
             Format::Json => format!("{}\n", serde_json::to_string_pretty(self).expect("serialisable")),
             Format::Csv => {
-                let video_score: HashMap<&str, f32> = self.videos.iter().map(|v| (v.video.as_str(), v.p_fake)).collect();
+                let video_score: HashMap<&str, f32> =
+                    self.videos.iter().map(|v| (v.video.as_str(), v.p_fake)).collect();
                 let mut s = String::from("path,video,p_fake,video_p_fake\n");
                 for f in &self.frames {
                     let v = video_of(&f.path);

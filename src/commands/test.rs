@@ -86,7 +86,10 @@ impl TestConfig {
         config.batch_size = o.batch_size.unwrap_or(config.batch_size);
         config.dtype = o.dtype.unwrap_or(config.dtype);
         if config.sets.is_empty() {
-            return Err(Error::config("sets", "no test sets: give --set NAME=LIST[,LIST...] or a config file with [sets]"));
+            return Err(Error::config(
+                "sets",
+                "no test sets: give --set NAME=LIST[,LIST...] or a config file with [sets]",
+            ));
         }
         Ok(config)
     }

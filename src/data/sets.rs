@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::{label_of, read_list, video_of, InputError};
+use super::{InputError, label_of, read_list, video_of};
 use crate::{Error, Result};
 
 /// A named group of list files, e.g. `CDF = [Celeb-real.txt, Celeb-synthesis.txt, YouTube-real.txt]`.
@@ -25,7 +25,8 @@ impl SetSpec {
                 (stem.to_string(), s)
             }
         };
-        let lists: Vec<PathBuf> = lists.split(',').filter(|l| !l.trim().is_empty()).map(|l| PathBuf::from(l.trim())).collect();
+        let lists: Vec<PathBuf> =
+            lists.split(',').filter(|l| !l.trim().is_empty()).map(|l| PathBuf::from(l.trim())).collect();
         if name.is_empty() || lists.is_empty() {
             return Err(Error::config(format!("--set `{s}`"), "expected NAME=LIST[,LIST...]"));
         }
@@ -89,13 +90,8 @@ impl Split {
         let mut per_dataset: BTreeMap<String, ([usize; 2], BTreeSet<&str>)> = BTreeMap::new();
         for (f, &l) in self.files.iter().zip(&self.labels) {
             let p = Path::new(f);
-            let dataset = p
-                .ancestors()
-                .nth(3)
-                .and_then(|d| d.file_name())
-                .and_then(|d| d.to_str())
-                .unwrap_or("?")
-                .to_string();
+            let dataset =
+                p.ancestors().nth(3).and_then(|d| d.file_name()).and_then(|d| d.to_str()).unwrap_or("?").to_string();
             let e = per_dataset.entry(dataset).or_default();
             e.0[l.min(1)] += 1;
             e.1.insert(video_of(f));
@@ -110,7 +106,13 @@ impl Split {
             self.files.len() - real
         );
         for (name, (counts, vids)) in &per_dataset {
-            s += &format!("  {name}: {} frames, {} videos, {} real, {} fake\n", counts[0] + counts[1], vids.len(), counts[0], counts[1]);
+            s += &format!(
+                "  {name}: {} frames, {} videos, {} real, {} fake\n",
+                counts[0] + counts[1],
+                vids.len(),
+                counts[0],
+                counts[1]
+            );
         }
         s
     }
@@ -232,8 +234,7 @@ mod tests {
 
     #[test]
     fn limit_keeps_whole_videos_then_cuts() {
-        let files: Vec<String> =
-            (0..5).flat_map(|v| (0..3).map(move |f| format!("D/S/v{v}/{f}.png"))).collect();
+        let files: Vec<String> = (0..5).flat_map(|v| (0..3).map(move |f| format!("D/S/v{v}/{f}.png"))).collect();
         let out = limit_by_videos(&files, 7, 42);
         assert_eq!(out.len(), 7);
         let videos: BTreeSet<&str> = out.iter().map(|f| video_of(f)).collect();
@@ -249,7 +250,8 @@ mod numpy_parity {
     #[test]
     fn shuffle_matches_numpy() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/numpy_shuffle.json");
-        let cases: BTreeMap<String, Vec<usize>> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases: BTreeMap<String, Vec<usize>> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert_eq!(cases.len(), 15);
         for (key, want) in cases {
             let (seed, n) = key.split_once('/').unwrap();

@@ -101,11 +101,7 @@ struct ClfCounts {
 }
 
 fn binary_clf_counts(y_true: &[bool], scores: &[f64]) -> ClfCounts {
-    assert_eq!(
-        y_true.len(),
-        scores.len(),
-        "labels and scores differ in length"
-    );
+    assert_eq!(y_true.len(), scores.len(), "labels and scores differ in length");
     let mut order: Vec<usize> = (0..scores.len()).collect();
     // Descending; the order inside a tie does not matter, counts are read at its end.
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
@@ -113,20 +109,14 @@ fn binary_clf_counts(y_true: &[bool], scores: &[f64]) -> ClfCounts {
     let mut tp = 0;
     for (k, &i) in order.iter().enumerate() {
         tp += usize::from(y_true[i]);
-        let tie_ends = order
-            .get(k + 1)
-            .is_none_or(|&next| scores[next] != scores[i]);
+        let tie_ends = order.get(k + 1).is_none_or(|&next| scores[next] != scores[i]);
         if tie_ends {
             tps.push(tp);
             fps.push(k + 1 - tp);
             thresholds.push(scores[i]);
         }
     }
-    ClfCounts {
-        fps,
-        tps,
-        thresholds,
-    }
+    ClfCounts { fps, tps, thresholds }
 }
 
 /// The ROC curve of `scores` for the positives `y_true`, with scikit-learn's
@@ -138,25 +128,16 @@ fn binary_clf_counts(y_true: &[bool], scores: &[f64]) -> ClfCounts {
 /// # Panics
 /// If the slices differ in length.
 pub fn roc_curve(y_true: &[bool], scores: &[f64]) -> Option<RocCurve> {
-    let ClfCounts {
-        fps,
-        tps,
-        thresholds,
-    } = binary_clf_counts(y_true, scores);
+    let ClfCounts { fps, tps, thresholds } = binary_clf_counts(y_true, scores);
     let (&n_neg, &n_pos) = (fps.last()?, tps.last()?);
     if n_neg == 0 || n_pos == 0 {
         return None;
     }
     let m = fps.len();
     let second_diff = |v: &[usize], i: usize| v[i + 1] + v[i - 1] != 2 * v[i];
-    let keep: Vec<usize> = (0..m)
-        .filter(|&i| m <= 2 || i == 0 || i == m - 1 || second_diff(&fps, i) || second_diff(&tps, i))
-        .collect();
-    let mut curve = RocCurve {
-        fpr: vec![0.0],
-        tpr: vec![0.0],
-        thresholds: vec![f64::INFINITY],
-    };
+    let keep: Vec<usize> =
+        (0..m).filter(|&i| m <= 2 || i == 0 || i == m - 1 || second_diff(&fps, i) || second_diff(&tps, i)).collect();
+    let mut curve = RocCurve { fpr: vec![0.0], tpr: vec![0.0], thresholds: vec![f64::INFINITY] };
     for i in keep {
         curve.fpr.push(fps[i] as f64 / n_neg as f64);
         curve.tpr.push(tps[i] as f64 / n_pos as f64);
@@ -172,44 +153,19 @@ pub fn roc_curve(y_true: &[bool], scores: &[f64]) -> Option<RocCurve> {
 /// # Panics
 /// If the slices differ in length.
 pub fn precision_recall_curve(y_true: &[bool], scores: &[f64]) -> PrCurve {
-    let ClfCounts {
-        fps,
-        tps,
-        thresholds,
-    } = binary_clf_counts(y_true, scores);
+    let ClfCounts { fps, tps, thresholds } = binary_clf_counts(y_true, scores);
     let n_pos = tps.last().copied().unwrap_or(0);
-    let mut precision: Vec<f64> = fps
-        .iter()
-        .zip(&tps)
-        .rev()
-        .map(|(&fp, &tp)| tp as f64 / (tp + fp) as f64)
-        .collect();
-    let mut recall: Vec<f64> = tps
-        .iter()
-        .rev()
-        .map(|&tp| {
-            if n_pos == 0 {
-                1.0
-            } else {
-                tp as f64 / n_pos as f64
-            }
-        })
-        .collect();
+    let mut precision: Vec<f64> = fps.iter().zip(&tps).rev().map(|(&fp, &tp)| tp as f64 / (tp + fp) as f64).collect();
+    let mut recall: Vec<f64> =
+        tps.iter().rev().map(|&tp| if n_pos == 0 { 1.0 } else { tp as f64 / n_pos as f64 }).collect();
     precision.push(1.0);
     recall.push(0.0);
-    PrCurve {
-        precision,
-        recall,
-        thresholds: thresholds.into_iter().rev().collect(),
-    }
+    PrCurve { precision, recall, thresholds: thresholds.into_iter().rev().collect() }
 }
 
 /// Area under a curve by the trapezoidal rule (sklearn's `auc` for increasing `x`).
 pub fn auc(x: &[f64], y: &[f64]) -> f64 {
-    x.windows(2)
-        .zip(y.windows(2))
-        .map(|(x, y)| (x[1] - x[0]) * (y[1] + y[0]) / 2.0)
-        .sum()
+    x.windows(2).zip(y.windows(2)).map(|(x, y)| (x[1] - x[0]) * (y[1] + y[0]) / 2.0).sum()
 }
 
 /// `np.interp(x, xp, fp)` for non-decreasing `xp`: constant outside, and on a run of equal
@@ -271,21 +227,14 @@ impl RocCurve {
     /// `np.interp(target, fpr, tpr)` (GenD's TPR at FPR); `None` outside the curve's FPRs.
     pub fn tpr_at(&self, target: f64) -> Option<f64> {
         let (lo, hi) = (self.fpr[0], self.fpr[self.fpr.len() - 1]);
-        (lo..=hi)
-            .contains(&target)
-            .then(|| interp(target, &self.fpr, &self.tpr))
+        (lo..=hi).contains(&target).then(|| interp(target, &self.fpr, &self.tpr))
     }
 }
 
 impl PrCurve {
     /// Average precision, `sum_n (R_n - R_{n-1}) P_n` (sklearn's step-wise integral).
     pub fn average_precision(&self) -> f64 {
-        let s: f64 = self
-            .recall
-            .windows(2)
-            .zip(&self.precision)
-            .map(|(r, p)| (r[1] - r[0]) * p)
-            .sum();
+        let s: f64 = self.recall.windows(2).zip(&self.precision).map(|(r, p)| (r[1] - r[0]) * p).sum();
         (-s).max(0.0)
     }
 
@@ -296,13 +245,7 @@ impl PrCurve {
             .iter()
             .zip(&self.recall)
             .take(self.thresholds.len())
-            .map(|(&p, &r)| {
-                if p + r == 0.0 {
-                    0.0
-                } else {
-                    2.0 * p * r / (p + r)
-                }
-            })
+            .map(|(&p, &r)| if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) })
             .collect()
     }
 }
@@ -314,9 +257,7 @@ pub fn auroc(y_true: &[bool], scores: &[f64]) -> Option<f64> {
 
 /// Binary average precision; `None` without positives (scikit-learn would say 0).
 pub fn average_precision(y_true: &[bool], scores: &[f64]) -> Option<f64> {
-    y_true
-        .contains(&true)
-        .then(|| precision_recall_curve(y_true, scores).average_precision())
+    y_true.contains(&true).then(|| precision_recall_curve(y_true, scores).average_precision())
 }
 
 /// The original's EER of `scores` for the positives `y_true`; `None` when one class only
@@ -427,9 +368,7 @@ pub fn f1_macro(confusion: &[Vec<usize>]) -> Option<f64> {
 /// Checks that `probs` has `labels.len()` finite rows of `n_classes` and labels in range.
 pub fn check_inputs(probs: &[f64], labels: &[usize], n_classes: usize) -> Result<()> {
     if n_classes == 0 {
-        return Err(Error::Invalid(
-            "metrics need at least one probability column".into(),
-        ));
+        return Err(Error::Invalid("metrics need at least one probability column".into()));
     }
     if probs.len() != labels.len() * n_classes {
         return Err(Error::Invalid(format!(
@@ -440,9 +379,7 @@ pub fn check_inputs(probs: &[f64], labels: &[usize], n_classes: usize) -> Result
         )));
     }
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, l)| **l >= n_classes) {
-        return Err(Error::Invalid(format!(
-            "metrics: label {l} of sample {i} is not below {n_classes} classes"
-        )));
+        return Err(Error::Invalid(format!("metrics: label {l} of sample {i} is not below {n_classes} classes")));
     }
     if let Some(i) = probs.iter().position(|p| !p.is_finite()) {
         return Err(Error::Invalid(format!(
@@ -485,13 +422,10 @@ pub fn compute_metrics(probs: &[f64], labels: &[usize], n_classes: usize) -> Res
             warnings.push(format!("mAP undefined: classes {missing:?} have no sample"));
         }
         if n_classes != 2 {
-            warnings.push(format!(
-                "eer and tpr_at_fpr need 2 probability columns, got {n_classes}"
-            ));
+            warnings.push(format!("eer and tpr_at_fpr need 2 probability columns, got {n_classes}"));
         }
-        let predicted_only: Vec<usize> = (0..n_classes)
-            .filter(|&c| n_per_class[c] == 0 && confusion.iter().any(|r| r[c] > 0))
-            .collect();
+        let predicted_only: Vec<usize> =
+            (0..n_classes).filter(|&c| n_per_class[c] == 0 && confusion.iter().any(|r| r[c] > 0)).collect();
         if !predicted_only.is_empty() {
             warnings.push(format!(
                 "balanced_acc leaves out classes {predicted_only:?}: predicted but absent from the labels"
@@ -499,11 +433,7 @@ pub fn compute_metrics(probs: &[f64], labels: &[usize], n_classes: usize) -> Res
         }
     }
 
-    let roc = if n_classes == 2 {
-        roc_curve(&one_vs_rest(labels, 1), &column(probs, 2, 1))
-    } else {
-        None
-    };
+    let roc = if n_classes == 2 { roc_curve(&one_vs_rest(labels, 1), &column(probs, 2, 1)) } else { None };
     if n_classes == 2 && n > 0 && roc.is_none() {
         warnings.push("eer and tpr_at_fpr undefined: the labels hold one class only".to_string());
     }
@@ -549,10 +479,7 @@ mod tests {
         // 1 - x - tpr(x): at x = 0.5 tpr jumps 0.5 -> 1, so the root is the step itself.
         assert!(close(roc.eer(), 0.5));
         assert!(close(roc.tpr_at(0.25).unwrap(), 0.5));
-        assert!(
-            close(roc.tpr_at(0.5).unwrap(), 1.0),
-            "upper point on a vertical step"
-        );
+        assert!(close(roc.tpr_at(0.5).unwrap(), 1.0), "upper point on a vertical step");
     }
 
     #[test]
@@ -589,10 +516,7 @@ mod tests {
         assert!(close(m.acc.unwrap(), 1.0 / 3.0));
         assert!(!m.warnings.is_empty());
         let json = serde_json::to_string(&m).unwrap();
-        assert!(
-            json.contains("\"mAP\":null") && json.contains("\"0.001\":null"),
-            "{json}"
-        );
+        assert!(json.contains("\"mAP\":null") && json.contains("\"0.001\":null"), "{json}");
     }
 
     #[test]
@@ -607,10 +531,7 @@ mod tests {
     fn f1_and_balanced_accuracy_follow_sklearn_label_sets() {
         // labels 0 0 1 1, predictions all 0: F1(0) = 2*2/(2+4) = 2/3, F1(1) = 0.
         let cm = confusion_matrix(&[0, 0, 1, 1], &[0, 0, 0, 0], 3);
-        assert!(
-            close(f1_macro(&cm).unwrap(), 1.0 / 3.0),
-            "class 2 is in neither: left out"
-        );
+        assert!(close(f1_macro(&cm).unwrap(), 1.0 / 3.0), "class 2 is in neither: left out");
         assert!(close(balanced_accuracy(&cm).unwrap(), 0.5));
         // A class only predicted counts for F1 but not for balanced accuracy.
         let cm = confusion_matrix(&[0, 0], &[0, 2], 3);

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::metrics::Metrics;
-use super::plots::{write_plots, Scores};
-use super::video::{frame_and_video, Evaluation};
+use super::plots::{Scores, write_plots};
+use super::video::{Evaluation, frame_and_video};
 use crate::{Error, Result};
 
 /// Scored frames: the content of a predictions CSV.
@@ -33,7 +33,9 @@ impl Predictions {
         w.write_record(&header).map_err(|e| csv_error(path, e))?;
         for (i, file) in self.files.iter().enumerate() {
             let mut row = vec![file.clone(), self.labels[i].to_string()];
-            row.extend(self.probs[i * self.n_classes..(i + 1) * self.n_classes].iter().map(|p| format!("{}", *p as f32)));
+            row.extend(
+                self.probs[i * self.n_classes..(i + 1) * self.n_classes].iter().map(|p| format!("{}", *p as f32)),
+            );
             w.write_record(&row).map_err(|e| csv_error(path, e))?;
         }
         w.flush().map_err(|e| Error::io(path, e))
@@ -60,7 +62,10 @@ impl Predictions {
             let record = record.map_err(|e| csv_error(path, e))?;
             let at = |c: usize| record.get(c).unwrap_or("");
             let bad = |what: String| Error::format(path, format!("line {line}: {what}"));
-            let label: usize = at(labels_col).trim().parse().map_err(|_| bad(format!("label `{}` is not a class index", at(labels_col))))?;
+            let label: usize = at(labels_col)
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("label `{}` is not a class index", at(labels_col))))?;
             if label >= n_classes {
                 return Err(bad(format!("label {label} is outside the {n_classes} probability columns")));
             }
@@ -145,10 +150,9 @@ const CLASS_NAMES: [&str; 2] = ["real", "fake"];
 
 fn write_set_plots(dir: &Path, stage: &str, eval: &Evaluation) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for (level, probs, labels) in [
-        ("frame", &eval.frame_probs, &eval.frame_labels),
-        ("video", &eval.videos.probs, &eval.videos.labels),
-    ] {
+    for (level, probs, labels) in
+        [("frame", &eval.frame_probs, &eval.frame_labels), ("video", &eval.videos.probs, &eval.videos.labels)]
+    {
         let out = dir.join(format!("{level}_metrics"));
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         let scores = Scores { probs, labels, n_classes: eval.n_classes, class_names: &CLASS_NAMES };
@@ -169,10 +173,7 @@ pub fn write_report(path: &Path, report: &Report) -> Result<()> {
 pub fn summary_table(report: &Report) -> String {
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
     let width = report.keys().map(|k| k.len()).max().unwrap_or(3).max(3);
-    let mut s = format!(
-        "{:<width$}  level   frames  auroc   mAP     eer     acc     bal_acc f1      tpr@1%\n",
-        "set"
-    );
+    let mut s = format!("{:<width$}  level   frames  auroc   mAP     eer     acc     bal_acc f1      tpr@1%\n", "set");
     for (name, m) in report {
         for (level, x) in [("frame", &m.frame), ("video", &m.video)] {
             s += &format!(

@@ -5,10 +5,7 @@
 //! Computed in f64.
 
 fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum()
+    a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum()
 }
 
 /// Label-aware alignment: the mean of `||x_i - x_j||^alpha` over pairs `i < j` with equal
@@ -17,18 +14,12 @@ fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
 /// # Panics
 /// If `features` and `labels` differ in length.
 pub fn alignment(features: &[Vec<f32>], labels: &[usize], alpha: f64) -> f64 {
-    assert_eq!(
-        features.len(),
-        labels.len(),
-        "features and labels differ in length"
-    );
+    assert_eq!(features.len(), labels.len(), "features and labels differ in length");
     let (mut sum, mut pairs) = (0.0, 0usize);
     for i in 0..features.len() {
         for j in i + 1..features.len() {
             if labels[i] == labels[j] {
-                sum += squared_distance(&features[i], &features[j])
-                    .sqrt()
-                    .powf(alpha);
+                sum += squared_distance(&features[i], &features[j]).sqrt().powf(alpha);
                 pairs += 1;
             }
         }
@@ -60,13 +51,7 @@ mod tests {
     /// The original's `__main__` example: five unit vectors, labels 0 0 0 1 1.
     fn example() -> (Vec<Vec<f32>>, Vec<usize>) {
         let s = std::f32::consts::FRAC_1_SQRT_2;
-        let f = vec![
-            vec![1.0, 0.0],
-            vec![1.0, 0.0],
-            vec![s, s],
-            vec![0.0, 1.0],
-            vec![0.0, 1.0],
-        ];
+        let f = vec![vec![1.0, 0.0], vec![1.0, 0.0], vec![s, s], vec![0.0, 1.0], vec![0.0, 1.0]];
         (f, vec![0, 0, 0, 1, 1])
     }
 

@@ -15,12 +15,7 @@ use crate::{Error, Result};
 pub fn sources_to_binary(probs: &[f64], n_classes: usize) -> Vec<f64> {
     probs
         .chunks_exact(n_classes)
-        .flat_map(|row| {
-            [
-                row[0],
-                row[1..].iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            ]
-        })
+        .flat_map(|row| [row[0], row[1..].iter().copied().fold(f64::NEG_INFINITY, f64::max)])
         .collect()
 }
 
@@ -58,12 +53,7 @@ pub fn aggregate_videos<S: AsRef<str>>(
         )));
     }
     let mut index = std::collections::HashMap::new();
-    let mut out = VideoScores {
-        videos: Vec::new(),
-        probs: Vec::new(),
-        labels: Vec::new(),
-        n_frames: Vec::new(),
-    };
+    let mut out = VideoScores { videos: Vec::new(), probs: Vec::new(), labels: Vec::new(), n_frames: Vec::new() };
     for ((file, row), &label) in files.iter().zip(probs.chunks_exact(n_classes)).zip(labels) {
         let video = video_of(file.as_ref());
         let v = *index.entry(video.to_string()).or_insert_with(|| {
@@ -73,10 +63,7 @@ pub fn aggregate_videos<S: AsRef<str>>(
             out.n_frames.push(0);
             out.videos.len() - 1
         });
-        for (sum, p) in out.probs[v * n_classes..(v + 1) * n_classes]
-            .iter_mut()
-            .zip(row)
-        {
+        for (sum, p) in out.probs[v * n_classes..(v + 1) * n_classes].iter_mut().zip(row) {
             *sum += p;
         }
         out.n_frames[v] += 1;
@@ -156,10 +143,7 @@ mod tests {
 
     #[test]
     fn sources_become_real_vs_max_fake_before_aggregation() {
-        assert_eq!(
-            sources_to_binary(&[0.1, 0.6, 0.3, 0.5, 0.2, 0.3], 3),
-            [0.1, 0.6, 0.5, 0.3]
-        );
+        assert_eq!(sources_to_binary(&[0.1, 0.6, 0.3, 0.5, 0.2, 0.3], 3), [0.1, 0.6, 0.5, 0.3]);
         // Two frames of one video: max-then-mean differs from mean-then-max.
         let probs = [0.2, 0.7, 0.1, 0.2, 0.1, 0.7];
         let e = frame_and_video(&["v/0", "v/1"], &probs, &[2, 2], 3, true).unwrap();

@@ -12,11 +12,11 @@ use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::lora::Lora;
-use super::tensors::{TensorMap, transpose};
 use super::config::{EncoderConfig, HiddenAct};
 use super::fused::softmax_last;
-use super::params::{empty, Layout, Loader, Visit, Walker};
+use super::lora::Lora;
+use super::params::{Layout, Loader, Visit, Walker, empty};
+use super::tensors::{TensorMap, transpose};
 use crate::Result;
 
 /// Where the encoder's tensors live in a checkpoint: HF's `CLIPVisionModel.vision_model`.
@@ -29,7 +29,6 @@ const LAYERS: &str = "encoder.layers";
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
 /// The MLP's projections, by name.
 pub const MLP_PROJECTIONS: [&str; 2] = ["fc1", "fc2"];
-
 
 /// `CLIPVisionEmbeddings`: patch embedding, class token, position embedding.
 #[derive(Module, Debug)]
@@ -135,7 +134,6 @@ pub struct SelfAttention {
     pub out_proj: Projection,
     num_heads: usize,
 }
-
 
 /// `weight` `[in, out]` as a contiguous `[out, in]` tensor.
 fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
@@ -302,7 +300,9 @@ impl EncoderLayer {
 /// A LayerNorm as one fused operation in f32 (burn's module otherwise, e.g. in bf16).
 fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
     match &ln.beta {
-        Some(beta) if x.dtype() == burn::tensor::DType::F32 => super::fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
+        Some(beta) if x.dtype() == burn::tensor::DType::F32 => {
+            super::fused::layer_norm(x, ln.gamma.val(), beta.val(), eps)
+        }
         _ => ln.forward(x),
     }
 }
@@ -337,7 +337,9 @@ impl VisionTransformer {
         Self {
             embeddings: Embeddings::skeleton(cfg, device),
             pre_layrnorm: layer_norm_skeleton(cfg, device),
-            encoder: Encoder { layers: (0..cfg.num_hidden_layers).map(|_| EncoderLayer::skeleton(cfg, device)).collect() },
+            encoder: Encoder {
+                layers: (0..cfg.num_hidden_layers).map(|_| EncoderLayer::skeleton(cfg, device)).collect(),
+            },
             post_layernorm: layer_norm_skeleton(cfg, device),
             eps: cfg.layer_norm_eps,
         }

@@ -92,7 +92,10 @@ impl EncoderConfig {
     /// Checks what the encoder relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::Invalid(format!("invalid encoder config: {what} ({self:?})")));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.hidden_size == 0
+            || self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad("hidden_size must be a positive multiple of num_attention_heads");
         }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
@@ -113,7 +116,6 @@ impl EncoderConfig {
         Ok(config)
     }
 }
-
 
 /// The encoder and pixel settings of a backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,11 +152,8 @@ impl Backbone {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let encoder = EncoderConfig::from_hf_config(&dir.join("config.json"))?;
         let pre = dir.join("preprocessor_config.json");
-        let pixels = if pre.is_file() {
-            PixelConfig::from_hf_config(&pre)?
-        } else {
-            PixelConfig::clip(encoder.image_size)
-        };
+        let pixels =
+            if pre.is_file() { PixelConfig::from_hf_config(&pre)? } else { PixelConfig::clip(encoder.image_size) };
         Ok(Self { name: dir.display().to_string(), encoder, pixels })
     }
 

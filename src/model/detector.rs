@@ -6,9 +6,9 @@ use burn::tensor::FloatDType;
 
 use super::checkpoint::Checkpoint;
 use super::clip::VisionTransformer;
-use super::lora::Lora;
 use super::config::Backbone;
 use super::head::{Head, HeadOutput};
+use super::lora::Lora;
 use super::params::{Entry, Loader, Selection, Visit};
 use super::spec::{ModelSpec, Tuning};
 use crate::Result;
@@ -133,8 +133,14 @@ mod tests {
             precision: None,
             run_name: None,
         };
-        let all: usize = super::super::clip::tensor_shapes(&backbone.encoder).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        let lora = Tuning::Lora { rank: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "out_proj".into(), "fc1".into()] };
+        let all: usize =
+            super::super::clip::tensor_shapes(&backbone.encoder).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let lora = Tuning::Lora {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "out_proj".into(), "fc1".into()],
+        };
         for (tuning, expected) in [
             (Tuning::LinearProbe, head),
             // pre_layrnorm, post_layernorm and two per layer, each weight + bias.

@@ -3,9 +3,9 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 
-use super::params::{empty, Loader, Visit, Walker};
-use super::tensors::TensorMap;
+use super::params::{Loader, Visit, Walker, empty};
 use super::spec::HeadKind;
+use super::tensors::TensorMap;
 use crate::Result;
 
 /// What the head returns.
@@ -49,11 +49,8 @@ impl Head {
     /// `[b, d]` -> logits `[b, classes]` and normalised features `[b, d]`.
     pub fn forward(&self, features: Tensor<2>) -> HeadOutput {
         let normalized = l2_normalize(features.clone());
-        let logits = if self.normalize {
-            self.linear.forward(normalized.clone())
-        } else {
-            self.linear.forward(features)
-        };
+        let logits =
+            if self.normalize { self.linear.forward(normalized.clone()) } else { self.linear.forward(features) };
         HeadOutput { logits, features: normalized }
     }
 }

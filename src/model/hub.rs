@@ -34,23 +34,14 @@ impl Hub {
     /// `HUGGINGFACE_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE`.
     pub fn from_env() -> Self {
         let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
             .unwrap_or(false);
         Self::new(hf_hub::resolve_cache_dir(), offline)
     }
 
     /// An explicit cache folder (laid out as HF's `hub/` folder: `models--org--name/...`).
     pub fn new(cache_dir: impl Into<PathBuf>, offline: bool) -> Self {
-        Self {
-            cache_dir: cache_dir.into(),
-            offline,
-            client: OnceLock::new(),
-        }
+        Self { cache_dir: cache_dir.into(), offline, client: OnceLock::new() }
     }
 
     /// The cache folder searched and written.
@@ -66,10 +57,7 @@ impl Hub {
     fn client(&self) -> std::result::Result<&HFClientSync, String> {
         self.client
             .get_or_init(|| {
-                let inner = HFClient::builder()
-                    .cache_dir(&self.cache_dir)
-                    .build()
-                    .map_err(|e| e.to_string())?;
+                let inner = HFClient::builder().cache_dir(&self.cache_dir).build().map_err(|e| e.to_string())?;
                 HFClientSync::from_inner(inner).map_err(|e| e.to_string())
             })
             .as_ref()
@@ -83,13 +71,7 @@ impl Hub {
             Err(e) => return Lookup::Unavailable(e),
         };
         let (owner, name) = hf_hub::split_id(repo_id);
-        match client
-            .model(owner, name)
-            .download_file()
-            .filename(filename)
-            .local_files_only(true)
-            .send()
-        {
+        match client.model(owner, name).download_file().filename(filename).local_files_only(true).send() {
             Ok(path) => Lookup::Found(path),
             Err(HFError::EntryNotFound { .. }) => Lookup::Absent, // a cached "no-exist" marker
             Err(_) => Lookup::Unavailable("not in the cache".into()),
@@ -109,25 +91,21 @@ impl Hub {
         let (owner, name) = hf_hub::split_id(repo_id);
         let repo = client.model(owner, name);
         if self.offline {
-            return Lookup::Unavailable(
-                "offline (HF_HUB_OFFLINE is set) and not in the cache".into(),
-            );
+            return Lookup::Unavailable("offline (HF_HUB_OFFLINE is set) and not in the cache".into());
         }
         match repo.download_file().filename(filename).send() {
             Ok(path) => Lookup::Found(path),
             Err(HFError::EntryNotFound { .. }) => Lookup::Absent,
-            Err(HFError::RepoNotFound { .. }) => Lookup::Unavailable(
-                "repository not found on the Hub (or private: set HF_TOKEN)".into(),
-            ),
-            Err(HFError::LocalEntryNotFound { .. }) => Lookup::Unavailable(
-                "the Hub is unreachable and the file is not in the cache".into(),
-            ),
-            Err(HFError::Request { source, .. }) => Lookup::Unavailable(format!(
-                "the Hub is unreachable and the file is not in the cache ({source})"
-            )),
-            Err(e) => Lookup::Unavailable(format!(
-                "the Hub failed and the file is not in the cache ({e})"
-            )),
+            Err(HFError::RepoNotFound { .. }) => {
+                Lookup::Unavailable("repository not found on the Hub (or private: set HF_TOKEN)".into())
+            }
+            Err(HFError::LocalEntryNotFound { .. }) => {
+                Lookup::Unavailable("the Hub is unreachable and the file is not in the cache".into())
+            }
+            Err(HFError::Request { source, .. }) => {
+                Lookup::Unavailable(format!("the Hub is unreachable and the file is not in the cache ({source})"))
+            }
+            Err(e) => Lookup::Unavailable(format!("the Hub failed and the file is not in the cache ({e})")),
         }
     }
 
@@ -135,9 +113,7 @@ impl Hub {
     pub fn file(&self, repo_id: &str, filename: &str) -> Result<PathBuf> {
         match self.lookup(repo_id, filename) {
             Lookup::Found(path) => Ok(path),
-            Lookup::Absent => Err(Error::Hub(format!(
-                "Hugging Face repo `{repo_id}` has no file `{filename}`"
-            ))),
+            Lookup::Absent => Err(Error::Hub(format!("Hugging Face repo `{repo_id}` has no file `{filename}`"))),
             Lookup::Unavailable(reason) => Err(self.missing(repo_id, &[filename], &reason)),
         }
     }
@@ -146,13 +122,7 @@ impl Hub {
     pub fn missing(&self, repo_id: &str, files: &[&str], reason: &str) -> Error {
         let what = match files {
             [one] => format!("`{one}`"),
-            many => format!(
-                "any of {}",
-                many.iter()
-                    .map(|f| format!("`{f}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            many => format!("any of {}", many.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")),
         };
         Error::Hub(format!(
             "cannot get {what} of Hugging Face repo `{repo_id}`: {reason} (cache: {cache}). \
@@ -169,9 +139,7 @@ pub fn looks_like_repo_id(s: &str) -> bool {
         !part.is_empty()
             && !part.starts_with('.')
             && !part.ends_with('.')
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     match s.split_once('/') {
         Some((owner, name)) => ok(owner) && ok(name) && !name.contains('/'),

@@ -14,7 +14,7 @@ pub mod params;
 pub mod spec;
 pub mod tensors;
 
-pub use checkpoint::{load_checkpoint, Checkpoint};
+pub use checkpoint::{Checkpoint, load_checkpoint};
 pub use detector::Detector;
 pub use dtype::Dtype;
 pub use spec::{HeadKind, ModelSpec, Tuning};

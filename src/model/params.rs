@@ -15,8 +15,8 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use super::lora::Lora;
-use super::tensors::{HostTensor, TensorMap, transpose};
 use super::spec::Tuning;
+use super::tensors::{HostTensor, TensorMap, transpose};
 use crate::Result;
 
 /// How a module tensor relates to its checkpoint tensor.

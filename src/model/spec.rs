@@ -50,12 +50,7 @@ pub enum Tuning {
     /// Every LayerNorm's weight and bias, plus the head (the paper's choice).
     LnTuning,
     /// LoRA adapters (peft semantics: scaling alpha / rank) on `target_modules`.
-    Lora {
-        rank: usize,
-        alpha: f64,
-        dropout: f64,
-        target_modules: Vec<String>,
-    },
+    Lora { rank: usize, alpha: f64, dropout: f64, target_modules: Vec<String> },
     /// Everything trains.
     Full,
 }
@@ -79,18 +74,9 @@ mod tests {
 
     #[test]
     fn head_kind_names() {
-        assert_eq!(
-            HeadKind::from_name("LinearNorm"),
-            Some(HeadKind::LinearNorm)
-        );
+        assert_eq!(HeadKind::from_name("LinearNorm"), Some(HeadKind::LinearNorm));
         assert_eq!(HeadKind::from_name("linear"), Some(HeadKind::Linear));
-        assert_eq!(
-            serde_json::to_string(&HeadKind::LinearNorm).unwrap(),
-            "\"LinearNorm\""
-        );
-        assert_eq!(
-            serde_json::from_str::<HeadKind>("\"linear\"").unwrap(),
-            HeadKind::Linear
-        );
+        assert_eq!(serde_json::to_string(&HeadKind::LinearNorm).unwrap(), "\"LinearNorm\"");
+        assert_eq!(serde_json::from_str::<HeadKind>("\"linear\"").unwrap(), HeadKind::Linear);
     }
 }

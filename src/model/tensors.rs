@@ -17,12 +17,7 @@ pub struct HostTensor {
 impl HostTensor {
     /// A tensor of `shape` holding `data`; panics if their sizes differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "HostTensor: shape {shape:?} vs {} values",
-            data.len()
-        );
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "HostTensor: shape {shape:?} vs {} values", data.len());
         Self { shape, data }
     }
     /// Number of elements.
@@ -46,10 +41,7 @@ pub struct TensorMap {
 impl TensorMap {
     /// An empty map; `path` names the source in errors.
     pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            tensors: BTreeMap::new(),
-        }
+        Self { path, tensors: BTreeMap::new() }
     }
     /// Adds (or replaces) `key`.
     pub fn insert(&mut self, key: String, t: HostTensor) {
@@ -60,10 +52,7 @@ impl TensorMap {
         let t = self
             .tensors
             .remove(key)
-            .ok_or_else(|| Error::MissingTensor {
-                path: self.path.clone(),
-                key: key.to_string(),
-            })?;
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), key: key.to_string() })?;
         if t.shape != shape {
             return Err(Error::ShapeMismatch {
                 path: self.path.clone(),
@@ -79,10 +68,7 @@ impl TensorMap {
         if self.tensors.is_empty() {
             Ok(())
         } else {
-            Err(Error::UnexpectedTensors {
-                path: self.path,
-                keys: self.tensors.into_keys().collect(),
-            })
+            Err(Error::UnexpectedTensors { path: self.path, keys: self.tensors.into_keys().collect() })
         }
     }
     pub fn keys(&self) -> impl Iterator<Item = &String> {

@@ -66,10 +66,7 @@ impl PixelConfig {
         if let Some(size) = v.get("size") {
             config.shortest_edge = match size {
                 serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| bad("size"))? as usize,
-                obj => obj
-                    .get("shortest_edge")
-                    .and_then(|n| n.as_u64())
-                    .ok_or_else(|| bad("size"))? as usize,
+                obj => obj.get("shortest_edge").and_then(|n| n.as_u64()).ok_or_else(|| bad("size"))? as usize,
             };
         }
         // `crop_size` is an int or {"height": h, "width": w}.
@@ -108,12 +105,16 @@ impl PixelConfig {
         }
         // A crop of 0 pixels cannot be scored, and one past 4096 (the encoders take 224-448) is
         // a typo that would allocate gigabytes per image.
-        for (key, n) in [("size", config.shortest_edge), ("crop_size", config.crop_size[0]), ("crop_size", config.crop_size[1])] {
+        for (key, n) in
+            [("size", config.shortest_edge), ("crop_size", config.crop_size[0]), ("crop_size", config.crop_size[1])]
+        {
             if !(1..=MAX_SIDE).contains(&n) {
                 return Err(Error::format(path, format!("`{key}` {n} is outside 1..={MAX_SIDE} pixels")));
             }
         }
-        if config.image_std.iter().any(|&s| !s.is_finite() || s == 0.0) || config.image_mean.iter().any(|m| !m.is_finite()) {
+        if config.image_std.iter().any(|&s| !s.is_finite() || s == 0.0)
+            || config.image_mean.iter().any(|m| !m.is_finite())
+        {
             return Err(Error::format(path, "`image_mean` must be finite and `image_std` finite and non-zero"));
         }
         if let Some(r) = v.get("resample") {
@@ -437,11 +438,7 @@ pub fn resize_and_crop(img: &RgbImage, cfg: &PixelConfig) -> RgbImage {
     } else {
         img.clone()
     };
-    if cfg.do_center_crop {
-        center_crop(&resized, cfg.crop_size[0], cfg.crop_size[1])
-    } else {
-        resized
-    }
+    if cfg.do_center_crop { center_crop(&resized, cfg.crop_size[0], cfg.crop_size[1]) } else { resized }
 }
 
 /// The full pipeline: `[3, H, W]` f32, channel-major, as `CLIPImageProcessor` computes it.
@@ -454,11 +451,7 @@ pub fn pixel_values(img: &RgbImage, cfg: &PixelConfig) -> Vec<f32> {
     let plane = img.width() as usize * img.height() as usize;
     // `rescale_factor` is stored as f32; HF multiplies by the Python float. Recover the f64
     // for the usual 1/255 (the f32 product differs from HF's in 126 of the 256 levels).
-    let scale = if cfg.rescale_factor == (1.0f64 / 255.0) as f32 {
-        1.0 / 255.0
-    } else {
-        f64::from(cfg.rescale_factor)
-    };
+    let scale = if cfg.rescale_factor == (1.0f64 / 255.0) as f32 { 1.0 / 255.0 } else { f64::from(cfg.rescale_factor) };
     let mut out = vec![0f32; 3 * plane];
     for c in 0..3 {
         let (mean, std) = (cfg.image_mean[c], cfg.image_std[c]);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lora::LoraConfig;
 use super::loss::LossConfig;
-use super::params::{Selection, LN_TARGETS};
+use super::params::{LN_TARGETS, Selection};
 use super::schedule::Scheduler;
 use crate::data::sets::SetSpec;
 use crate::model::spec::{HeadKind, Tuning};
@@ -69,7 +69,9 @@ impl Files {
         match self {
             Files::Lists(lists) if lists.is_empty() => Vec::new(),
             Files::Lists(lists) => vec![SetSpec { name: "all".into(), lists: lists.clone() }],
-            Files::Named(sets) => sets.iter().map(|(name, lists)| SetSpec { name: name.clone(), lists: lists.clone() }).collect(),
+            Files::Named(sets) => {
+                sets.iter().map(|(name, lists)| SetSpec { name: name.clone(), lists: lists.clone() }).collect()
+            }
         }
     }
 
@@ -233,7 +235,9 @@ impl TrainConfig {
         let (text, source) = if overrides.is_empty() {
             (original, path.map_or_else(PathBuf::new, Path::to_path_buf))
         } else {
-            let mut doc = original.parse::<toml::Table>().map_err(|e| Error::format(path.unwrap_or(Path::new("")), e.to_string()))?;
+            let mut doc = original
+                .parse::<toml::Table>()
+                .map_err(|e| Error::format(path.unwrap_or(Path::new("")), e.to_string()))?;
             for o in overrides {
                 apply_override(&mut doc, o)?;
             }
@@ -281,9 +285,10 @@ impl TrainConfig {
             return bad(
                 "batch_size",
                 format!(
-                "{} is not a multiple of mini_batch_size {} (gradients are accumulated over whole mini-batches)",
-                self.batch_size, self.mini_batch_size
-            ));
+                    "{} is not a multiple of mini_batch_size {} (gradients are accumulated over whole mini-batches)",
+                    self.batch_size, self.mini_batch_size
+                ),
+            );
         }
         let l = &self.loss;
         if [l.ce_labels, l.bce_labels, l.uniformity, l.alignment_labels].iter().all(|&w| w == 0.0) {
@@ -300,7 +305,10 @@ impl TrainConfig {
             return bad("lr", format!("{} must be positive and min_lr {} non-negative", self.lr, self.min_lr));
         }
         if !["32", "32-true"].contains(&self.precision.as_str()) {
-            return bad("precision", format!("`{}`: dfdet trains in f32 only; expected one of `32`, `32-true`", self.precision));
+            return bad(
+                "precision",
+                format!("`{}`: dfdet trains in f32 only; expected one of `32`, `32-true`", self.precision),
+            );
         }
         if self.peft.enabled && self.peft.lora.enabled && self.peft.ln_tuning.enabled {
             return bad("peft", "enable either lora or ln_tuning, not both (as the reference)".into());
@@ -387,9 +395,9 @@ fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
             return Ok(());
         }
         let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| Error::config(format!("--set `{assignment}`"), format!("`{}` is not a table", parts[..=i].join("."))))?;
+        table = entry.as_table_mut().ok_or_else(|| {
+            Error::config(format!("--set `{assignment}`"), format!("`{}` is not a table", parts[..=i].join(".")))
+        })?;
     }
     Ok(())
 }

@@ -8,11 +8,11 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use super::augment::augment;
-use crate::rng::{Rng, Stream};
-use crate::data::sets::Split;
 use crate::data::InputError;
+use crate::data::sets::Split;
 use crate::model::config::PixelConfig;
 use crate::preprocess::pixels::{load_rgb, pixel_values};
+use crate::rng::{Rng, Stream};
 
 /// The order of a split's frames in `epoch` (PyTorch's `shuffle=True`, dfdet's stream).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
@@ -46,7 +46,9 @@ pub fn load_batch(
             let path = Path::new(&split.files[i]);
             load_rgb(path).map(|img| {
                 let img = match augment_with {
-                    Some((seed, epoch)) => augment(&img, &mut Rng::derive(seed, Stream::Augment, &[epoch as u64, i as u64])),
+                    Some((seed, epoch)) => {
+                        augment(&img, &mut Rng::derive(seed, Stream::Augment, &[epoch as u64, i as u64]))
+                    }
                     None => img,
                 };
                 pixel_values(&img, pixels)

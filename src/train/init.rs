@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
 use crate::model::config::Backbone;
 use crate::model::hub::Hub;
-use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::{Error, Result};
 
@@ -65,16 +65,12 @@ pub fn vision_tensors(path: &Path) -> Result<TensorMap> {
             safetensors::Dtype::F32 => {
                 view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
             }
-            safetensors::Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            safetensors::Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            safetensors::Dtype::F16 => {
+                view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            safetensors::Dtype::BF16 => {
+                view.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
             other => return Err(Error::format(path, format!("tensor `{name}` has dtype {other:?}, not a float type"))),
         };
         map.insert(name, HostTensor::new(view.shape().to_vec(), data));

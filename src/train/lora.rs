@@ -7,9 +7,9 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::rng::{Rng, Stream};
-use crate::model::lora::Lora;
 use crate::model::Detector;
+use crate::model::lora::Lora;
+use crate::rng::{Rng, Stream};
 use crate::{Error, Result};
 
 /// The reference's `LoRA` settings.

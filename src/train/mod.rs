@@ -6,12 +6,12 @@
 //! final test pass; resumable at any saved step.
 
 pub mod augment;
+pub mod config;
 pub mod data;
 pub mod forward;
-pub mod config;
 pub mod init;
-pub mod loss;
 pub mod lora;
+pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod run;

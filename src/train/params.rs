@@ -17,13 +17,13 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Gradients;
 
+use crate::model::Detector;
 use crate::model::checkpoint::HostTensor;
 use crate::model::clip::{ATTENTION_PROJECTIONS, MLP_PROJECTIONS, ROOT};
 use crate::model::lora::Lora;
+pub use crate::model::params::{LN_TARGETS, Layout, Selection, host};
+use crate::model::params::{Slot, is_adapter};
 use crate::model::tensors::transpose;
-use crate::model::params::{is_adapter, Slot};
-pub use crate::model::params::{host, Layout, Selection, LN_TARGETS};
-use crate::model::Detector;
 use crate::{Error, Result};
 
 /// The original's parameter groups: no weight decay on a name with "bias" or "norm".

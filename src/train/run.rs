@@ -13,8 +13,8 @@ use super::config::TrainConfig;
 use super::data::{FeatureCache, epoch_order, load_batch};
 use super::forward::{HeadPass, encode, head_pass};
 use super::init::base_clip;
-use super::loss::LossValues;
 use super::lora;
+use super::loss::LossValues;
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{Trainable, export, host};
 use super::schedule::Schedule;
@@ -25,8 +25,8 @@ use super::validate::{loss_rows, metric_rows, score_val};
 use crate::data::sets::Split;
 use crate::eval::unifalign::{alignment, uniformity};
 use crate::eval::video::frame_and_video;
-use crate::model::checkpoint::load_checkpoint;
 use crate::model::Detector;
+use crate::model::checkpoint::load_checkpoint;
 use crate::progress::Observer;
 use crate::rng::{Rng, Stream};
 use crate::score::{TestOutcome, test_split};
@@ -148,9 +148,8 @@ impl Trainer {
         };
 
         let (state, log) = if resuming {
-            let last = dir.last_for_resume().ok_or_else(|| {
-                Error::format(&dir.dir, "no checkpoints/last to resume from")
-            })?;
+            let last =
+                dir.last_for_resume().ok_or_else(|| Error::format(&dir.dir, "no checkpoints/last to resume from"))?;
             let state = load_state(&last, &mut trainable, &mut adam)?;
             let log = MetricsLog::open(&dir.metrics(), state.metrics_bytes)?;
             obs.message(&format!(
@@ -259,7 +258,13 @@ impl Trainer {
 
     /// One optimizer step over `chunks` (its mini-batches, the first being mini-batch
     /// `first_mb` of the epoch). Returns the mean loss of its finite mini-batches and the lr.
-    fn optimizer_step(&mut self, epoch: usize, first_mb: usize, chunks: &[&[usize]], obs: &mut dyn Observer) -> Result<(Option<f64>, f64)> {
+    fn optimizer_step(
+        &mut self,
+        epoch: usize,
+        first_mb: usize,
+        chunks: &[&[usize]],
+        obs: &mut dyn Observer,
+    ) -> Result<(Option<f64>, f64)> {
         let lr = self.schedule.lr_at(self.state.global_step);
         let bound = self.trainable.bind(&mut self.detector, &self.autodiff);
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.trainable.params.len()];
@@ -271,7 +276,11 @@ impl Trainer {
             let Some(out) = self.minibatch(epoch, mb, chunk, obs)? else { continue };
             let (values, total, stats) = out;
             if values.total.is_nan() {
-                obs.message(&format!("warning: NaN loss at epoch {}, step {}: mini-batch skipped", epoch + 1, self.state.global_step));
+                obs.message(&format!(
+                    "warning: NaN loss at epoch {}, step {}: mini-batch skipped",
+                    epoch + 1,
+                    self.state.global_step
+                ));
                 add_row(&mut step_rows, "train/nan_skipped", 1.0);
                 continue;
             }
@@ -303,7 +312,13 @@ impl Trainer {
     /// Forward of one training mini-batch: the loss values, the loss tensor, and logged
     /// statistics. `None` if no frame of it could be read.
     #[allow(clippy::type_complexity)]
-    fn minibatch(&mut self, epoch: usize, mb: u64, index: &[usize], obs: &mut dyn Observer) -> Result<Option<(LossValues, Tensor<1>, Vec<(String, f64)>)>> {
+    fn minibatch(
+        &mut self,
+        epoch: usize,
+        mb: u64,
+        index: &[usize],
+        obs: &mut dyn Observer,
+    ) -> Result<Option<(LossValues, Tensor<1>, Vec<(String, f64)>)>> {
         let seed = self.config.seed;
         let index: Vec<usize> = index.iter().copied().filter(|i| !self.unreadable.contains(i)).collect();
         let augment = self.config.augmentations.then_some((seed, epoch));
@@ -318,7 +333,8 @@ impl Trainer {
             }
         };
         let cache = self.cache.as_ref().map(|(trn, _)| trn);
-        let (ok, pooled, errors) = encode(&mut self.detector, &self.trn, &index, cache, augment, &self.device, before_forward);
+        let (ok, pooled, errors) =
+            encode(&mut self.detector, &self.trn, &index, cache, augment, &self.device, before_forward);
         for e in errors {
             obs.message(&format!("warning: {}: {} (left out of training)", e.path, e.reason));
             if let Some(i) = self.trn.files.iter().position(|f| *f == e.path) {

@@ -7,8 +7,8 @@
 
 use burn::prelude::*;
 
-use crate::rng::Rng;
 use crate::model::head::l2_normalize;
+use crate::rng::Rng;
 
 /// Spherical interpolation of the rows of `a` and `b` (`[n, d]`) at `t` (`[n, 1]`), both
 /// L2-normalised first, `cos θ` clamped to `[-1 + 1e-7, 1 - 1e-7]`:

@@ -28,7 +28,13 @@ impl Splits {
 }
 
 /// Loads a split and checks that it holds every class.
-fn load_split(key: &str, config: &TrainConfig, files: &Files, limit: Option<usize>, obs: &mut dyn Observer) -> Result<Split> {
+fn load_split(
+    key: &str,
+    config: &TrainConfig,
+    files: &Files,
+    limit: Option<usize>,
+    obs: &mut dyn Observer,
+) -> Result<Split> {
     let specs = files.set_specs();
     if specs.is_empty() {
         return Err(Error::config(key, "is empty: give its list files"));
@@ -43,7 +49,11 @@ fn load_split(key: &str, config: &TrainConfig, files: &Files, limit: Option<usiz
     }
     for class in 0..config.num_classes {
         if !split.labels.contains(&class) {
-            let what = if class == 0 { "real (class 0: a source folder whose name contains \"real\")" } else { "fake (class 1)" };
+            let what = if class == 0 {
+                "real (class 0: a source folder whose name contains \"real\")"
+            } else {
+                "fake (class 1)"
+            };
             return Err(Error::config(
                 key,
                 format!(

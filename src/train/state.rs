@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Moments};
 use super::params::Trainable;
+use crate::model::checkpoint::{HostTensor, save_dfdet};
 use crate::model::config::Backbone;
-use crate::model::checkpoint::{save_dfdet, HostTensor};
 use crate::model::spec::ModelSpec;
 use crate::{Error, Result};
 
@@ -154,7 +154,8 @@ pub fn save_checkpoint(
                 .map_err(|e| Error::output(tmp.join(STATE_TENSORS), format!("state tensor `{key}`: {e}")))?;
             views.push((key.as_str(), view));
         }
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::output(tmp.join(STATE_TENSORS), e.to_string()))?;
+        let bytes =
+            safetensors::serialize(views, None).map_err(|e| Error::output(tmp.join(STATE_TENSORS), e.to_string()))?;
         write_file(&tmp.join(STATE_TENSORS), &bytes)?;
         let json = serde_json::to_vec(state).map_err(|e| Error::output(tmp.join(STATE_JSON), e.to_string()))?;
         write_file(&tmp.join(STATE_JSON), &json)?;
@@ -191,7 +192,8 @@ pub fn load_state(dir: &Path, trainable: &mut Trainable, adam: &mut AdamW) -> Re
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&path, e.to_string()))?;
     let read = |key: &str, n: usize| -> Result<Vec<f32>> {
         let view = st.tensor(key).map_err(|_| Error::MissingTensor { path: path.clone(), key: key.to_string() })?;
-        let v: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        let v: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
         if v.len() != n {
             return Err(Error::format(&path, format!("`{key}` has {} values, expected {n}", v.len())));
         }

@@ -91,7 +91,9 @@ pub fn score_val(
 /// The reference's loss log names: `<stage>/loss`, `<stage>/loss_ce`, ...
 pub fn loss_rows(stage: &str, v: &LossValues) -> Vec<(String, f64)> {
     let mut out = vec![(format!("{stage}/loss"), v.total)];
-    for (name, x) in [("ce", v.ce_labels), ("bce", v.bce_labels), ("uniformity", v.uniformity), ("alignment", v.alignment_labels)] {
+    for (name, x) in
+        [("ce", v.ce_labels), ("bce", v.bce_labels), ("uniformity", v.uniformity), ("alignment", v.alignment_labels)]
+    {
         if let Some(x) = x {
             out.push((format!("{stage}/loss_{name}"), x));
         }

@@ -16,11 +16,7 @@ fn fixture() -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 /// Compares an optional value with the fixture's number or null; returns |Δ|.
@@ -49,33 +45,17 @@ fn check_metrics(what: &str, got: &Metrics, want: &Value) -> f64 {
         worst = worst.max(check_opt(&format!("{what} {key}"), value, &want[key]));
     }
     let tpr = &got.tpr_at_fpr;
-    for (key, value) in [
-        ("0.001", tpr.fpr_0_001),
-        ("0.01", tpr.fpr_0_01),
-        ("0.05", tpr.fpr_0_05),
-    ] {
-        worst = worst.max(check_opt(
-            &format!("{what} tpr@{key}"),
-            value,
-            &want["tpr_at_fpr"][key],
-        ));
+    for (key, value) in [("0.001", tpr.fpr_0_001), ("0.01", tpr.fpr_0_01), ("0.05", tpr.fpr_0_05)] {
+        worst = worst.max(check_opt(&format!("{what} tpr@{key}"), value, &want["tpr_at_fpr"][key]));
     }
-    assert_eq!(
-        got.n_samples as u64,
-        want["n_samples"].as_u64().unwrap(),
-        "{what} n_samples"
-    );
+    assert_eq!(got.n_samples as u64, want["n_samples"].as_u64().unwrap(), "{what} n_samples");
     let per_class: Vec<usize> = serde_json::from_value(want["n_per_class"].clone()).unwrap();
     assert_eq!(got.n_per_class, per_class, "{what} n_per_class");
-    let confusion: Vec<Vec<usize>> =
-        serde_json::from_value(want["confusion_matrix"].clone()).unwrap();
+    let confusion: Vec<Vec<usize>> = serde_json::from_value(want["confusion_matrix"].clone()).unwrap();
     assert_eq!(got.confusion_matrix, confusion, "{what} confusion_matrix");
     // Every null comes with a reason.
     let has_null = [got.auroc, got.map, got.eer].iter().any(Option::is_none);
-    assert!(
-        !has_null || !got.warnings.is_empty(),
-        "{what}: None without a warning"
-    );
+    assert!(!has_null || !got.warnings.is_empty(), "{what}: None without a warning");
     worst
 }
 
@@ -90,43 +70,20 @@ fn frame_and_video_metrics_match_sklearn() {
         let n_classes = case["n_classes"].as_u64().unwrap() as usize;
         let files: Vec<String> = serde_json::from_value(case["files"].clone()).unwrap();
         let labels: Vec<usize> = serde_json::from_value(case["labels"].clone()).unwrap();
-        let probs: Vec<f64> = case["probs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(floats)
-            .collect();
+        let probs: Vec<f64> = case["probs"].as_array().unwrap().iter().flat_map(floats).collect();
         let binary = case["binary"].as_bool().unwrap();
 
         let e = frame_and_video(&files, &probs, &labels, n_classes, binary).unwrap();
         let want = &case["expected"];
-        worst = worst.max(check_metrics(
-            &format!("{name} frame"),
-            &e.frame,
-            &want["frame"],
-        ));
-        worst = worst.max(check_metrics(
-            &format!("{name} video"),
-            &e.video,
-            &want["video"],
-        ));
+        worst = worst.max(check_metrics(&format!("{name} frame"), &e.frame, &want["frame"]));
+        worst = worst.max(check_metrics(&format!("{name} video"), &e.video, &want["video"]));
 
         let videos: Vec<String> = serde_json::from_value(want["videos"].clone()).unwrap();
         assert_eq!(e.videos.videos, videos, "{name} video order");
-        let video_labels: Vec<usize> =
-            serde_json::from_value(want["video_labels"].clone()).unwrap();
+        let video_labels: Vec<usize> = serde_json::from_value(want["video_labels"].clone()).unwrap();
         assert_eq!(e.videos.labels, video_labels, "{name} video labels");
-        let video_probs: Vec<f64> = want["video_probs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(floats)
-            .collect();
-        assert_eq!(
-            e.videos.probs.len(),
-            video_probs.len(),
-            "{name} video probs"
-        );
+        let video_probs: Vec<f64> = want["video_probs"].as_array().unwrap().iter().flat_map(floats).collect();
+        assert_eq!(e.videos.probs.len(), video_probs.len(), "{name} video probs");
         for (g, w) in e.videos.probs.iter().zip(&video_probs) {
             assert!((g - w).abs() <= TOL, "{name} video probs: {g} vs {w}");
             worst = worst.max((g - w).abs());
@@ -134,15 +91,9 @@ fn frame_and_video_metrics_match_sklearn() {
 
         // The JSON a run folder gets: nulls, never NaN.
         let json = serde_json::to_string(&e.frame).unwrap();
-        assert!(
-            !json.contains("NaN") && json.contains("\"mAP\""),
-            "{name}: {json}"
-        );
+        assert!(!json.contains("NaN") && json.contains("\"mAP\""), "{name}: {json}");
     }
-    eprintln!(
-        "metrics parity: max |Δ| = {worst:e} over {} cases",
-        cases.len()
-    );
+    eprintln!("metrics parity: max |Δ| = {worst:e} over {} cases", cases.len());
 }
 
 #[test]
@@ -163,40 +114,17 @@ fn curves_match_sklearn() {
         let scores = floats(&case["scores"]);
 
         let roc = roc_curve(&labels, &scores).unwrap();
-        close(
-            &format!("{name} fpr"),
-            &roc.fpr,
-            &floats(&case["roc"]["fpr"]),
-        );
-        close(
-            &format!("{name} tpr"),
-            &roc.tpr,
-            &floats(&case["roc"]["tpr"]),
-        );
+        close(&format!("{name} fpr"), &roc.fpr, &floats(&case["roc"]["fpr"]));
+        close(&format!("{name} tpr"), &roc.tpr, &floats(&case["roc"]["tpr"]));
         let th = case["roc"]["thresholds"].as_array().unwrap();
-        assert!(
-            th[0].is_null() && roc.thresholds[0] == f64::INFINITY,
-            "{name}: first threshold +inf"
-        );
+        assert!(th[0].is_null() && roc.thresholds[0] == f64::INFINITY, "{name}: first threshold +inf");
         let th: Vec<f64> = th[1..].iter().map(|x| x.as_f64().unwrap()).collect();
         close(&format!("{name} roc thresholds"), &roc.thresholds[1..], &th);
 
         let pr = precision_recall_curve(&labels, &scores);
-        close(
-            &format!("{name} precision"),
-            &pr.precision,
-            &floats(&case["pr"]["precision"]),
-        );
-        close(
-            &format!("{name} recall"),
-            &pr.recall,
-            &floats(&case["pr"]["recall"]),
-        );
-        close(
-            &format!("{name} pr thresholds"),
-            &pr.thresholds,
-            &floats(&case["pr"]["thresholds"]),
-        );
+        close(&format!("{name} precision"), &pr.precision, &floats(&case["pr"]["precision"]));
+        close(&format!("{name} recall"), &pr.recall, &floats(&case["pr"]["recall"]));
+        close(&format!("{name} pr thresholds"), &pr.thresholds, &floats(&case["pr"]["thresholds"]));
     }
     eprintln!("curve parity: max |Δ| = {worst:e}");
 }
@@ -205,30 +133,15 @@ fn curves_match_sklearn() {
 fn unsorted_input_gives_the_same_frame_metrics() {
     // Reversing the samples changes nothing at frame level (ties included).
     let fixture = fixture();
-    let case = fixture["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "heavy_ties")
-        .unwrap();
+    let case = fixture["cases"].as_array().unwrap().iter().find(|c| c["name"] == "heavy_ties").unwrap();
     let labels: Vec<usize> = serde_json::from_value(case["labels"].clone()).unwrap();
-    let rows: Vec<Vec<f64>> = case["probs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(floats)
-        .collect();
+    let rows: Vec<Vec<f64>> = case["probs"].as_array().unwrap().iter().map(floats).collect();
     let probs: Vec<f64> = rows.iter().flatten().copied().collect();
     let rev_labels: Vec<usize> = labels.iter().rev().copied().collect();
     let rev_probs: Vec<f64> = rows.iter().rev().flatten().copied().collect();
     let a = dfdet::eval::metrics::compute_metrics(&probs, &labels, 2).unwrap();
     let b = dfdet::eval::metrics::compute_metrics(&rev_probs, &rev_labels, 2).unwrap();
-    for (x, y) in [
-        (a.auroc, b.auroc),
-        (a.map, b.map),
-        (a.eer, b.eer),
-        (a.f1_score, b.f1_score),
-    ] {
+    for (x, y) in [(a.auroc, b.auroc), (a.map, b.map), (a.eer, b.eer), (a.f1_score, b.f1_score)] {
         assert!((x.unwrap() - y.unwrap()).abs() < 1e-12);
     }
 }

@@ -12,17 +12,8 @@ use crate::common::{read_json, skip_or_fail};
 
 fn case(name: &str) -> (Vec<f64>, Vec<usize>, usize) {
     let fixture: Value = read_json("metrics_cases.json");
-    let case = fixture["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap();
-    let probs = case["probs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.as_array().unwrap().clone());
+    let case = fixture["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+    let probs = case["probs"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().clone());
     let probs = probs.map(|x| x.as_f64().unwrap()).collect();
     let labels = serde_json::from_value(case["labels"].clone()).unwrap();
     (probs, labels, case["n_classes"].as_u64().unwrap() as usize)
@@ -53,14 +44,8 @@ fn out_dir() -> (Option<tempfile::TempDir>, PathBuf) {
 }
 
 fn assert_png(path: &Path) {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    assert!(
-        img.width() >= 400 && img.height() >= 400,
-        "{}",
-        path.display()
-    );
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    assert!(img.width() >= 400 && img.height() >= 400, "{}", path.display());
     let first = img.get_pixel(0, 0);
     let differing = img.pixels().filter(|p| *p != first).count();
     assert!(differing > 1000, "{}: nearly blank", path.display());
@@ -68,11 +53,7 @@ fn assert_png(path: &Path) {
 
 fn assert_svg(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
-    assert!(
-        text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
-        "{}",
-        path.display()
-    );
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{}", path.display());
     assert!(text.contains("<text"), "{}: no text", path.display());
 }
 
@@ -82,12 +63,7 @@ fn every_plot_writes_png_and_svg() {
     let (_keep, dir) = out_dir();
     let (probs, labels, n_classes) = case("binary_random_500");
     let names = ["real", "fake"];
-    let scores = Scores {
-        probs: &probs,
-        labels: &labels,
-        n_classes,
-        class_names: &names,
-    };
+    let scores = Scores { probs: &probs, labels: &labels, n_classes, class_names: &names };
     let written = plots::write_plots(&dir.join("binary"), "test", "frame", scores, true).unwrap();
     assert_eq!(written.len(), 12);
     for path in &written {
@@ -103,12 +79,7 @@ fn every_plot_writes_png_and_svg() {
     // Five classes, one by one.
     let (probs, labels, n_classes) = case("multiclass_5");
     let names = ["real", "DF", "F2F", "FS", "NT"];
-    let scores = Scores {
-        probs: &probs,
-        labels: &labels,
-        n_classes,
-        class_names: &names,
-    };
+    let scores = Scores { probs: &probs, labels: &labels, n_classes, class_names: &names };
     let d = dir.join("multiclass");
     plots::roc_plot(&d.join("roc.png"), "ROC", scores).unwrap();
     plots::pr_plot(&d.join("pr.png"), "PR", scores).unwrap();
@@ -130,23 +101,12 @@ fn one_class_and_bad_input() {
     // Only fakes: the ROC has no curve to draw but the file is still written.
     let probs = [0.2, 0.8, 0.6, 0.4, 0.1, 0.9];
     let labels = [1, 1, 1];
-    let scores = Scores {
-        probs: &probs,
-        labels: &labels,
-        n_classes: 2,
-        class_names: &[],
-    };
-    let written =
-        plots::write_plots(&dir.join("one_class"), "val", "video", scores, false).unwrap();
+    let scores = Scores { probs: &probs, labels: &labels, n_classes: 2, class_names: &[] };
+    let written = plots::write_plots(&dir.join("one_class"), "val", "video", scores, false).unwrap();
     assert_eq!(written.len(), 6);
     written.iter().for_each(|p| assert!(image::open(p).is_ok()));
     // Mismatched shapes are an error, not a panic.
-    let bad = Scores {
-        probs: &probs[..5],
-        labels: &labels,
-        n_classes: 2,
-        class_names: &[],
-    };
+    let bad = Scores { probs: &probs[..5], labels: &labels, n_classes: 2, class_names: &[] };
     assert!(plots::roc_plot(&dir.join("bad.png"), "x", bad).is_err());
     assert!(plots::confusion_plot(&dir.join("bad.png"), "x", &[vec![1, 2]], &[], false).is_err());
 }

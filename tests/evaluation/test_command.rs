@@ -8,7 +8,8 @@ const LISTS: &str = "config/datasets";
 
 fn sets() -> [String; 2] {
     let ff = ["real", "DF", "F2F", "FS", "NT"].map(|s| format!("{LISTS}/FF/test/{s}.txt")).join(",");
-    let cdf = ["Celeb-real", "Celeb-synthesis", "YouTube-real"].map(|s| format!("{LISTS}/CDFv2/test/{s}.txt")).join(",");
+    let cdf =
+        ["Celeb-real", "Celeb-synthesis", "YouTube-real"].map(|s| format!("{LISTS}/CDFv2/test/{s}.txt")).join(",");
     [format!("FF={ff}"), format!("CDF={cdf}")]
 }
 
@@ -55,7 +56,10 @@ fn test_run_writes_predictions_metrics_and_plots() {
     for set in ["all", "FF", "CDF"] {
         for level in ["frame", "video"] {
             let plots = out.join(format!("plots/{set}/{level}_metrics"));
-            let pngs = std::fs::read_dir(&plots).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "png").count();
+            let pngs = std::fs::read_dir(&plots)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "png")
+                .count();
             assert_eq!(pngs, 6, "{}", plots.display());
         }
     }
@@ -93,7 +97,8 @@ fn missing_image_in_a_list_is_reported_and_the_rest_evaluated() {
 fn malformed_csv_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("p.csv");
-    std::fs::write(&csv, "files,labels,prob_class_0,prob_class_1\na/b/c/0.png,0,0.9,0.1\na/b/c/1.png,1,0.2,oops\n").unwrap();
+    std::fs::write(&csv, "files,labels,prob_class_0,prob_class_1\na/b/c/0.png,0,0.9,0.1\na/b/c/1.png,1,0.2,oops\n")
+        .unwrap();
     let res = dfdet().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
     assert_eq!(res.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&res.stderr);
@@ -105,7 +110,11 @@ fn malformed_csv_names_the_line() {
 
     std::fs::write(&csv, "files,labels,prob_class_0,prob_class_1\na/b/c/0.png,2,0.9,0.1\n").unwrap();
     let res = dfdet().args(["metrics", csv.to_str().unwrap()]).output().unwrap();
-    assert!(String::from_utf8_lossy(&res.stderr).contains("label 2 is outside"), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        String::from_utf8_lossy(&res.stderr).contains("label 2 is outside"),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 }
 
 /// Three probability columns (per-source classes): p(fake) = max of the fake columns.
@@ -133,7 +142,8 @@ fn metrics_from_a_per_source_csv() {
 fn test_run_from_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let [ff, cdf] = sets();
-    let quote = |s: &str| s.split_once('=').unwrap().1.split(',').map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ");
+    let quote =
+        |s: &str| s.split_once('=').unwrap().1.split(',').map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ");
     let config = dir.path().join("test.toml");
     let weights = fixtures().join("ckpt-ln-linearnorm.ckpt");
     std::fs::write(

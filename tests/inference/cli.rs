@@ -28,7 +28,8 @@ fn predict_json(args: &[&str]) -> (serde_json::Value, std::process::Output) {
 fn json_scores_every_crop_like_the_reference() {
     let weights = fixtures().join(CKPT);
     let datasets = samples().join("datasets");
-    let (json, out) = predict_json(&["--weights", weights.to_str().unwrap(), "--format", "json", datasets.to_str().unwrap()]);
+    let (json, out) =
+        predict_json(&["--weights", weights.to_str().unwrap(), "--format", "json", datasets.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let frames = json["frames"].as_array().unwrap();
     let videos = json["videos"].as_array().unwrap();
@@ -112,7 +113,8 @@ fn list_file_with_relative_paths() {
         std::fs::copy(samples().join("datasets/CDFv2/Celeb-real/id0_0000").join(f), video.join(f)).unwrap();
     }
     let list = dir.path().join("data/list.txt");
-    std::fs::write(&list, "CDFv2/Celeb-real/id0_0000/000.png\nCDFv2/Celeb-real/id0_0000/015.png\nCDFv2/missing.png\n").unwrap();
+    std::fs::write(&list, "CDFv2/Celeb-real/id0_0000/000.png\nCDFv2/Celeb-real/id0_0000/015.png\nCDFv2/missing.png\n")
+        .unwrap();
     let weights = fixtures().join(CKPT);
     let elsewhere = tempfile::tempdir().unwrap();
     let out = dfdet()
@@ -130,17 +132,21 @@ fn list_file_with_relative_paths() {
 #[test]
 fn bad_weights_are_a_clear_error() {
     let png = samples().join("datasets/FF/DF/000_003/025.png");
-    let out = dfdet()
-        .args(["predict", "-w", png.to_str().unwrap(), png.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = dfdet().args(["predict", "-w", png.to_str().unwrap(), png.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("025.png") && stderr.contains("not a PyTorch checkpoint"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     let out = dfdet()
-        .args(["predict", "-w", fixtures().join(CKPT).to_str().unwrap(), "--backbone", "openai/clip-vit-huge", png.to_str().unwrap()])
+        .args([
+            "predict",
+            "-w",
+            fixtures().join(CKPT).to_str().unwrap(),
+            "--backbone",
+            "openai/clip-vit-huge",
+            png.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use dfdet::model::clip::VisionTransformer;
-use dfdet::model::params::Loader;
-use dfdet::model::config::Backbone;
 use dfdet::model::checkpoint::{HostTensor, TensorMap};
-use dfdet::model::{load_checkpoint, Detector};
+use dfdet::model::clip::VisionTransformer;
+use dfdet::model::config::Backbone;
+use dfdet::model::params::Loader;
+use dfdet::model::{Detector, load_checkpoint};
 use dfdet::preprocess::pixels::{load_rgb, pixel_values};
 
 use crate::common::{fixtures, read_json, samples};
@@ -60,7 +60,8 @@ fn encoder_pooler_output_matches_transformers() {
         let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[key].clone()).unwrap();
         assert!(cases.len() >= 6);
         let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
-        let out: Vec<f32> = encoder.forward(batch(&paths, &backbone, &device)).into_data().try_into_vec::<f32>().unwrap();
+        let out: Vec<f32> =
+            encoder.forward(batch(&paths, &backbone, &device)).into_data().try_into_vec::<f32>().unwrap();
         let d = backbone.encoder.hidden_size;
         for (i, (name, want)) in cases.iter().enumerate() {
             let diff = max_abs_diff(&out[i * d..(i + 1) * d], want);

@@ -38,7 +38,6 @@ fn compare(got: &[Face], want: &Value, what: &str) -> f64 {
     worst
 }
 
-
 /// RetinaFace under tract against onnxruntime, relative: 3.5e-7 was measured on an AVX-512 CPU;
 /// tract picks its kernels by CPU, so the bound (and the README's claim) leaves room for others.
 const RETINAFACE_REL_TOL: f64 = 1e-6;

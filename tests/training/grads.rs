@@ -6,14 +6,14 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
+use dfdet::model::Detector;
 use dfdet::model::checkpoint::HostTensor;
 use dfdet::model::spec::{HeadKind, Tuning};
-use dfdet::model::Detector;
 use dfdet::preprocess::pixels::{load_rgb, pixel_values};
 use dfdet::train::init::base_clip;
-use dfdet::train::lora::{attach, LoraConfig};
-use dfdet::train::loss::{compute, LossConfig};
-use dfdet::train::params::{Selection, Trainable, LN_TARGETS};
+use dfdet::train::lora::{LoraConfig, attach};
+use dfdet::train::loss::{LossConfig, compute};
+use dfdet::train::params::{LN_TARGETS, Selection, Trainable};
 use serde_json::Value;
 
 use crate::common::{read_json, samples};
@@ -64,8 +64,12 @@ fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
         attach(&mut detector, &config, 0).unwrap();
         let mut t = Trainable::select(&mut detector, &Selection { lora: true, ..Default::default() }).unwrap();
         for (name, v) in lora["values"].as_object().unwrap() {
-            let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-            t.get_mut(name).unwrap_or_else(|| panic!("{name}")).set_from_checkpoint(&HostTensor::new(shape, f32s(&v["values"]))).unwrap();
+            let shape: Vec<usize> =
+                v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            t.get_mut(name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .set_from_checkpoint(&HostTensor::new(shape, f32s(&v["values"])))
+                .unwrap();
         }
         t
     } else {
@@ -78,7 +82,8 @@ fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
     detector.encoder.keep_transposed_weights(transposed);
     let samples = samples();
     let [h, w] = backbone.pixels.crop_size;
-    let images: Vec<String> = fx["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let images: Vec<String> =
+        fx["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let mut data = Vec::new();
     for p in &images {
         data.extend(pixel_values(&load_rgb(&samples.join(p)).unwrap(), &backbone.pixels));
@@ -111,7 +116,8 @@ fn gradients_match_pytorch() {
     let ad = dfdet::train::autodiff_device(&Device::flex());
     let mut worst = 0.0f64;
     for (case, transposed) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
-        let (tuning, head, loss) = (case["tuning"].as_str().unwrap(), case["head"].as_str().unwrap(), case["loss"].as_str().unwrap());
+        let (tuning, head, loss) =
+            (case["tuning"].as_str().unwrap(), case["head"].as_str().unwrap(), case["loss"].as_str().unwrap());
         let what = format!("{tuning}/{head}/{loss}/transposed weights {transposed}");
         let mut s = setup(&fx, tuning, head, transposed);
         let bound = s.trainable.bind(&mut s.detector, &ad);
@@ -136,7 +142,8 @@ fn gradients_match_pytorch() {
             let zeros = vec![0.0; p.data.len()];
             let g = p.to_checkpoint(g.as_ref().unwrap_or(&zeros));
             let e = &expected[&p.name];
-            let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let shape: Vec<usize> =
+                e["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
             assert_eq!(g.shape, shape, "{what}: {}", p.name);
             let err = rel_err(&g.data, &floats(&e["grad"]));
             assert!(err <= 1e-4, "{what}: {} gradient rel err {err:e}", p.name);
@@ -163,7 +170,10 @@ fn ln_tuning_selects_every_layer_norm_and_the_head() {
     for (selection, keep) in [
         (Selection::default(), false),
         (Selection { full: true, ..Default::default() }, false),
-        (Selection { ln_targets: vec!["layer_norm1".into()], unfreeze: vec!["fc1".into()], ..Default::default() }, false),
+        (
+            Selection { ln_targets: vec!["layer_norm1".into()], unfreeze: vec!["fc1".into()], ..Default::default() },
+            false,
+        ),
         (Selection { ln_targets: vec!["layer_norm1".into()], ..Default::default() }, true),
     ] {
         let t = Trainable::select(&mut detector, &selection).unwrap();

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use dfdet::train::optim::{AdamW, AdamWConfig};
-use dfdet::train::params::{host, Layout, TrainParam, Trainable};
 use dfdet::rng::Rng;
+use dfdet::train::optim::{AdamW, AdamWConfig};
+use dfdet::train::params::{Layout, TrainParam, Trainable, host};
 use dfdet::train::schedule::{Schedule, Scheduler};
-use dfdet::train::slerp::{slerp, SlerpPlan};
+use dfdet::train::slerp::{SlerpPlan, slerp};
 use serde_json::Value;
 
 use crate::common::read_json;
@@ -49,7 +49,8 @@ fn adamw_matches_torch_with_two_groups() {
     let config = AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: fx["weight_decay"].as_f64().unwrap() };
     let mut opt = AdamW::new(config, &params);
     let lrs = floats(&fx["lrs"]);
-    let schedule = Schedule { lr: 3e-3, min_lr: 1e-4, scheduler: Some(Scheduler::Cosine), total: 10, warmup: 0, cycle: 0 };
+    let schedule =
+        Schedule { lr: 3e-3, min_lr: 1e-4, scheduler: Some(Scheduler::Cosine), total: 10, warmup: 0, cycle: 0 };
     for (step, grads) in fx["grads"].as_array().unwrap().iter().enumerate() {
         let lr = schedule.lr_at(step);
         assert!((lr - lrs[step]).abs() <= 1e-12 * lrs[step], "lr at {step}: {lr} vs {}", lrs[step]);
@@ -73,7 +74,13 @@ fn adamw_matches_torch_with_two_groups() {
 #[test]
 fn adamw_leaves_tensors_without_gradient_alone() {
     let mut params = Trainable {
-        params: vec![TrainParam { name: "w".into(), shape: vec![2], data: vec![1.0, 2.0], decay: true, layout: Layout::Same }],
+        params: vec![TrainParam {
+            name: "w".into(),
+            shape: vec![2],
+            data: vec![1.0, 2.0],
+            decay: true,
+            layout: Layout::Same,
+        }],
     };
     let mut opt = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.1 }, &params);
     opt.step(&mut params, &[None], 1e-2);

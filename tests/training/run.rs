@@ -27,7 +27,10 @@ fn ln_tuning_learns_the_manipulation() {
     let first = metrics(&run).into_iter().find(|r| r.2 == "val/auroc_frame").unwrap().3;
     let auroc = last_metric(&run, "val/auroc_frame").unwrap();
     let train_auroc = last_metric(&run, "train/auroc_frame").unwrap();
-    eprintln!("frame AUROC on the training images: {first:.4} after epoch 1, {auroc:.4} at the end (train-mode {train_auroc:.4}); {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "frame AUROC on the training images: {first:.4} after epoch 1, {auroc:.4} at the end (train-mode {train_auroc:.4}); {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     assert!(auroc >= 0.95, "AUROC {auroc}");
     let test = out.test.unwrap();
     assert!(test.report["D"].frame.auroc.unwrap() >= 0.95);

@@ -21,21 +21,10 @@ impl Figure for RocFigure<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
         let s = &self.scores;
-        let mut chart = unit_chart(
-            root,
-            self.title,
-            "False Positive Rate (FPR)",
-            "True Positive Rate (TPR)",
-        )?;
-        chart.draw_series(DashedLineSeries::new(
-            [(0.0, 0.0), (1.0, 1.0)],
-            8,
-            6,
-            BLACK.mix(0.4).into(),
-        ))?;
+        let mut chart = unit_chart(root, self.title, "False Positive Rate (FPR)", "True Positive Rate (TPR)")?;
+        chart.draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 8, 6, BLACK.mix(0.4).into()))?;
         for c in 0..s.n_classes {
-            let Some(roc) = roc_curve(&one_vs_rest(s.labels, c), &column(s.probs, s.n_classes, c))
-            else {
+            let Some(roc) = roc_curve(&one_vs_rest(s.labels, c), &column(s.probs, s.n_classes, c)) else {
                 continue;
             };
             let mut label = format!("{} (AUC {:.3}", s.name(c), roc.auc());
@@ -127,12 +116,7 @@ impl Figure for F1Figure<'_> {
             let f1 = pr.f1();
             let best = (0..f1.len()).max_by(|&a, &b| f1[a].total_cmp(&f1[b]));
             let label = match best {
-                Some(i) => format!(
-                    "{} (max F1 {:.3} at {:.3})",
-                    s.name(c),
-                    f1[i],
-                    pr.thresholds[i]
-                ),
+                Some(i) => format!("{} (max F1 {:.3} at {:.3})", s.name(c), f1[i], pr.thresholds[i]),
                 None => s.name(c),
             };
             let style = color(c).stroke_width(3);
@@ -142,11 +126,7 @@ impl Figure for F1Figure<'_> {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
             if let Some(i) = best {
-                chart.draw_series([Circle::new(
-                    (pr.thresholds[i], f1[i]),
-                    5,
-                    color(c).filled(),
-                )])?;
+                chart.draw_series([Circle::new((pr.thresholds[i], f1[i]), 5, color(c).filled())])?;
             }
         }
         legend(&mut chart, SeriesLabelPosition::LowerLeft)
@@ -191,12 +171,7 @@ impl Figure for ConfusionFigure<'_> {
                     .collect()
             })
             .collect();
-        let max = values
-            .iter()
-            .flatten()
-            .copied()
-            .fold(0.0, f64::max)
-            .max(1e-12);
+        let max = values.iter().flatten().copied().fold(0.0, f64::max).max(1e-12);
         let longest = self.names.iter().map(String::len).max().unwrap_or(1) as u32;
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, caption_style())
@@ -219,20 +194,10 @@ impl Figure for ConfusionFigure<'_> {
             for (c, &v) in row.iter().enumerate() {
                 let t = v / max;
                 let x = c as f64;
-                chart.draw_series([Rectangle::new(
-                    [(x, y), (x + 1.0, y + 1.0)],
-                    blues(t).filled(),
-                )])?;
-                let text = if self.normalize {
-                    format!("{v:.2}")
-                } else {
-                    format!("{v:.0}")
-                };
+                chart.draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], blues(t).filled())])?;
+                let text = if self.normalize { format!("{v:.2}") } else { format!("{v:.0}") };
                 let ink = if t > 0.5 { WHITE } else { BLACK };
-                let style = (FONT, font_size)
-                    .into_font()
-                    .color(&ink)
-                    .pos(Pos::new(HPos::Center, VPos::Center));
+                let style = (FONT, font_size).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
                 chart.draw_series([Text::new(text, (x + 0.5, y + 0.5), style)])?;
             }
         }
@@ -240,17 +205,9 @@ impl Figure for ConfusionFigure<'_> {
         let style: TextStyle = (FONT, 16).into_font().into();
         for (i, name) in self.names.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(
-                name.clone(),
-                (px, py + 8),
-                style.pos(Pos::new(HPos::Center, VPos::Top)),
-            ))?;
+            root.draw(&Text::new(name.clone(), (px, py + 8), style.pos(Pos::new(HPos::Center, VPos::Top))))?;
             let (px, py) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
-            root.draw(&Text::new(
-                name.clone(),
-                (px - 8, py),
-                style.pos(Pos::new(HPos::Right, VPos::Center)),
-            ))?;
+            root.draw(&Text::new(name.clone(), (px - 8, py), style.pos(Pos::new(HPos::Right, VPos::Center))))?;
         }
         Ok(())
     }
@@ -270,21 +227,10 @@ impl Figure for DistributionFigure<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
         let s = &self.scores;
         root.fill(&WHITE)?;
-        let root = root
-            .margin(14, 0, 0, 0)
-            .titled(self.title, caption_style())?;
+        let root = root.margin(14, 0, 0, 0).titled(self.title, caption_style())?;
         let panels = root.split_evenly((s.n_classes, 1));
-        let (lo, hi) = s
-            .probs
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| {
-                (lo.min(p), hi.max(p))
-            });
-        let (lo, hi) = if lo < hi {
-            (lo, hi)
-        } else {
-            (lo.min(0.0), hi.max(1.0))
-        };
+        let (lo, hi) = s.probs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        let (lo, hi) = if lo < hi { (lo, hi) } else { (lo.min(0.0), hi.max(1.0)) };
         let width = (hi - lo) / self.bins as f64;
         let bin_of = |p: f64| (((p - lo) / width) as usize).min(self.bins - 1);
         for (true_class, panel) in panels.iter().enumerate() {
@@ -305,20 +251,10 @@ impl Figure for DistributionFigure<'_> {
                     h
                 })
                 .collect();
-            let top = hists
-                .iter()
-                .flatten()
-                .copied()
-                .fold(0.0, f64::max)
-                .max(0.01)
-                * 1.3;
+            let top = hists.iter().flatten().copied().fold(0.0, f64::max).max(0.01) * 1.3;
             let mut chart = ChartBuilder::on(panel)
                 .caption(
-                    format!(
-                        "True class: {} ({} samples)",
-                        s.name(true_class),
-                        rows.len()
-                    ),
+                    format!("True class: {} ({} samples)", s.name(true_class), rows.len()),
                     (FONT, 20).into_font().color(&color(true_class)),
                 )
                 .margin(12)
@@ -336,21 +272,18 @@ impl Figure for DistributionFigure<'_> {
                 .draw()?;
             for (c, h) in hists.iter().enumerate() {
                 let x = |i: usize| lo + i as f64 * width;
-                chart.draw_series(h.iter().enumerate().map(|(i, &v)| {
-                    Rectangle::new([(x(i), 0.0), (x(i + 1), v)], color(c).mix(0.2).filled())
-                }))?;
-                let step: Vec<(f64, f64)> = h
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, &v)| [(x(i), v), (x(i + 1), v)])
-                    .collect();
+                chart.draw_series(
+                    h.iter()
+                        .enumerate()
+                        .map(|(i, &v)| Rectangle::new([(x(i), 0.0), (x(i + 1), v)], color(c).mix(0.2).filled())),
+                )?;
+                let step: Vec<(f64, f64)> =
+                    h.iter().enumerate().flat_map(|(i, &v)| [(x(i), v), (x(i + 1), v)]).collect();
                 let style = color(c).stroke_width(2);
                 chart
                     .draw_series(LineSeries::new(step, style))?
                     .label(format!("p({})", s.name(c)))
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 6), (x + 20, y + 6)], style.color.mix(0.5).filled())
-                    });
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 20, y + 6)], style.color.mix(0.5).filled()));
             }
             chart
                 .configure_series_labels()

@@ -49,16 +49,11 @@ pub fn find_font() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(FONT_ENV) {
         return Some(PathBuf::from(path));
     }
-    let mut dirs: Vec<PathBuf> = [
-        "/usr/share/fonts",
-        "/usr/local/share/fonts",
-        "/Library/Fonts",
-        "/System/Library/Fonts",
-        "C:\\Windows\\Fonts",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .collect();
+    let mut dirs: Vec<PathBuf> =
+        ["/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "/System/Library/Fonts", "C:\\Windows\\Fonts"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".local/share/fonts"));
         dirs.push(Path::new(&home).join(".fonts"));
@@ -96,10 +91,7 @@ fn collect_fonts(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             if depth > 0 {
                 collect_fonts(&path, depth - 1, out);
             }
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("ttf"))
-        {
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ttf")) {
             out.push(path);
         }
     }
@@ -110,9 +102,8 @@ fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let path = find_font().ok_or_else(|| {
-                format!("plots need a TrueType font: none found, set {FONT_ENV}=/path/to/font.ttf")
-            })?;
+            let path = find_font()
+                .ok_or_else(|| format!("plots need a TrueType font: none found, set {FONT_ENV}=/path/to/font.ttf"))?;
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             // plotters keeps fonts for the process's lifetime.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -139,9 +130,7 @@ fn save(figure: &impl Figure, path: &Path) -> Result<()> {
     }
     let (w, h) = figure.size();
     let plot_error = |e: String| Error::output(path, format!("cannot draw plot: {e}"));
-    let svg = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let svg = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
     if svg {
         let mut text = String::new();
         {
@@ -158,9 +147,7 @@ fn save(figure: &impl Figure, path: &Path) -> Result<()> {
             root.present().map_err(|e| plot_error(e.to_string()))?;
         }
         let image = image::RgbImage::from_raw(w, h, pixels).expect("buffer of w * h * 3 bytes");
-        image
-            .save_with_format(path, image::ImageFormat::Png)
-            .map_err(|e| Error::output(path, e.to_string()))
+        image.save_with_format(path, image::ImageFormat::Png).map_err(|e| Error::output(path, e.to_string()))
     }
 }
 
@@ -198,10 +185,7 @@ fn caption_style() -> TextStyle<'static> {
 /// A chart with f64 axes.
 type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-fn legend<'a, DB: DrawingBackend + 'a>(
-    chart: &mut Chart<'a, DB>,
-    position: SeriesLabelPosition,
-) -> Drawn<DB> {
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, position: SeriesLabelPosition) -> Drawn<DB> {
     chart
         .configure_series_labels()
         .position(position)
@@ -280,27 +264,11 @@ pub fn confusion_plot(
 ) -> Result<()> {
     let n = confusion.len();
     if n == 0 || confusion.iter().any(|row| row.len() != n) {
-        return Err(Error::Invalid(format!(
-            "{}: confusion matrix is not square",
-            path.display()
-        )));
+        return Err(Error::Invalid(format!("{}: confusion matrix is not square", path.display())));
     }
-    let names = (0..n)
-        .map(|c| {
-            class_names
-                .get(c)
-                .map_or_else(|| c.to_string(), |name| format!("{c}: {name}"))
-        })
-        .collect();
-    save(
-        &ConfusionFigure {
-            title,
-            confusion,
-            names,
-            normalize,
-        },
-        path,
-    )
+    let names =
+        (0..n).map(|c| class_names.get(c).map_or_else(|| c.to_string(), |name| format!("{c}: {name}"))).collect();
+    save(&ConfusionFigure { title, confusion, names, normalize }, path)
 }
 
 /// For each true class, histograms (fraction of the class's samples, 30 bins) of every
@@ -310,14 +278,7 @@ pub fn confusion_plot(
 /// Invalid scores, no font, or a file that cannot be written.
 pub fn distribution_plot(path: &Path, title: &str, scores: Scores) -> Result<()> {
     scores.check()?;
-    save(
-        &DistributionFigure {
-            title,
-            scores,
-            bins: 30,
-        },
-        path,
-    )
+    save(&DistributionFigure { title, scores, bins: 30 }, path)
 }
 
 /// Writes every plot of one split at one level into `dir` with the original's file names
@@ -327,13 +288,7 @@ pub fn distribution_plot(path: &Path, title: &str, scores: Scores) -> Result<()>
 ///
 /// # Errors
 /// As the single plots.
-pub fn write_plots(
-    dir: &Path,
-    stage: &str,
-    level: &str,
-    scores: Scores,
-    svg: bool,
-) -> Result<Vec<PathBuf>> {
+pub fn write_plots(dir: &Path, stage: &str, level: &str, scores: Scores, svg: bool) -> Result<Vec<PathBuf>> {
     scores.check()?;
     let mut stage_title = stage.to_string();
     if let Some(first) = stage_title.get_mut(0..1) {
@@ -356,22 +311,10 @@ pub fn write_plots(
         f1_plot(&path, &title("F1 Curve"), scores)?;
         written.push(path);
         let path = file("confusion");
-        confusion_plot(
-            &path,
-            &title("Confusion Matrix"),
-            &confusion,
-            scores.class_names,
-            false,
-        )?;
+        confusion_plot(&path, &title("Confusion Matrix"), &confusion, scores.class_names, false)?;
         written.push(path);
         let path = file("confusion_norm");
-        confusion_plot(
-            &path,
-            &title("Confusion Matrix, % of row"),
-            &confusion,
-            scores.class_names,
-            true,
-        )?;
+        confusion_plot(&path, &title("Confusion Matrix, % of row"), &confusion, scores.class_names, true)?;
         written.push(path);
         let path = file("probs_distribution");
         distribution_plot(&path, &title("Probability Distribution"), scores)?;

@@ -33,10 +33,7 @@ pub fn resolve_backbone(name: &str, bases: &[&Path], hub: &Hub) -> Result<Backbo
                 )));
             }
             Lookup::Unavailable(reason) => {
-                let reason = format!(
-                    "{reason}; it is not a preset ({}) nor a local folder",
-                    PRESETS.join(", ")
-                );
+                let reason = format!("{reason}; it is not a preset ({}) nor a local folder", PRESETS.join(", "));
                 return Err(hub.missing(name, &["config.json"], &reason));
             }
         };
@@ -47,10 +44,7 @@ pub fn resolve_backbone(name: &str, bases: &[&Path], hub: &Hub) -> Result<Backbo
         b.name = name.to_string();
         return Ok(b);
     }
-    Err(Error::UnknownBackbone {
-        name: name.to_string(),
-        known: PRESETS.join(", "),
-    })
+    Err(Error::UnknownBackbone { name: name.to_string(), known: PRESETS.join(", ") })
 }
 
 /// Checks the encoder tensors against the backbone's shape, so that a wrong `--backbone`
@@ -72,11 +66,7 @@ pub(super) fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result
             ));
         }
     }
-    let layers = tensors
-        .keys()
-        .filter_map(|k| clip::layer_index(k))
-        .max()
-        .map_or(0, |i| i + 1);
+    let layers = tensors.keys().filter_map(|k| clip::layer_index(k)).max().map_or(0, |i| i + 1);
     if layers != 0 && layers != cfg.num_hidden_layers {
         return Err(Error::format(
             tensors.path(),

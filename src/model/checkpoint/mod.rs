@@ -50,11 +50,7 @@ pub fn load_checkpoint(source: &str, backbone_override: Option<&str>) -> Result<
 }
 
 /// [`load_checkpoint`] with an explicit Hugging Face cache / offline setting.
-pub fn load_checkpoint_with(
-    source: &str,
-    backbone_override: Option<&str>,
-    hub: &Hub,
-) -> Result<Checkpoint> {
+pub fn load_checkpoint_with(source: &str, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
     let path = Path::new(source);
     if path.exists() {
         return load_local(path, backbone_override, hub);
@@ -112,11 +108,7 @@ fn load_hub_file(
     }
     // dfdet.json / GenD config.json: the weights sit beside them.
     hub.file(repo_id, SAFETENSORS)?;
-    load_local(
-        path.parent().unwrap_or(Path::new(".")),
-        backbone_override,
-        hub,
-    )
+    load_local(path.parent().unwrap_or(Path::new(".")), backbone_override, hub)
 }
 
 fn load_local(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
@@ -140,10 +132,7 @@ fn load_local(path: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result
         ));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if name == DFDET_JSON || (name.ends_with(".safetensors") && dir.join(DFDET_JSON).is_file()) {
         return load_dfdet(dir, backbone_override, hub);
     }
@@ -182,18 +171,10 @@ fn finish_checkpoint(
     {
         return Err(Error::format(
             &path,
-            format!(
-                "head `model.linear.weight` has shape {:?} but num_classes is {}",
-                w.shape, spec.num_classes
-            ),
+            format!("head `model.linear.weight` has shape {:?} but num_classes is {}", w.shape, spec.num_classes),
         ));
     }
-    Ok(Checkpoint {
-        path,
-        spec,
-        backbone,
-        tensors,
-    })
+    Ok(Checkpoint { path, spec, backbone, tensors })
 }
 
 type ReadFn<'a> = Box<dyn FnOnce() -> std::io::Result<Vec<f32>> + 'a>;
@@ -219,36 +200,21 @@ impl<'a> RawTensor<'a> {
         let read: ReadFn<'a> = Box::new(move || {
             let bytes = read()?;
             bytes_to_f32(dtype, order, bytes.as_ref()).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("dtype {name} is not a float type"),
-                )
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("dtype {name} is not a float type"))
             })
         });
-        Self {
-            shape,
-            dtype: dtype_name,
-            read,
-        }
+        Self { shape, dtype: dtype_name, read }
     }
 
     fn load(self, path: &Path, key: &str) -> Result<HostTensor> {
-        let data = (self.read)()
-            .map_err(|e| Error::format(path, format!("tensor `{key}` ({}): {e}", self.dtype)))?;
+        let data = (self.read)().map_err(|e| Error::format(path, format!("tensor `{key}` ({}): {e}", self.dtype)))?;
         if data.len() != self.shape.iter().product::<usize>() {
             return Err(Error::format(
                 path,
-                format!(
-                    "tensor `{key}`: {} values for shape {:?}",
-                    data.len(),
-                    self.shape
-                ),
+                format!("tensor `{key}`: {} values for shape {:?}", data.len(), self.shape),
             ));
         }
-        Ok(HostTensor {
-            shape: self.shape,
-            data,
-        })
+        Ok(HostTensor { shape: self.shape, data })
     }
 }
 
@@ -271,11 +237,7 @@ enum ByteOrder {
 
 impl ByteOrder {
     /// This machine's order, which PyTorch's pickled storages are read in.
-    const NATIVE: Self = if cfg!(target_endian = "little") {
-        Self::Little
-    } else {
-        Self::Big
-    };
+    const NATIVE: Self = if cfg!(target_endian = "little") { Self::Little } else { Self::Big };
 }
 
 /// `bytes` holding `dtype` values in `order`, as f32; `None` if `dtype` is not a float type.
@@ -287,9 +249,7 @@ fn bytes_to_f32(dtype: Option<Float>, order: ByteOrder, bytes: &[u8]) -> Option<
         le: impl Fn([u8; N]) -> f32,
         be: impl Fn([u8; N]) -> f32,
     ) -> Vec<f32> {
-        let values = bytes
-            .chunks_exact(N)
-            .map(|b| <[u8; N]>::try_from(b).expect("N bytes"));
+        let values = bytes.chunks_exact(N).map(|b| <[u8; N]>::try_from(b).expect("N bytes"));
         match order {
             ByteOrder::Little => values.map(le).collect(),
             ByteOrder::Big => values.map(be).collect(),
@@ -297,24 +257,13 @@ fn bytes_to_f32(dtype: Option<Float>, order: ByteOrder, bytes: &[u8]) -> Option<
     }
     Some(match dtype? {
         Float::F32 => decode(bytes, order, f32::from_le_bytes, f32::from_be_bytes),
-        Float::F64 => decode(
-            bytes,
-            order,
-            |b| f64::from_le_bytes(b) as f32,
-            |b| f64::from_be_bytes(b) as f32,
-        ),
-        Float::F16 => decode(
-            bytes,
-            order,
-            |b| half::f16::from_le_bytes(b).to_f32(),
-            |b| half::f16::from_be_bytes(b).to_f32(),
-        ),
-        Float::BF16 => decode(
-            bytes,
-            order,
-            |b| half::bf16::from_le_bytes(b).to_f32(),
-            |b| half::bf16::from_be_bytes(b).to_f32(),
-        ),
+        Float::F64 => decode(bytes, order, |b| f64::from_le_bytes(b) as f32, |b| f64::from_be_bytes(b) as f32),
+        Float::F16 => {
+            decode(bytes, order, |b| half::f16::from_le_bytes(b).to_f32(), |b| half::f16::from_be_bytes(b).to_f32())
+        }
+        Float::BF16 => {
+            decode(bytes, order, |b| half::bf16::from_le_bytes(b).to_f32(), |b| half::bf16::from_be_bytes(b).to_f32())
+        }
     })
 }
 
@@ -333,10 +282,7 @@ mod tests {
         t.insert("a".into(), HostTensor::new(vec![2], vec![0.0; 2]));
         t.insert("b".into(), HostTensor::new(vec![1], vec![0.0]));
         let err = t.take("a", &[3]).unwrap_err().to_string();
-        assert!(
-            err.contains("`a`") && err.contains("[2]") && err.contains("[3]"),
-            "{err}"
-        );
+        assert!(err.contains("`a`") && err.contains("[2]") && err.contains("[3]"), "{err}");
         assert!(t.take("zz", &[1]).unwrap_err().to_string().contains("`zz`"));
         let err = t.finish().unwrap_err().to_string();
         assert!(err.contains("\"b\""), "{err}");
@@ -347,22 +293,10 @@ mod tests {
         let values = [1.5f32, -2.25, 0.0, 65504.0];
         let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let be: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-        assert_eq!(
-            bytes_to_f32(Some(Float::F32), ByteOrder::Little, &le).unwrap(),
-            values
-        );
-        assert_eq!(
-            bytes_to_f32(Some(Float::F32), ByteOrder::Big, &be).unwrap(),
-            values
-        );
-        let half: Vec<u8> = values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect();
-        assert_eq!(
-            bytes_to_f32(Some(Float::F16), ByteOrder::Little, &half).unwrap(),
-            values
-        );
+        assert_eq!(bytes_to_f32(Some(Float::F32), ByteOrder::Little, &le).unwrap(), values);
+        assert_eq!(bytes_to_f32(Some(Float::F32), ByteOrder::Big, &be).unwrap(), values);
+        let half: Vec<u8> = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(bytes_to_f32(Some(Float::F16), ByteOrder::Little, &half).unwrap(), values);
         assert_eq!(bytes_to_f32(None, ByteOrder::Little, &le), None);
     }
 }

@@ -24,21 +24,14 @@ fn normalise_key(key: &str) -> Option<String> {
 }
 
 /// Renames, drops, and resolves peft wrapping (see the module docs).
-pub(super) fn normalise(
-    path: &Path,
-    raw: BTreeMap<String, RawTensor<'_>>,
-    tuning: &Tuning,
-) -> Result<TensorMap> {
+pub(super) fn normalise(path: &Path, raw: BTreeMap<String, RawTensor<'_>>, tuning: &Tuning) -> Result<TensorMap> {
     let mut renamed: BTreeMap<String, RawTensor<'_>> = BTreeMap::new();
     for (key, t) in raw {
         let Some(name) = normalise_key(&key) else {
             continue;
         };
         if renamed.contains_key(&name) {
-            return Err(Error::format(
-                path,
-                format!("two tensors map to `{name}` (one is `{key}`)"),
-            ));
+            return Err(Error::format(path, format!("two tensors map to `{name}` (one is `{key}`)")));
         }
         renamed.insert(name, t);
     }
@@ -57,21 +50,10 @@ pub(super) fn normalise(
         let ln = format!("{m}.ln_tuning_layers.");
         let lora_a = format!("{m}.lora_A.");
         let lora_b = format!("{m}.lora_B.");
-        let params: Vec<String> = renamed
-            .keys()
-            .filter_map(|k| k.strip_prefix(&base))
-            .map(str::to_string)
-            .collect();
+        let params: Vec<String> = renamed.keys().filter_map(|k| k.strip_prefix(&base)).map(str::to_string).collect();
         let adapters = |prefix: &str| -> Vec<String> {
-            let mut names: Vec<String> = renamed
-                .keys()
-                .filter_map(|k| {
-                    k.strip_prefix(prefix)?
-                        .split('.')
-                        .next()
-                        .map(str::to_string)
-                })
-                .collect();
+            let mut names: Vec<String> =
+                renamed.keys().filter_map(|k| k.strip_prefix(prefix)?.split('.').next().map(str::to_string)).collect();
             names.dedup();
             names
         };
@@ -80,9 +62,7 @@ pub(super) fn normalise(
         if ln_adapters.len() + lora_adapters.len() > 1 {
             return Err(Error::format(
                 path,
-                format!(
-                    "`{m}` carries several peft adapters ({ln_adapters:?} {lora_adapters:?}); dfdet reads one"
-                ),
+                format!("`{m}` carries several peft adapters ({ln_adapters:?} {lora_adapters:?}); dfdet reads one"),
             ));
         }
         if let Some(adapter) = ln_adapters.first() {
@@ -92,19 +72,14 @@ pub(super) fn normalise(
                 let tuned_key = format!("{ln}{adapter}.{p}");
                 let tuned = renamed
                     .remove(&tuned_key)
-                    .ok_or_else(|| Error::MissingTensor {
-                        path: path.to_path_buf(),
-                        key: tuned_key.clone(),
-                    })?;
+                    .ok_or_else(|| Error::MissingTensor { path: path.to_path_buf(), key: tuned_key.clone() })?;
                 out.insert(format!("{m}.{p}"), tuned.load(path, &tuned_key)?);
             }
         } else if let Some(adapter) = lora_adapters.first() {
             let Tuning::Lora { rank, alpha, .. } = tuning else {
                 return Err(Error::format(
                     path,
-                    format!(
-                        "`{m}` has LoRA adapters but the checkpoint's settings do not enable LoRA"
-                    ),
+                    format!("`{m}` has LoRA adapters but the checkpoint's settings do not enable LoRA"),
                 ));
             };
             let a_key = format!("{lora_a}{adapter}.weight");
@@ -112,10 +87,7 @@ pub(super) fn normalise(
             let take_raw = |renamed: &mut BTreeMap<String, RawTensor<'_>>, key: &str| {
                 renamed
                     .remove(key)
-                    .ok_or_else(|| Error::MissingTensor {
-                        path: path.to_path_buf(),
-                        key: key.to_string(),
-                    })?
+                    .ok_or_else(|| Error::MissingTensor { path: path.to_path_buf(), key: key.to_string() })?
                     .load(path, key)
             };
             let a = take_raw(&mut renamed, &a_key)?;
@@ -123,11 +95,7 @@ pub(super) fn normalise(
             for p in &params {
                 let key = format!("{base}{p}");
                 let t = take_raw(&mut renamed, &key)?;
-                let t = if p == "weight" {
-                    merge_lora(path, &m, t, &a, &b, *rank, *alpha)?
-                } else {
-                    t
-                };
+                let t = if p == "weight" { merge_lora(path, &m, t, &a, &b, *rank, *alpha)? } else { t };
                 out.insert(format!("{m}.{p}"), t);
             }
         } else {
@@ -160,30 +128,18 @@ fn merge_lora(
     let (out_dim, in_dim) = match w.shape[..] {
         [o, i] => (o, i),
         _ => {
-            return Err(Error::format(
-                path,
-                format!(
-                    "LoRA on `{module}`: base weight {:?} is not a matrix",
-                    w.shape
-                ),
-            ));
+            return Err(Error::format(path, format!("LoRA on `{module}`: base weight {:?} is not a matrix", w.shape)));
         }
     };
     let r = a.shape.first().copied().unwrap_or(0);
     if a.shape != [r, in_dim] || b.shape != [out_dim, r] {
         return Err(Error::format(
             path,
-            format!(
-                "LoRA on `{module}`: A {:?} and B {:?} do not fit weight {:?}",
-                a.shape, b.shape, w.shape
-            ),
+            format!("LoRA on `{module}`: A {:?} and B {:?} do not fit weight {:?}", a.shape, b.shape, w.shape),
         ));
     }
     if r != rank {
-        return Err(Error::format(
-            path,
-            format!("LoRA on `{module}` has rank {r} but hyper_parameters say {rank}"),
-        ));
+        return Err(Error::format(path, format!("LoRA on `{module}` has rank {r} but hyper_parameters say {rank}")));
     }
     let scale = (alpha / rank as f64) as f32;
     let mut data = w.data;
@@ -196,10 +152,7 @@ fn merge_lora(
             }
         }
     }
-    Ok(HostTensor {
-        shape: w.shape,
-        data,
-    })
+    Ok(HostTensor { shape: w.shape, data })
 }
 
 #[cfg(test)]
@@ -207,65 +160,32 @@ mod tests {
     use super::*;
 
     fn raw(shape: Vec<usize>, data: Vec<f32>) -> RawTensor<'static> {
-        RawTensor {
-            shape,
-            dtype: "F32".into(),
-            read: Box::new(move || Ok(data)),
-        }
+        RawTensor { shape, dtype: "F32".into(), read: Box::new(move || Ok(data)) }
     }
 
     #[test]
     fn keys_are_normalised() {
         assert_eq!(
-            normalise_key("feature_extractor.base_model.model.vision_model.pre_layrnorm.weight")
-                .as_deref(),
+            normalise_key("feature_extractor.base_model.model.vision_model.pre_layrnorm.weight").as_deref(),
             Some("vision_model.pre_layrnorm.weight")
         );
-        assert_eq!(
-            normalise_key("model.linear.bias").as_deref(),
-            Some("model.linear.bias")
-        );
-        assert_eq!(
-            normalise_key("feature_extractor.visual_projection.weight"),
-            None
-        );
+        assert_eq!(normalise_key("model.linear.bias").as_deref(), Some("model.linear.bias"));
+        assert_eq!(normalise_key("feature_extractor.visual_projection.weight"), None);
         assert_eq!(normalise_key("vision_model.embeddings.position_ids"), None);
-        assert_eq!(
-            normalise_key("text_model.embeddings.token_embedding.weight"),
-            None
-        );
+        assert_eq!(normalise_key("text_model.embeddings.token_embedding.weight"), None);
     }
 
     #[test]
     fn ln_tuning_takes_the_tuned_copy() {
         let p = "feature_extractor.base_model.model.vision_model.post_layernorm";
         let mut m = BTreeMap::new();
-        m.insert(
-            format!("{p}.base_layer.weight"),
-            raw(vec![2], vec![1.0, 1.0]),
-        );
+        m.insert(format!("{p}.base_layer.weight"), raw(vec![2], vec![1.0, 1.0]));
         m.insert(format!("{p}.base_layer.bias"), raw(vec![2], vec![0.0, 0.0]));
-        m.insert(
-            format!("{p}.ln_tuning_layers.default.weight"),
-            raw(vec![2], vec![2.0, 3.0]),
-        );
-        m.insert(
-            format!("{p}.ln_tuning_layers.default.bias"),
-            raw(vec![2], vec![4.0, 5.0]),
-        );
+        m.insert(format!("{p}.ln_tuning_layers.default.weight"), raw(vec![2], vec![2.0, 3.0]));
+        m.insert(format!("{p}.ln_tuning_layers.default.bias"), raw(vec![2], vec![4.0, 5.0]));
         let mut t = normalise(Path::new("x"), m, &Tuning::LnTuning).unwrap();
-        assert_eq!(
-            t.take("vision_model.post_layernorm.weight", &[2])
-                .unwrap()
-                .data,
-            [2.0, 3.0]
-        );
-        assert_eq!(
-            t.take("vision_model.post_layernorm.bias", &[2])
-                .unwrap()
-                .data,
-            [4.0, 5.0]
-        );
+        assert_eq!(t.take("vision_model.post_layernorm.weight", &[2]).unwrap().data, [2.0, 3.0]);
+        assert_eq!(t.take("vision_model.post_layernorm.bias", &[2]).unwrap().data, [4.0, 5.0]);
         t.finish().unwrap();
     }
 
@@ -273,31 +193,14 @@ mod tests {
     fn lora_is_merged() {
         let p = "vision_model.encoder.layers.0.self_attn.out_proj";
         let mut m = BTreeMap::new();
-        m.insert(
-            format!("{p}.base_layer.weight"),
-            raw(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]),
-        );
+        m.insert(format!("{p}.base_layer.weight"), raw(vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]));
         m.insert(format!("{p}.base_layer.bias"), raw(vec![2], vec![0.5, 0.5]));
-        m.insert(
-            format!("{p}.lora_A.default.weight"),
-            raw(vec![1, 2], vec![1.0, 2.0]),
-        );
-        m.insert(
-            format!("{p}.lora_B.default.weight"),
-            raw(vec![2, 1], vec![3.0, 4.0]),
-        );
-        let tuning = Tuning::Lora {
-            rank: 1,
-            alpha: 2.0,
-            dropout: 0.0,
-            target_modules: vec!["out_proj".into()],
-        };
+        m.insert(format!("{p}.lora_A.default.weight"), raw(vec![1, 2], vec![1.0, 2.0]));
+        m.insert(format!("{p}.lora_B.default.weight"), raw(vec![2, 1], vec![3.0, 4.0]));
+        let tuning = Tuning::Lora { rank: 1, alpha: 2.0, dropout: 0.0, target_modules: vec!["out_proj".into()] };
         let mut t = normalise(Path::new("x"), m, &tuning).unwrap();
         // W + 2 * B A = I + 2 [[3, 6], [4, 8]]
-        assert_eq!(
-            t.take(&format!("{p}.weight"), &[2, 2]).unwrap().data,
-            [7.0, 12.0, 8.0, 17.0]
-        );
+        assert_eq!(t.take(&format!("{p}.weight"), &[2, 2]).unwrap().data, [7.0, 12.0, 8.0, 17.0]);
         assert_eq!(t.take(&format!("{p}.bias"), &[2]).unwrap().data, [0.5, 0.5]);
         t.finish().unwrap();
     }

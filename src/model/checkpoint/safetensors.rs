@@ -10,9 +10,7 @@ use ::safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use super::peft::normalise;
-use super::{
-    ByteOrder, Checkpoint, Float, HostTensor, RawTensor, TensorMap, finish_checkpoint, read_json,
-};
+use super::{ByteOrder, Checkpoint, Float, HostTensor, RawTensor, TensorMap, finish_checkpoint, read_json};
 use crate::model::config::Backbone;
 use crate::model::hub::Hub;
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
@@ -43,25 +41,18 @@ fn read_safetensors(path: &Path, tuning: &Tuning) -> Result<TensorMap> {
         let bytes = view.data();
         let shape = view.shape().to_vec();
         let read = move || std::io::Result::Ok(bytes);
-        let raw_tensor =
-            RawTensor::new(shape, float, format!("{dtype:?}"), ByteOrder::Little, read);
+        let raw_tensor = RawTensor::new(shape, float, format!("{dtype:?}"), ByteOrder::Little, read);
         raw.insert(name.to_string(), raw_tensor);
     }
     normalise(path, raw, tuning)
 }
 
 /// GenD's `GenD.save_pretrained` folder: `config.json` {"backbone", "head", "model_type": "GenD"}.
-pub(super) fn load_gend(
-    dir: &Path,
-    backbone_override: Option<&str>,
-    hub: &Hub,
-) -> Result<Checkpoint> {
+pub(super) fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
     let config_path = dir.join("config.json");
     let config = read_json(&config_path)?;
     let field = |key: &str| config.get(key).and_then(|v| v.as_str());
-    if field("backbone").is_none()
-        && (config.get("vision_config").is_some() || field("model_type") == Some("clip"))
-    {
+    if field("backbone").is_none() && (config.get("vision_config").is_some() || field("model_type") == Some("clip")) {
         return Err(Error::format(
             dir,
             "a CLIP backbone folder, not a detector checkpoint (pass it as --backbone, with a checkpoint)",
@@ -79,10 +70,7 @@ pub(super) fn load_gend(
     };
     let head = match field("head") {
         Some(h) => HeadKind::from_name(h).ok_or_else(|| {
-            Error::format(
-                &config_path,
-                format!("head `{h}` is not supported (dfdet implements linear and LinearNorm)"),
-            )
+            Error::format(&config_path, format!("head `{h}` is not supported (dfdet implements linear and LinearNorm)"))
         })?,
         None => HeadKind::Linear, // GenDConfig's default
     };
@@ -91,18 +79,8 @@ pub(super) fn load_gend(
     let tuning = Tuning::LnTuning;
     let weights = dir.join(SAFETENSORS);
     let tensors = read_safetensors(&weights, &tuning)?;
-    let num_classes = tensors
-        .get("model.linear.weight")
-        .and_then(|w| w.shape.first().copied())
-        .unwrap_or(2);
-    let spec = ModelSpec {
-        backbone,
-        head,
-        num_classes,
-        tuning,
-        precision: None,
-        run_name: None,
-    };
+    let num_classes = tensors.get("model.linear.weight").and_then(|w| w.shape.first().copied()).unwrap_or(2);
+    let spec = ModelSpec { backbone, head, num_classes, tuning, precision: None, run_name: None };
     // Relative to the folder itself, or to the folder holding it (a backbone beside it).
     let bases: Vec<&Path> = std::iter::once(dir).chain(dir.parent()).collect();
     finish_checkpoint(weights, spec, &bases, None, backbone_override, tensors, hub)
@@ -116,11 +94,7 @@ struct DfdetJson {
     backbone: Backbone,
 }
 
-pub(super) fn load_dfdet(
-    dir: &Path,
-    backbone_override: Option<&str>,
-    hub: &Hub,
-) -> Result<Checkpoint> {
+pub(super) fn load_dfdet(dir: &Path, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
     let json_path = dir.join(DFDET_JSON);
     let meta: DfdetJson = serde_json::from_value(read_json(&json_path)?)
         .map_err(|e| Error::format(&json_path, format!("not a dfdet.json: {e}")))?;
@@ -135,15 +109,7 @@ pub(super) fn load_dfdet(
     }
     let weights = dir.join(SAFETENSORS);
     let tensors = read_safetensors(&weights, &meta.spec.tuning)?;
-    finish_checkpoint(
-        weights,
-        meta.spec,
-        &[dir],
-        Some(meta.backbone),
-        backbone_override,
-        tensors,
-        hub,
-    )
+    finish_checkpoint(weights, meta.spec, &[dir], Some(meta.backbone), backbone_override, tensors, hub)
 }
 
 /// dfdet's own format: `<dir>/model.safetensors` (normalised keys) + `<dir>/dfdet.json`
@@ -184,8 +150,7 @@ pub fn save_dfdet(
         spec: spec.clone(),
         backbone: backbone.clone(),
     };
-    let json =
-        serde_json::to_vec_pretty(&meta).map_err(|e| Error::output(dir.join(DFDET_JSON), e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::output(dir.join(DFDET_JSON), e.to_string()))?;
     write_atomic(&dir.join(DFDET_JSON), &json)
 }
 

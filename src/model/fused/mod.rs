@@ -10,12 +10,12 @@
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{Bytes, DType, Shape};
 use rayon::prelude::*;
 
@@ -27,11 +27,21 @@ pub trait FusedOps: Backend {
     /// Softmax over the last axis.
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// LayerNorm over the last axis (biased variance, as PyTorch).
-    fn layer_norm_last(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    fn layer_norm_last(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
     /// `x · weight + bias` over the last axis of `x` with a frozen `weight` `[in, out]`;
     /// `weight_t` is the same matrix as `[out, in]` (a contiguous copy makes the backward pass
     /// faster, a transposed view of `weight` also works).
-    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn frozen_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        weight_t: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The backward kernels the autodiff implementation calls on the backend beneath it.
@@ -97,11 +107,7 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, weight_t: Tensor<
 /// `x` as a contiguous tensor whose buffer holds exactly its values.
 fn contiguous(x: FlexTensor) -> FlexTensor {
     let exact = x.bytes().len() == x.layout().num_elements() * 4;
-    if x.is_contiguous() && x.layout().start_offset() == 0 && exact {
-        x
-    } else {
-        x.to_contiguous()
-    }
+    if x.is_contiguous() && x.layout().start_offset() == 0 && exact { x } else { x.to_contiguous() }
 }
 
 /// A new f32 tensor over `values`.
@@ -241,7 +247,12 @@ impl FusedOps for Flex {
         map_rows(x, n, kernels::softmax)
     }
 
-    fn layer_norm_last(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn layer_norm_last(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         if !all_f32(&[&x, &gamma, &beta]) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::layer_norm(x, gamma, Some(beta), eps);
         }
@@ -252,7 +263,12 @@ impl FusedOps for Flex {
         map_rows(x, n, |row| kernels::layer_norm(row, g, b, eps))
     }
 
-    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, _weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn frozen_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        _weight_t: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         if !all_f32(&[&x, &weight, &bias]) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(x, weight, Some(bias));
         }
@@ -376,7 +392,12 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
         }
     }
 
-    fn layer_norm_last(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn layer_norm_last(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LayerNorm;
 
@@ -416,7 +437,12 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
         }
     }
 
-    fn frozen_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, weight_t: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn frozen_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        weight_t: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct FrozenLinear;
 
@@ -440,7 +466,9 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
                 let wt = weight_t.into_primitive();
                 prep.finish(wt.clone(), B::frozen_linear(x.into_primitive(), w, wt, b))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::frozen_linear(x.into_primitive(), w, weight_t.into_primitive(), b)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::frozen_linear(x.into_primitive(), w, weight_t.into_primitive(), b))
+            }
         }
     }
 }
