@@ -126,6 +126,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_pixel_wide_or_tall_images_are_augmented() {
+        // The blur's reflection once looped forever on a side of one pixel.
+        for seed in 0..32 {
+            for (w, h) in [(1, 40), (40, 1), (1, 1)] {
+                let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 5) as u8, (y * 5) as u8, 7]));
+                assert_eq!(augment(&img, &mut Rng::new(seed)).dimensions(), (w, h));
+            }
+        }
+        assert_eq!([-3, -1, 0, 1, 5].map(|i| reflect(i, 1)), [0; 5]);
+    }
+
+    #[test]
     fn keeps_size_and_is_reproducible() {
         let img = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, 128]));
         let a = augment(&img, &mut Rng::new(3));

@@ -6,5 +6,6 @@ mod common;
 
 mod checkpoints;
 mod cli;
+mod hostile;
 mod parity;
 mod pixels;

@@ -141,6 +141,14 @@ fn a_missing_class_is_refused_before_any_compute() {
 }
 
 #[test]
+fn all_loss_weights_zero_is_refused_before_a_run_folder_exists() {
+    let (tmp, config) = setup("");
+    let err = fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "loss.ce_labels=0"]));
+    assert!(err.contains("loss:") && err.contains("every loss weight is 0"), "{err}");
+    assert!(!tmp.path().join("runs/run").exists(), "a half-made run folder would block the next run");
+}
+
+#[test]
 fn an_unwritable_run_folder_fails_before_training() {
     let (tmp, config) = setup("");
     let blocker = tmp.path().join("not-a-folder");
