@@ -8,6 +8,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::DEFAULT_WEIGHTS;
+use crate::data::is_plain_name;
 use crate::data::sets::{SetSpec, Split};
 use crate::model::{Detector, Dtype};
 use crate::progress::Observer;
@@ -77,6 +78,12 @@ impl TestConfig {
             None => Self::default(),
         };
         let o = overrides;
+        let mut given = std::collections::HashSet::new();
+        for spec in &o.sets {
+            if !given.insert(spec.name.as_str()) {
+                return Err(Error::config(format!("--set {}", spec.name), "given twice: one definition per set name"));
+            }
+        }
         config.weights = o.weights.unwrap_or(config.weights);
         config.backbone = o.backbone.or(config.backbone);
         for spec in o.sets {
@@ -85,6 +92,12 @@ impl TestConfig {
         config.limit_files = o.limit_files.or(config.limit_files);
         config.batch_size = o.batch_size.unwrap_or(config.batch_size);
         config.dtype = o.dtype.unwrap_or(config.dtype);
+        if let Some(name) = config.sets.keys().find(|n| !is_plain_name(n)) {
+            return Err(Error::config(
+                format!("sets.{name}"),
+                "a set name becomes a folder of plots: one plain name, no `/`, `..` or `.`",
+            ));
+        }
         if config.sets.is_empty() {
             return Err(Error::config(
                 "sets",

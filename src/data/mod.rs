@@ -152,6 +152,12 @@ pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String>
     Ok((paths, errors))
 }
 
+/// Whether `name` can name a folder inside an output folder: one plain path component (not
+/// empty, `.` or `..`, no separator), so that it cannot write outside it.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
 /// The video of a frame path: everything before its last `/` (the parent folder), as the
 /// reference groups frames into videos.
 ///

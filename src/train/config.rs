@@ -290,6 +290,12 @@ impl TrainConfig {
                 ),
             );
         }
+        if !crate::data::is_plain_name(&self.run_name) {
+            return bad(
+                "run_name",
+                format!("`{}`: one plain folder name inside run_dir, no `/`, `..` or `.`", self.run_name),
+            );
+        }
         let l = &self.loss;
         if [l.ce_labels, l.bce_labels, l.uniformity, l.alignment_labels].iter().all(|&w| w == 0.0) {
             return bad("loss", "every loss weight is 0: nothing would train (set loss.ce_labels = 1.0)".into());

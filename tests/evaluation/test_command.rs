@@ -26,6 +26,27 @@ fn dfdet_test(out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn set_names_given_twice_or_escaping_the_run_folder_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [ff, _] = sets();
+    let out = dfdet_test(tmp.path(), &["--set", &ff]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--set FF") && err.contains("given twice"), "{err}");
+    let evil = ff.replacen("FF=", "../../evil=", 1);
+    let out = dfdet()
+        .current_dir(samples())
+        .args(["test", "-w", fixtures().join("ckpt-ln-linearnorm.ckpt").to_str().unwrap()])
+        .args(["--set", &evil, "-o", tmp.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("../../evil") && err.contains("plain name"), "{err}");
+    assert!(!tmp.path().join("../evil").exists() && !tmp.path().join("../../evil").exists());
+}
+
+#[test]
 fn test_run_writes_predictions_metrics_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");

@@ -149,6 +149,15 @@ fn all_loss_weights_zero_is_refused_before_a_run_folder_exists() {
 }
 
 #[test]
+fn a_run_name_that_leaves_run_dir_is_refused() {
+    let (tmp, config) = setup("");
+    let err =
+        fails(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"../../escape\""]));
+    assert!(err.contains("run_name") && err.contains("../../escape"), "{err}");
+    assert!(!tmp.path().join("../escape").exists());
+}
+
+#[test]
 fn an_unwritable_run_folder_fails_before_training() {
     let (tmp, config) = setup("");
     let blocker = tmp.path().join("not-a-folder");
