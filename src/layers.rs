@@ -11,6 +11,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["model"],
     &["score"],
     &["train"],
+    &["study"],
     &["commands"],
 ];
 

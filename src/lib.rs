@@ -12,7 +12,8 @@
 //! 5. [`model`]: checkpoints, the CLIP encoder and the head;
 //! 6. [`score`]: frames through a detector, a test split to a run's outputs;
 //! 7. [`train`]: LN-tuning, linear probing and LoRA;
-//! 8. [`commands`]: one function per `dfdet` command.
+//! 8. [`study`]: the four-method x data-size study, a grid of training runs and its report;
+//! 9. [`commands`]: one function per `dfdet` command.
 //!
 //! The `dfdet` binary (`src/main.rs`, `src/cli/`) only parses arguments, calls [`commands`] and
 //! prints.
@@ -28,6 +29,7 @@ pub mod preprocess;
 
 pub mod model;
 pub mod score;
+pub mod study;
 pub mod train;
 
 pub mod commands;

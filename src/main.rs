@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Metrics(args) => run::metrics(args),
         Command::Preprocess(args) => run::preprocess(args),
         Command::Train(args) => run::train(args),
+        Command::Study(args) => run::study(args),
     };
     match ended {
         Ok(Ended::Done) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ pub enum Stream {
     Augment = 3,
     Dropout = 4,
     Init = 5,
+    Subset = 6,
 }
 
 impl Rng {

@@ -49,6 +49,9 @@ pub enum Command {
     /// Train a detector (LN-tuning, linear probing, LoRA): a run folder with the resolved config,
     /// metrics.csv, checkpoints (last, best by validation video mAP) and a final test pass.
     Train(TrainArgs),
+    /// The four-method x data-size study: a `dfdet train` run per method and fraction of the
+    /// training videos, resumable and shardable, then summary.csv, summary.md and plots.
+    Study(StudyArgs),
 }
 
 /// Where the model comes from.
@@ -136,7 +139,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// TOML config (weights, backbone, [sets], limit_files, batch_size, dtype); options below override it.
+    /// TOML config (weights, backbone, [sets], limit_files, data_root, batch_size, dtype); options below override it.
     #[arg(short, long)]
     pub config: Option<PathBuf>,
     /// Checkpoint: a Lightning .ckpt, a GenD or dfdet folder, or a Hugging Face repo id.
@@ -154,6 +157,9 @@ pub struct TestArgs {
     /// Evaluate at most this many frames, taking whole videos in the reference's seeded order.
     #[arg(long)]
     pub limit_files: Option<usize>,
+    /// Look up relative list entries under this folder first (the one holding `datasets/`).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     /// Images per forward pass.
     #[arg(short, long)]
     pub batch_size: Option<usize>,
@@ -236,6 +242,33 @@ pub struct TrainArgs {
     pub cache_features: bool,
     /// Print the resolved config and exit.
     #[arg(long, conflicts_with = "resume")]
+    pub print_config: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StudyArgs {
+    /// A train config (every `dfdet train` key) with a `[study]` table: `fractions`,
+    /// `default_methods`, `[study.methods.NAME]` overlays. The study folder is run_dir/run_name.
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Set a key, e.g. `--set max_epochs=5 --set 'study.fractions=[0.5, 1.0]'` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run only every N-th cell starting at the I-th (0-based), e.g. `--shard 0/4` ... `--shard 3/4`
+    /// in four processes sharing the study folder.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<dfdet::study::Shard>,
+    /// Run only this method (`ln-tuning`) or cell (`ln-tuning-50`); repeatable.
+    #[arg(long, value_name = "METHOD[-PERCENT]")]
+    pub only: Vec<String>,
+    /// Train nothing: write the report of the cells finished so far.
+    #[arg(long, conflicts_with_all = ["shard", "only"])]
+    pub report: bool,
+    /// Print the resolved study (base config, methods, cells) and exit.
+    #[arg(long)]
     pub print_config: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]

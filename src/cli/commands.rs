@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 
 use super::args::{
-    BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, TestArgs, TrainArgs,
-    VideoArgs,
+    BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, StudyArgs, TestArgs,
+    TrainArgs, VideoArgs,
 };
 use super::progress::Bars;
 use dfdet::commands::predict::Format;
@@ -129,6 +129,7 @@ pub fn test(args: TestArgs) -> Result<Ended> {
         backbone: args.backbone,
         sets,
         limit_files: args.limit_files,
+        data_root: args.root,
         batch_size: args.batch_size,
         dtype: args.dtype,
     };
@@ -188,6 +189,21 @@ pub fn preprocess(args: PreprocessArgs) -> Result<Ended> {
     Ok(if summary.failed_videos > 0 { Ended::Partial } else { Ended::Done })
 }
 
+/// The first Ctrl-C (or SIGTERM) sets the flag: training stops after the current step with
+/// `last` saved; a second one quits at once.
+fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(crate::EXIT_INTERRUPTED.into());
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 pub fn train(args: TrainArgs) -> Result<Ended> {
     set_threads(args.threads)?;
     let config = match &args.resume {
@@ -204,16 +220,7 @@ pub fn train(args: TrainArgs) -> Result<Ended> {
         print!("{}", config.to_toml());
         return Ok(Ended::Done);
     }
-    // The first Ctrl-C stops after the current step with `last` saved; a second one quits.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(crate::EXIT_INTERRUPTED.into());
-        }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let stop = stop_on_ctrl_c()?;
     let mut bars = Bars::new(0);
     let outcome = match (&args.resume, &config) {
         (Some(dir), _) => dfdet::train::resume(dir, &mut bars, &stop),
@@ -229,5 +236,46 @@ pub fn train(args: TrainArgs) -> Result<Ended> {
         print!("{}", dfdet::eval::report::summary_table(&test.report));
     }
     eprintln!("wrote {}", outcome.run_dir.display());
+    Ok(Ended::Done)
+}
+
+pub fn study(args: StudyArgs) -> Result<Ended> {
+    use dfdet::study::{Selection, StudyConfig, prepare};
+    set_threads(args.threads)?;
+    let config = StudyConfig::load(&args.config, &args.sets)?;
+    if args.print_config {
+        let subsets = config.dir().join("subsets");
+        let cells = config.cells(&|f| subsets.join(format!("trn-{}.txt", dfdet::study::config::percent(f))))?;
+        let mut text = config.to_toml();
+        text += "\n# The grid, in order (--shard I/N runs cells I, I+N, ...):\n";
+        for (i, c) in cells.iter().enumerate() {
+            text += &format!("#   {i:>3}  {}  -> {}\n", c.name, c.config.run_path().display());
+        }
+        write_stdout(&text)?;
+        return Ok(Ended::Done);
+    }
+    let stop = stop_on_ctrl_c()?;
+    let mut bars = Bars::new(0);
+    let prepared = prepare(config, &mut bars)?;
+    if args.report {
+        let written = prepared.report(&mut bars)?;
+        bars.finish();
+        return Ok(if written.cells_done == written.cells_total { Ended::Done } else { Ended::Partial });
+    }
+    let selection = Selection { shard: args.shard, only: args.only.clone() };
+    let outcome = prepared.run(&selection, &mut bars, &stop);
+    bars.finish();
+    let outcome = outcome?;
+    if !outcome.skipped.is_empty() {
+        eprintln!("already finished: {}", outcome.skipped.join(", "));
+    }
+    if outcome.interrupted {
+        eprintln!("interrupted; run the same command again to continue");
+        return Ok(Ended::Interrupted);
+    }
+    if let Some(report) = &outcome.report {
+        let md = std::fs::read_to_string(&report.summary_md).unwrap_or_default();
+        write_stdout(&md)?;
+    }
     Ok(Ended::Done)
 }

@@ -31,6 +31,10 @@ pub struct TestConfig {
     /// Limit the frames to this many, by whole videos (the reference's `limit_tst_files`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_files: Option<usize>,
+    /// Where relative list entries are looked up first (the folder holding `datasets/`);
+    /// in a config file, relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<PathBuf>,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     #[serde(default)]
@@ -52,6 +56,7 @@ impl Default for TestConfig {
             backbone: None,
             sets: BTreeMap::new(),
             limit_files: None,
+            data_root: None,
             batch_size: default_batch_size(),
             dtype: Dtype::default(),
         }
@@ -66,6 +71,7 @@ pub struct TestOverrides {
     /// Sets added (or replaced, by name).
     pub sets: Vec<SetSpec>,
     pub limit_files: Option<usize>,
+    pub data_root: Option<PathBuf>,
     pub batch_size: Option<usize>,
     pub dtype: Option<Dtype>,
 }
@@ -90,6 +96,7 @@ impl TestConfig {
             config.sets.insert(spec.name, spec.lists);
         }
         config.limit_files = o.limit_files.or(config.limit_files);
+        config.data_root = o.data_root.or(config.data_root);
         config.batch_size = o.batch_size.unwrap_or(config.batch_size);
         config.dtype = o.dtype.unwrap_or(config.dtype);
         if let Some(name) = config.sets.keys().find(|n| !is_plain_name(n)) {
@@ -120,6 +127,12 @@ impl TestConfig {
                 }
             }
         }
+        if let Some(root) = &mut config.data_root
+            && !root.exists()
+            && base.join(&*root).exists()
+        {
+            *root = base.join(&*root);
+        }
         Ok(config)
     }
 
@@ -130,9 +143,10 @@ impl TestConfig {
 
     /// The frames of the sets (checked before any model is loaded).
     pub fn split(&self) -> Result<Split> {
-        let split = Split::load(&self.set_specs(), self.limit_files)?;
+        let split = Split::load(&self.set_specs(), self.limit_files, self.data_root.as_deref())?;
         if split.files.is_empty() {
-            return Err(Error::config("sets", "the test sets name no existing frame"));
+            let first = split.errors.first().map_or(String::new(), |e| format!(" (first: {}: {})", e.path, e.reason));
+            return Err(Error::config("sets", format!("the test sets name no existing frame{first}")));
         }
         Ok(split)
     }

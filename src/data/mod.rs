@@ -128,7 +128,16 @@ fn walk(
 /// Reads a list file: the paths it names that exist (as written, or relative to the list's
 /// folder), and an error naming the list file and line for each that does not.
 pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String> {
+    read_list_in(list, None)
+}
+
+/// [`read_list`] with a data root: a relative entry is looked up under `root` first (lists of
+/// the reference's layout name `datasets/<dataset>/...` relative to the folder holding
+/// `datasets/`), then as written, then relative to the list's folder. A UTF-8 byte-order mark
+/// at the start is ignored.
+pub fn read_list_in(list: &Path, root: Option<&Path>) -> Result<(Vec<PathBuf>, Vec<InputError>), String> {
     let text = std::fs::read_to_string(list).map_err(|e| format!("cannot read list file: {e}"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let base = list.parent().unwrap_or(Path::new(""));
     let mut paths = Vec::new();
     let mut errors = Vec::new();
@@ -138,14 +147,26 @@ pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String>
             continue;
         }
         let as_written = PathBuf::from(line);
-        if as_written.is_file() {
+        let under_root = root.filter(|_| as_written.is_relative()).map(|r| r.join(line));
+        if let Some(p) = under_root.as_ref().filter(|p| p.is_file()) {
+            paths.push(p.clone());
+        } else if as_written.is_file() {
             paths.push(as_written);
         } else if base.join(line).is_file() {
             paths.push(base.join(line));
         } else {
+            let looked = match &under_root {
+                Some(r) => format!("{}, ", r.display()),
+                None => String::new(),
+            };
             errors.push(InputError {
                 path: line.to_string(),
-                reason: format!("listed in {} line {} but not found", list.display(), i + 1),
+                reason: format!(
+                    "listed in {} line {} but not found (looked for {looked}{line} and {})",
+                    list.display(),
+                    i + 1,
+                    base.join(line).display()
+                ),
             });
         }
     }

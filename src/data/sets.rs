@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::{InputError, label_of, read_list, video_of};
+use super::{InputError, label_of, read_list_in, video_of};
 use crate::{Error, Result};
 
 /// A named group of list files, e.g. `CDF = [Celeb-real.txt, Celeb-synthesis.txt, YouTube-real.txt]`.
@@ -48,15 +48,16 @@ pub struct Split {
 }
 
 impl Split {
-    /// Reads every list of every set. Missing images are reported (list file and line) and
-    /// left out; a list file that cannot be read at all is an error.
-    pub fn load(specs: &[SetSpec], limit: Option<usize>) -> Result<Self> {
+    /// Reads every list of every set (entries resolved as [`read_list_in`] does, under `root`
+    /// first when given). Missing images are reported (list file and line) and left out; a list
+    /// file that cannot be read at all is an error.
+    pub fn load(specs: &[SetSpec], limit: Option<usize>, root: Option<&Path>) -> Result<Self> {
         let mut per_set: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut errors = Vec::new();
         for spec in specs {
             let entry = per_set.entry(spec.name.clone()).or_default();
             for list in &spec.lists {
-                let (paths, errs) = read_list(list).map_err(|reason| Error::format(list, reason))?;
+                let (paths, errs) = read_list_in(list, root).map_err(|reason| Error::format(list, reason))?;
                 errors.extend(errs);
                 entry.extend(paths.into_iter().map(|p| p.display().to_string()));
             }

@@ -116,6 +116,9 @@ pub struct TrainConfig {
     pub slerp_feature_augmentation_range: [f64; 2],
 
     // Data
+    /// Where relative entries of the list files are looked up first (the folder holding the
+    /// reference's `datasets/`); relative to this config file.
+    pub data_root: Option<PathBuf>,
     pub trn_files: Files,
     pub val_files: Files,
     pub tst_files: Files,
@@ -150,6 +153,10 @@ pub struct TrainConfig {
     pub save_every_steps: usize,
     /// Linear probing only: encode every image once and train the head on the cached features.
     pub cache_features: bool,
+    /// With `cache_features`: also keep the features on disk in this folder, keyed by encoder
+    /// weights, pixel settings and frame file, so that later runs on the same frames skip the
+    /// encoder (`dfdet study` shares one between its linear-probing cells).
+    pub feature_cache_dir: Option<PathBuf>,
     /// `"32"` / `"32-true"`: dfdet trains in f32.
     pub precision: String,
 }
@@ -169,6 +176,7 @@ impl Default for TrainConfig {
             peft: PeftConfig::default(),
             slerp_feature_augmentation: true,
             slerp_feature_augmentation_range: [0.0, 1.0],
+            data_root: None,
             trn_files: Files::default(),
             val_files: Files::default(),
             tst_files: Files::default(),
@@ -190,6 +198,7 @@ impl Default for TrainConfig {
             mini_batch_size: 128,
             save_every_steps: 0,
             cache_features: false,
+            feature_cache_dir: None,
             precision: "32".into(),
         }
     }
@@ -245,12 +254,29 @@ impl TrainConfig {
             let name = path.map_or("config".to_string(), |p| p.display().to_string());
             (text, PathBuf::from(format!("{name} with --set")))
         };
-        let mut config: Self = toml::from_str(&text).map_err(|e| Error::format(&source, explain(&e.to_string())))?;
-        if let Some(base) = path.and_then(Path::parent) {
-            config.resolve_paths(base);
+        let config: Self = toml::from_str(&text).map_err(|e| Error::format(&source, explain(&e.to_string())))?;
+        config.resolved(path.and_then(Path::parent))
+    }
+
+    /// A config from an already merged TOML table; `source` names it in errors, relative paths
+    /// resolve against `base` as in [`Self::load`].
+    pub fn from_table(table: toml::Table, source: &Path, base: Option<&Path>) -> Result<Self> {
+        let config: Self =
+            table.try_into().map_err(|e: toml::de::Error| Error::format(source, explain(&e.to_string())))?;
+        config.resolved(base)
+    }
+
+    /// The config as a TOML table (every key, unset options left out).
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("the config serialises")
+    }
+
+    fn resolved(mut self, base: Option<&Path>) -> Result<Self> {
+        if let Some(base) = base {
+            self.resolve_paths(base);
         }
-        config.validate()?;
-        Ok(config)
+        self.validate()?;
+        Ok(self)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -266,6 +292,11 @@ impl TrainConfig {
             && let Some(p) = fix(Path::new(c.as_str()))
         {
             *c = p.display().to_string();
+        }
+        if let Some(root) = &mut self.data_root
+            && let Some(p) = fix(root)
+        {
+            *root = p;
         }
         if let Some(p) = fix(Path::new(&self.backbone)) {
             self.backbone = p.display().to_string();
@@ -325,6 +356,9 @@ impl TrainConfig {
         if self.cache_features && !self.is_linear_probe() {
             return bad("cache_features", "needs linear probing: a frozen encoder (peft off or nothing enabled, no unfreeze_layers, freeze_feature_extractor) and augmentations off".into());
         }
+        if self.feature_cache_dir.is_some() && !self.cache_features {
+            return bad("feature_cache_dir", "is only used with cache_features = true (linear probing)".into());
+        }
         Ok(())
     }
 
@@ -380,8 +414,8 @@ impl TrainConfig {
     }
 }
 
-/// Sets `key.path` in `doc` to `value` (TOML syntax, else a bare string).
-fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
+/// Sets `key.path` in `doc` to `value` (TOML syntax, else a bare string), as `--set` does.
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) = assignment
         .split_once('=')
         .ok_or_else(|| Error::config(format!("--set `{assignment}`"), "expected KEY=VALUE"))?;

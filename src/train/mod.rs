@@ -19,6 +19,7 @@ pub mod schedule;
 pub mod slerp;
 pub mod splits;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 pub use config::TrainConfig;

@@ -21,6 +21,7 @@ use super::schedule::Schedule;
 use super::slerp::SlerpPlan;
 use super::splits::Splits;
 use super::state::{Best, EpochSoFar, MetricsLog, RunDir, TrainState, load_state, save_checkpoint};
+use super::store::FeatureStore;
 use super::validate::{loss_rows, metric_rows, score_val};
 use crate::data::sets::Split;
 use crate::eval::unifalign::{alignment, uniformity};
@@ -83,6 +84,7 @@ struct Trainer {
     val: Split,
     tst: Option<Split>,
     cache: Option<(FeatureCache, FeatureCache)>,
+    store: Option<FeatureStore>,
     log: MetricsLog,
     state: TrainState,
     unreadable: HashSet<usize>,
@@ -114,6 +116,10 @@ impl Trainer {
                 c
             }
             None => base_clip(&config.backbone, config.head, config.num_classes, config.tuning(), config.seed)?,
+        };
+        let store = match (&config.feature_cache_dir, config.cache_features) {
+            (Some(root), true) => Some(FeatureStore::open(root, &ckpt.backbone, &ckpt.tensors)?),
+            _ => None,
         };
         let mut detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32)?;
         detector.spec.run_name = Some(config.run_name.clone());
@@ -183,6 +189,7 @@ impl Trainer {
             val,
             tst,
             cache: None,
+            store,
             log,
             state,
             unreadable: HashSet::new(),
@@ -365,7 +372,23 @@ impl Trainer {
         let name = if training { "caching trn features" } else { "caching val features" };
         obs.phase(name, split.files.len(), 0);
         let mut cache = FeatureCache { dim: self.detector.backbone.encoder.hidden_size, rows: Default::default() };
-        let index: Vec<usize> = (0..split.files.len()).collect();
+        // Frames the feature store already holds are read from it; the others are encoded in
+        // mini-batches and stored.
+        let mut index = Vec::new();
+        let mut stored = 0usize;
+        for (i, frame) in split.files.iter().enumerate() {
+            match self.store.as_ref().and_then(|s| s.get(frame)) {
+                Some(f) => {
+                    cache.rows.insert(i, f);
+                    stored += 1;
+                }
+                None => index.push(i),
+            }
+        }
+        if stored > 0 {
+            obs.advance(stored);
+            obs.message(&format!("{name}: {stored} of {} frames read from the feature cache", split.files.len()));
+        }
         for chunk in index.chunks(self.config.mini_batch_size) {
             let batch = load_batch(split, chunk, &self.detector.backbone.pixels, None, &self.device);
             for e in &batch.errors {
@@ -375,7 +398,11 @@ impl Trainer {
                 let d = cache.dim;
                 let f = host(self.detector.encoder.forward(batch.pixels)).1;
                 for (k, &i) in batch.index.iter().enumerate() {
-                    cache.rows.insert(i, f[k * d..(k + 1) * d].to_vec());
+                    let row = f[k * d..(k + 1) * d].to_vec();
+                    if let Some(store) = &self.store {
+                        store.put(&split.files[i], &row)?;
+                    }
+                    cache.rows.insert(i, row);
                 }
             }
             obs.advance(chunk.len());

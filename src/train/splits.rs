@@ -39,13 +39,14 @@ fn load_split(
     if specs.is_empty() {
         return Err(Error::config(key, "is empty: give its list files"));
     }
-    let split = Split::load(&specs, limit)?;
+    let split = Split::load(&specs, limit, config.data_root.as_deref())?;
     for e in &split.errors {
         obs.message(&format!("warning: {key}: {}: {}", e.path, e.reason));
     }
     let lists: Vec<String> = specs.iter().flat_map(|s| s.lists.iter().map(|l| l.display().to_string())).collect();
     if split.files.is_empty() {
-        return Err(Error::config(key, format!("the lists name no existing frame ({})", lists.join(", "))));
+        let first = split.errors.first().map_or(String::new(), |e| format!("; first: {}: {}", e.path, e.reason));
+        return Err(Error::config(key, format!("the lists name no existing frame ({}){first}", lists.join(", "))));
     }
     for class in 0..config.num_classes {
         if !split.labels.contains(&class) {

@@ -196,3 +196,34 @@ fn test_run_from_a_config_file() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("batchsize") && stderr.contains("batch_size"), "{stderr}");
 }
+
+#[test]
+fn root_resolves_list_entries_from_any_folder_and_a_bom_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of a list with a UTF-8 byte-order mark, as some Windows editors save it.
+    let real = std::fs::read_to_string(samples().join(LISTS).join("FF/test/real.txt")).unwrap();
+    let bom_list = tmp.path().join("real-bom.txt");
+    std::fs::write(&bom_list, format!("\u{feff}{real}")).unwrap();
+    let df = samples().join(LISTS).join("FF/test/DF.txt");
+    let set = format!("FF={},{}", bom_list.display(), df.display());
+    let run = |extra: &[&str]| {
+        dfdet()
+            .current_dir(tmp.path())
+            .args(["test", "-w", fixtures().join("ckpt-ln-linearnorm.ckpt").to_str().unwrap()])
+            .args(["--set", &set, "-o", tmp.path().join("run").to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Outside the samples root, the entries are found only with --root; the error says where
+    // it looked.
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 1 but not found (looked for datasets/FF/"), "{err}");
+    let out = run(&["--root", samples().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let metrics = read_json(tmp.path().join("run/metrics.json"));
+    assert_eq!(metrics["FF"]["frame"]["n_samples"], 8, "both lists' 4 frames each, the BOM line included");
+}

@@ -9,3 +9,4 @@ mod cli;
 mod grads;
 mod optim;
 mod run;
+mod study;

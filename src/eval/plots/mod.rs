@@ -20,6 +20,7 @@ use super::metrics::{argmax_rows, check_inputs, confusion_matrix};
 use crate::{Error, Result};
 
 mod figures;
+pub mod study;
 use figures::{ConfusionFigure, DistributionFigure, F1Figure, PrFigure, RocFigure};
 
 /// The environment variable naming the TrueType/OpenType font used for text.
