@@ -30,7 +30,8 @@ pub struct FrameScore {
 }
 
 impl FrameScore {
-    fn new(path: String, probs: Vec<f32>) -> Self {
+    /// A frame's score from its class probabilities.
+    pub fn new(path: String, probs: Vec<f32>) -> Self {
         let binary = eval::video::sources_to_binary(&probs.iter().map(|&p| p as f64).collect::<Vec<_>>(), probs.len());
         Self { path, p_fake: binary[1] as f32, probs }
     }
@@ -141,15 +142,29 @@ pub fn test_split(
     obs: &mut dyn Observer,
 ) -> Result<TestOutcome> {
     let paths: Vec<PathBuf> = split.files.iter().map(PathBuf::from).collect();
-    let (scores, mut errors) = score_frames(detector, device, &paths, batch_size, obs);
+    let (scores, errors) = score_frames(detector, device, &paths, batch_size, obs);
+    write_test_outputs(split, &scores, errors, detector.spec.num_classes, out)
+}
+
+/// The outputs of a test pass from its frames' scores (any frames of `split`, in any order):
+/// `test_predictions.csv`, `metrics.json` and `plots/` in `out`; `errors` are the frames that
+/// could not be scored (the split's own missing entries are added).
+pub fn write_test_outputs(
+    split: &Split,
+    scores: &[FrameScore],
+    mut errors: Vec<InputError>,
+    n_classes: usize,
+    out: &Path,
+) -> Result<TestOutcome> {
     errors.splice(0..0, split.errors.iter().cloned());
 
     // Frames scored, in split order, and where each split index went.
-    let n_classes = detector.spec.num_classes;
     let index: BTreeMap<&str, usize> = split.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
     let mut preds = Predictions { n_classes, ..Predictions::default() };
     let mut new_index = vec![None; split.files.len()];
-    for s in &scores {
+    let mut scores: Vec<&FrameScore> = scores.iter().collect();
+    scores.sort_by_key(|s| index[s.path.as_str()]);
+    for s in scores {
         let i = index[s.path.as_str()];
         new_index[i] = Some(preds.files.len());
         preds.files.push(s.path.clone());

@@ -6,7 +6,6 @@
 //! cross-entropy, backward through the frozen encoder to every LayerNorm, AdamW — the step that
 //! `scripts/bench/train_torch.py` times in PyTorch.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::prelude::*;
@@ -15,10 +14,10 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
-use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
+pub use crate::model::checkpoint::random_checkpoint;
 use crate::model::config::Backbone;
-use crate::model::spec::{HeadKind, ModelSpec, Tuning};
-use crate::model::{Detector, Dtype, clip};
+
+use crate::model::{Detector, Dtype};
 use crate::rng::Rng;
 use crate::train::loss::{LossConfig, compute};
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -37,31 +36,6 @@ pub struct BenchRow {
     pub img_per_s: f64,
     /// Peak resident memory of the process during this setting, in MiB.
     pub peak_rss_mib: f64,
-}
-
-/// A random checkpoint shaped for `backbone`, with a LinearNorm head.
-pub fn random_checkpoint(backbone: &Backbone, seed: u64) -> Checkpoint {
-    let mut rng = Rng::new(seed);
-    let mut tensors = TensorMap::new(PathBuf::from("<random>"));
-    let mut shapes = clip::tensor_shapes(&backbone.encoder);
-    let d = backbone.encoder.hidden_size;
-    shapes.push(("model.linear.weight".into(), vec![2, d]));
-    shapes.push(("model.linear.bias".into(), vec![2]));
-    for (key, shape) in shapes {
-        let n = shape.iter().product();
-        let is_ln_weight = key.ends_with("norm.weight") || key.contains("layer_norm") && key.ends_with("weight");
-        let data = (0..n).map(|_| if is_ln_weight { 1.0 } else { 0.02 * rng.normal() as f32 }).collect();
-        tensors.insert(key, HostTensor { shape, data });
-    }
-    let spec = ModelSpec {
-        backbone: backbone.name.clone(),
-        head: HeadKind::LinearNorm,
-        num_classes: 2,
-        tuning: Tuning::LnTuning,
-        precision: None,
-        run_name: None,
-    };
-    Checkpoint { path: PathBuf::from("<random>"), spec, backbone: backbone.clone(), tensors }
 }
 
 fn check_batches(batches: &[usize]) -> Result<()> {

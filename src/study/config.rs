@@ -62,11 +62,19 @@ pub struct StudyTable {
     pub default_methods: bool,
     /// Method name -> overlay of train keys.
     pub methods: BTreeMap<String, toml::Table>,
+    /// Linear-probing cells keep the encoder's features in `<study>/feature-cache/`, so that
+    /// every fraction and the test passes reuse them (off: each cell encodes its own frames).
+    pub share_features: bool,
 }
 
 impl Default for StudyTable {
     fn default() -> Self {
-        Self { fractions: vec![0.25, 0.5, 0.75, 1.0], default_methods: true, methods: BTreeMap::new() }
+        Self {
+            fractions: vec![0.25, 0.5, 0.75, 1.0],
+            default_methods: true,
+            methods: BTreeMap::new(),
+            share_features: true,
+        }
     }
 }
 
@@ -87,6 +95,7 @@ pub struct StudyConfig {
     /// In grid order: the default methods in the seed's order, then the file's in name order.
     pub methods: Vec<Method>,
     pub default_methods: bool,
+    pub share_features: bool,
 }
 
 /// One cell of the grid.
@@ -175,7 +184,13 @@ impl StudyConfig {
                 }
             }
         }
-        let config = Self { base, fractions, methods, default_methods: study.default_methods };
+        let config = Self {
+            base,
+            fractions,
+            methods,
+            default_methods: study.default_methods,
+            share_features: study.share_features,
+        };
         // Every cell's config must be valid before any compute.
         for m in &config.methods {
             config.cell_config(m, 1.0, Path::new("subset.txt"))?;
@@ -223,7 +238,7 @@ impl StudyConfig {
         // Linear probing reads cached features, shared by every fraction through the disk.
         if config.is_linear_probe() {
             config.cache_features = true;
-            config.feature_cache_dir = Some(self.cache_dir());
+            config.feature_cache_dir = self.share_features.then(|| self.cache_dir());
         }
         config.validate().map_err(|e| Error::config(key, e.to_string()))?;
         Ok(config)
@@ -235,6 +250,7 @@ impl StudyConfig {
         let mut study = toml::Table::new();
         study.insert("fractions".into(), toml::Value::try_from(&self.fractions).expect("numbers"));
         study.insert("default_methods".into(), toml::Value::Boolean(self.default_methods));
+        study.insert("share_features".into(), toml::Value::Boolean(self.share_features));
         let methods: toml::Table =
             self.methods.iter().map(|m| (m.name.clone(), toml::Value::Table(m.overlay.clone()))).collect();
         study.insert("methods".into(), toml::Value::Table(methods));

@@ -3,20 +3,37 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap};
-use crate::model::config::Backbone;
+use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap, random_checkpoint};
+use crate::model::config::{Backbone, PRESETS};
 use crate::model::hub::Hub;
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::{Error, Result};
 
 use crate::rng::{Rng, Stream};
 
+/// Prefix of a backbone name that asks for random weights: `random:<preset>`.
+pub const RANDOM_PREFIX: &str = "random:";
+
 /// A base CLIP: the encoder's `vision_model.*` tensors from `name` (a local HF folder with
 /// `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through the HF
-/// cache), and a head drawn as PyTorch's `nn.Linear` default (uniform in `±1/√d`, seeded).
+/// cache; `random:<preset>` draws random weights of that architecture, for cost estimates), and
+/// a head drawn as PyTorch's `nn.Linear` default (uniform in `±1/√d`, seeded).
 pub fn base_clip(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning, seed: u64) -> Result<Checkpoint> {
     let dir = Path::new(name);
-    let (backbone, weights) = if dir.is_dir() {
+    let (backbone, weights) = if let Some(preset) = name.strip_prefix(RANDOM_PREFIX) {
+        let backbone = Backbone::preset(preset).ok_or_else(|| {
+            Error::config(
+                "backbone",
+                format!("`{name}`: random weights need a preset after `{RANDOM_PREFIX}`: {}", PRESETS.join(", ")),
+            )
+        })?;
+        let mut random = random_checkpoint(&backbone, seed);
+        random.tensors.remove("model.linear.weight");
+        random.tensors.remove("model.linear.bias");
+        let mut ckpt = head_on(backbone, random.tensors, head, num_classes, tuning, seed);
+        ckpt.path = PathBuf::from(name);
+        return Ok(ckpt);
+    } else if dir.is_dir() {
         (Backbone::from_dir(dir)?, dir.join("model.safetensors"))
     } else {
         let backbone = match Backbone::preset(name) {
@@ -32,7 +49,21 @@ pub fn base_clip(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning,
         };
         (backbone, Hub::from_env().file(name, "model.safetensors")?)
     };
-    let mut tensors = vision_tensors(&weights)?;
+    let tensors = vision_tensors(&weights)?;
+    let mut ckpt = head_on(backbone, tensors, head, num_classes, tuning, seed);
+    ckpt.path = weights;
+    Ok(ckpt)
+}
+
+/// `tensors` of an encoder with a fresh head.
+fn head_on(
+    backbone: Backbone,
+    mut tensors: TensorMap,
+    head: HeadKind,
+    num_classes: usize,
+    tuning: Tuning,
+    seed: u64,
+) -> Checkpoint {
     let d = backbone.encoder.hidden_size;
     let mut rng = Rng::derive(seed, Stream::Init, &[0]);
     let bound = 1.0 / (d as f64).sqrt();
@@ -47,7 +78,7 @@ pub fn base_clip(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning,
         precision: Some("32-true".into()),
         run_name: None,
     };
-    Ok(Checkpoint { path: weights, spec, backbone, tensors })
+    Checkpoint { path: PathBuf::new(), spec, backbone, tensors }
 }
 
 /// The `vision_model.*` tensors of a CLIP `model.safetensors` (f32, f16 or bf16), as f32.

@@ -23,6 +23,7 @@ use super::splits::Splits;
 use super::state::{Best, EpochSoFar, MetricsLog, RunDir, TrainState, load_state, save_checkpoint};
 use super::store::FeatureStore;
 use super::validate::{loss_rows, metric_rows, score_val};
+use crate::data::InputError;
 use crate::data::sets::Split;
 use crate::eval::unifalign::{alignment, uniformity};
 use crate::eval::video::frame_and_video;
@@ -30,7 +31,7 @@ use crate::model::Detector;
 use crate::model::checkpoint::load_checkpoint;
 use crate::progress::Observer;
 use crate::rng::{Rng, Stream};
-use crate::score::{TestOutcome, test_split};
+use crate::score::{FrameScore, TestOutcome, test_split, write_test_outputs};
 use crate::{Error, Result};
 
 /// How a run ended.
@@ -500,7 +501,15 @@ impl Trainer {
         let out = self.dir.test();
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         obs.phase("test", tst.files.len(), 0);
-        let outcome = test_split(&detector, &self.device, tst, self.config.mini_batch_size, &out, obs)?;
+        let outcome = match &self.store {
+            // Linear probing: the encoder never changed, its features of the test frames are in
+            // (or go to) the feature store.
+            Some(store) => {
+                let (scores, errors) = score_through_store(&detector, tst, store, self.config.mini_batch_size, obs)?;
+                write_test_outputs(tst, &scores, errors, detector.spec.num_classes, &out)?
+            }
+            None => test_split(&detector, &self.device, tst, self.config.mini_batch_size, &out, obs)?,
+        };
         for e in &outcome.errors {
             obs.message(&format!("warning: {}: {}", e.path, e.reason));
         }
@@ -509,6 +518,57 @@ impl Trainer {
         }
         Ok(Some(outcome))
     }
+}
+
+/// Scores `split` with `detector`, taking the encoder's features from `store` where it holds
+/// them and storing the others.
+fn score_through_store(
+    detector: &Detector,
+    split: &Split,
+    store: &FeatureStore,
+    batch_size: usize,
+    obs: &mut dyn Observer,
+) -> Result<(Vec<FrameScore>, Vec<InputError>)> {
+    let device = Device::flex();
+    let d = detector.backbone.encoder.hidden_size;
+    let mut scores = Vec::with_capacity(split.files.len());
+    let mut errors = Vec::new();
+    let index: Vec<usize> = (0..split.files.len()).collect();
+    for chunk in index.chunks(batch_size.max(1)) {
+        let mut rows: Vec<(usize, Vec<f32>)> = Vec::with_capacity(chunk.len());
+        let mut missing = Vec::new();
+        for &i in chunk {
+            match store.get(&split.files[i]) {
+                Some(f) => rows.push((i, f)),
+                None => missing.push(i),
+            }
+        }
+        if !missing.is_empty() {
+            let batch = load_batch(split, &missing, &detector.backbone.pixels, None, &device);
+            errors.extend(batch.errors);
+            if !batch.index.is_empty() {
+                let f = host(detector.encoder.forward(batch.pixels)).1;
+                for (k, &i) in batch.index.iter().enumerate() {
+                    let row = f[k * d..(k + 1) * d].to_vec();
+                    store.put(&split.files[i], &row)?;
+                    rows.push((i, row));
+                }
+            }
+        }
+        if !rows.is_empty() {
+            let b = rows.len();
+            let data: Vec<f32> = rows.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+            let pooled = Tensor::<2>::from_data(TensorData::new(data, [b, d]), &device);
+            let logits = detector.head.forward(pooled).logits;
+            let c = logits.dims()[1];
+            let probs = host(burn::tensor::activation::softmax(logits, 1)).1;
+            for (k, (i, _)) in rows.iter().enumerate() {
+                scores.push(FrameScore::new(split.files[*i].clone(), probs[k * c..(k + 1) * c].to_vec()));
+            }
+        }
+        obs.advance(chunk.len());
+    }
+    Ok((scores, errors))
 }
 
 fn add_row(rows: &mut BTreeMap<String, (f64, usize)>, name: &str, v: f64) {

@@ -78,9 +78,10 @@ fn summary(dir: &Path) -> BTreeMap<(String, String, String, String), BTreeMap<St
         .collect()
 }
 
-/// p(fake) of every test frame of a run.
+/// p(fake) of every test frame of a training run (or, given `test/`, of a test run folder).
 fn test_probs(run: &Path) -> Vec<(String, f64)> {
-    let text = std::fs::read_to_string(run.join("test/test_predictions.csv")).unwrap();
+    let csv = if run.join("test_predictions.csv").is_file() { run.to_path_buf() } else { run.join("test") };
+    let text = std::fs::read_to_string(csv.join("test_predictions.csv")).unwrap();
     text.lines()
         .skip(1)
         .map(|l| {
@@ -88,6 +89,18 @@ fn test_probs(run: &Path) -> Vec<(String, f64)> {
             (f[0].to_string(), f[3].parse().unwrap())
         })
         .collect()
+}
+
+/// Files with extension `ext` under `dir`.
+fn walk_count(dir: &Path, ext: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { walk_count(&p, ext) } else { usize::from(p.extension().is_some_and(|x| x == ext)) }
+        })
+        .sum()
 }
 
 #[test]
@@ -179,6 +192,27 @@ fn the_study_grid_runs_resumes_shards_and_reports_its_cells_numbers() {
     for ((f1, p1), (f2, p2)) in cell.iter().zip(&plain) {
         assert_eq!(f1, f2);
         assert!((p1 - p2).abs() <= 1e-6, "{f1}: study {p1} vs plain train {p2}");
+    }
+
+    // Linear probing encoded each distinct frame once into the shared store (training,
+    // validation and test frames are the same 64 here), and its store-fed test pass gives what
+    // `dfdet test` gives with the cell's best checkpoint.
+    let stored = walk_count(&whole.join("feature-cache"), "f32");
+    assert_eq!(stored, 64, "one stored feature per distinct frame");
+    let lp = whole.join("runs/linear-probe-100");
+    let retest = tmp.path().join("lp-test");
+    let out = Command::new(env!("CARGO_BIN_EXE_dfdet"))
+        .current_dir(tmp.path())
+        .args(["test", "-w", lp.join("checkpoints/best").to_str().unwrap(), "-o", retest.to_str().unwrap()])
+        .args(["--set", "CDF=cdf.txt", "--set", "FF=ff.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cell, again) = (test_probs(&lp), test_probs(&retest));
+    assert_eq!(cell.len(), again.len());
+    for ((f1, p1), (f2, p2)) in cell.iter().zip(&again) {
+        assert!(f1.ends_with(f2.as_str()), "{f1} vs {f2}");
+        assert!((p1 - p2).abs() <= 1e-6, "{f1}: store-fed test {p1} vs dfdet test {p2}");
     }
 
     // The report's plots.

@@ -14,6 +14,7 @@
 mod backbone;
 mod lightning;
 mod peft;
+mod random;
 mod safetensors;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub use super::tensors::{HostTensor, TensorMap};
 use self::backbone::check_backbone;
 pub use self::backbone::resolve_backbone;
 use self::lightning::load_lightning;
+pub use self::random::random_checkpoint;
 pub use self::safetensors::save_dfdet;
 use self::safetensors::{DFDET_JSON, SAFETENSORS, load_dfdet, load_gend};
 

@@ -1,0 +1,35 @@
+//! Random weights shaped for a backbone: for benchmarks and cost estimates, where only the
+//! architecture matters (random weights are as fast as real ones).
+
+use std::path::PathBuf;
+
+use super::{Checkpoint, HostTensor, TensorMap};
+use crate::model::clip;
+use crate::model::config::Backbone;
+use crate::model::spec::{HeadKind, ModelSpec, Tuning};
+use crate::rng::Rng;
+
+/// A random checkpoint shaped for `backbone`, with a LinearNorm head.
+pub fn random_checkpoint(backbone: &Backbone, seed: u64) -> Checkpoint {
+    let mut rng = Rng::new(seed);
+    let mut tensors = TensorMap::new(PathBuf::from("<random>"));
+    let mut shapes = clip::tensor_shapes(&backbone.encoder);
+    let d = backbone.encoder.hidden_size;
+    shapes.push(("model.linear.weight".into(), vec![2, d]));
+    shapes.push(("model.linear.bias".into(), vec![2]));
+    for (key, shape) in shapes {
+        let n = shape.iter().product();
+        let is_ln_weight = key.ends_with("norm.weight") || key.contains("layer_norm") && key.ends_with("weight");
+        let data = (0..n).map(|_| if is_ln_weight { 1.0 } else { 0.02 * rng.normal() as f32 }).collect();
+        tensors.insert(key, HostTensor { shape, data });
+    }
+    let spec = ModelSpec {
+        backbone: backbone.name.clone(),
+        head: HeadKind::LinearNorm,
+        num_classes: 2,
+        tuning: Tuning::LnTuning,
+        precision: None,
+        run_name: None,
+    };
+    Checkpoint { path: PathBuf::from("<random>"), spec, backbone: backbone.clone(), tensors }
+}
