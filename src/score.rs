@@ -16,7 +16,7 @@ use crate::data::sets::Split;
 use crate::eval;
 use crate::eval::report::{Predictions, Report, evaluate_sets, write_report};
 use crate::model::Detector;
-use crate::preprocess::pixels::{load_rgb, pixel_values};
+use crate::preprocess::pixels::{load_rgb_lenient, pixel_values};
 use crate::progress::Observer;
 use crate::{Error, Result};
 
@@ -61,6 +61,22 @@ pub fn video_scores(frames: &[FrameScore]) -> Vec<VideoScore> {
         .collect()
 }
 
+/// What scoring frames gave.
+#[derive(Debug, Default)]
+pub struct Scored {
+    pub scores: Vec<FrameScore>,
+    /// Frames that could not be read.
+    pub errors: Vec<InputError>,
+    /// Frames scored from a truncated or partly corrupt file (decoded as far as possible, the
+    /// rest black, as the reference's Pillow with `LOAD_TRUNCATED_IMAGES` does).
+    pub warnings: Vec<InputError>,
+}
+
+/// The warning of a frame that decoded only in part.
+fn partly_decoded(reason: &str) -> String {
+    format!("truncated or corrupt, scored as far as it decodes (the rest black): {reason}")
+}
+
 /// Scores `frames` in batches. A frame that cannot be read is reported in the errors and the
 /// rest are still scored; `obs` advances by the frames of each batch.
 pub fn score_frames(
@@ -69,20 +85,25 @@ pub fn score_frames(
     frames: &[PathBuf],
     batch_size: usize,
     obs: &mut dyn Observer,
-) -> (Vec<FrameScore>, Vec<InputError>) {
+) -> Scored {
     let cfg = &detector.backbone.pixels;
     let [h, w] = cfg.crop_size;
+    let mut warnings = Vec::new();
     let mut scores = Vec::with_capacity(frames.len());
     let mut errors = Vec::new();
     for chunk in frames.chunks(batch_size.max(1)) {
-        let decoded: Vec<_> = chunk.par_iter().map(|p| load_rgb(p).map(|img| pixel_values(&img, cfg))).collect();
+        let decoded: Vec<_> =
+            chunk.par_iter().map(|p| load_rgb_lenient(p).map(|(img, w)| (pixel_values(&img, cfg), w))).collect();
         let mut ok_paths = Vec::new();
         let mut pixels = Vec::with_capacity(chunk.len() * 3 * h * w);
         for (path, result) in chunk.iter().zip(decoded) {
             match result {
-                Ok(px) => {
+                Ok((px, warning)) => {
                     pixels.extend_from_slice(&px);
                     ok_paths.push(path);
+                    if let Some(reason) = warning {
+                        warnings.push(InputError { path: path.display().to_string(), reason: partly_decoded(&reason) });
+                    }
                 }
                 Err(e) => errors.push(InputError { path: path.display().to_string(), reason: e.to_string() }),
             }
@@ -95,7 +116,7 @@ pub fn score_frames(
         }
         obs.advance(chunk.len());
     }
-    (scores, errors)
+    Scored { scores, errors, warnings }
 }
 
 /// Scores images already in memory (e.g. face crops of a video), named by their first element,
@@ -142,8 +163,10 @@ pub fn test_split(
     obs: &mut dyn Observer,
 ) -> Result<TestOutcome> {
     let paths: Vec<PathBuf> = split.files.iter().map(PathBuf::from).collect();
-    let (scores, errors) = score_frames(detector, device, &paths, batch_size, obs);
-    write_test_outputs(split, &scores, errors, detector.spec.num_classes, out)
+    let scored = score_frames(detector, device, &paths, batch_size, obs);
+    let mut outcome = write_test_outputs(split, &scored.scores, scored.errors, detector.spec.num_classes, out)?;
+    outcome.warnings.splice(0..0, scored.warnings.iter().map(|w| format!("{}: {}", w.path, w.reason)));
+    Ok(outcome)
 }
 
 /// The outputs of a test pass from its frames' scores (any frames of `split`, in any order):

@@ -110,6 +110,9 @@ pub struct ConvertArgs {
     /// Encoder architecture replacing the checkpoint's own.
     #[arg(long)]
     pub backbone: Option<String>,
+    /// Replace the files of an existing, non-empty output folder.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -194,7 +197,7 @@ pub struct VideoArgs {
     #[arg(long, default_value_t = 32)]
     pub frames: usize,
     /// Take every N-th frame instead of --frames.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "frames")]
     pub stride: Option<usize>,
     /// Five-point template the faces are aligned onto: DeepfakeBench's (ArcFace points, 1.3
     /// margin) or GenD's (1.3 margin).

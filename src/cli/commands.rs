@@ -53,8 +53,14 @@ fn detector(weights: &str, backbone: Option<&str>, dtype: Dtype, device: &Device
         .with_context(|| format!("building the model from `{weights}`"))
 }
 
+/// Writes to stdout. A reader that went away (`dfdet ... | head -1`) is not an error: what it
+/// read is all it wanted.
 fn write_stdout(text: &str) -> Result<()> {
-    std::io::stdout().write_all(text.as_bytes()).context("writing to stdout")
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }
 
 /// The face settings of `--detector/--models/--frames/--stride/--template/--no-redetect`.
@@ -62,6 +68,7 @@ fn face_settings(v: &VideoArgs) -> Result<FaceSettings> {
     let sampling = match v.stride {
         Some(k) if k > 0 => Sampling::Stride(k),
         Some(_) => anyhow::bail!("--stride must be at least 1"),
+        None if v.frames == 0 => anyhow::bail!("--frames must be at least 1 (frames sampled per video)"),
         None => Sampling::Linspace(v.frames),
     };
     let crop = CropConfig { template: v.template, size: 256, redetect: !v.no_redetect };
@@ -77,16 +84,23 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     let mut bars = Bars::new(25);
     let result = commands::predict::predict(&detector, &device, &args.inputs, args.batch_size, &faces, &mut bars);
     bars.finish();
-    let predictions = result?;
+    let mut predictions = result?;
+    predictions.about = commands::predict::About::new(weights, &detector, &dtype.to_string(), args.batch_size, &faces);
     for e in &predictions.errors {
         eprintln!("error: {}: {}", e.path, e.reason);
+    }
+    for w in &predictions.warnings {
+        eprintln!("warning: {}: {}", w.path, w.reason);
     }
     write_stdout(&predictions.render(args.format))?;
     if predictions.errors.is_empty() {
         return Ok(Ended::Done);
     }
-    let total = predictions.frames.len() + predictions.errors.len();
-    eprintln!("{} of {total} inputs failed", predictions.errors.len());
+    eprintln!(
+        "{} inputs or frames could not be scored (named above); {} frames were",
+        predictions.errors.len(),
+        predictions.frames.len()
+    );
     Ok(Ended::Partial)
 }
 
@@ -101,7 +115,7 @@ pub fn info(args: InfoArgs) -> Result<Ended> {
 
 pub fn convert(args: ConvertArgs) -> Result<Ended> {
     let ckpt = checkpoint(&args.weights, args.backbone.as_deref())?;
-    commands::info::convert(&ckpt, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    commands::info::convert(&ckpt, &args.out, args.force).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(Ended::Done)
 }
@@ -146,7 +160,7 @@ pub fn test(args: TestArgs) -> Result<Ended> {
     for e in &outcome.errors {
         eprintln!("error: {}: {}", e.path, e.reason);
     }
-    print!("{}", dfdet::eval::report::summary_table(&outcome.report));
+    write_stdout(&dfdet::eval::report::summary_table(&outcome.report))?;
     eprintln!("wrote {}", out.display());
     Ok(if outcome.errors.is_empty() { Ended::Done } else { Ended::Partial })
 }
@@ -217,7 +231,7 @@ pub fn train(args: TrainArgs) -> Result<Ended> {
         }
     };
     if let (true, Some(config)) = (args.print_config, &config) {
-        print!("{}", config.to_toml());
+        write_stdout(&config.to_toml_with_unset())?;
         return Ok(Ended::Done);
     }
     let stop = stop_on_ctrl_c()?;
@@ -233,7 +247,7 @@ pub fn train(args: TrainArgs) -> Result<Ended> {
         return Ok(Ended::Interrupted);
     }
     if let Some(test) = &outcome.test {
-        print!("{}", dfdet::eval::report::summary_table(&test.report));
+        write_stdout(&dfdet::eval::report::summary_table(&test.report))?;
     }
     eprintln!("wrote {}", outcome.run_dir.display());
     Ok(Ended::Done)

@@ -3,9 +3,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::Result;
 use crate::model::Detector;
 use crate::model::checkpoint::{Checkpoint, save_dfdet};
+use crate::{Error, Result};
 
 /// Backbone, encoder shape, head, tuning method and parameter counts of a loaded detector
 /// read from `path`, one `key   value` line each.
@@ -41,6 +41,23 @@ pub fn describe(detector: &Detector, path: &Path) -> String {
 }
 
 /// Writes `checkpoint` as a self-contained dfdet folder (`model.safetensors` + `dfdet.json`).
-pub fn convert(checkpoint: &Checkpoint, out: &Path) -> Result<()> {
+/// An existing non-empty `out` is replaced only with `overwrite`; the folder (or file) the
+/// checkpoint was read from never is.
+pub fn convert(checkpoint: &Checkpoint, out: &Path, overwrite: bool) -> Result<()> {
+    if let (Ok(source), Ok(target)) = (checkpoint.path.canonicalize(), out.canonicalize())
+        && (source.starts_with(&target) || target.starts_with(&source))
+    {
+        return Err(Error::output(
+            out,
+            format!("would overwrite the checkpoint being converted ({}): write elsewhere", checkpoint.path.display()),
+        ));
+    }
+    let occupied = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) || out.is_file();
+    if occupied && !overwrite {
+        return Err(Error::output(
+            out,
+            "already exists and is not empty: give --force to replace it, or another folder",
+        ));
+    }
     save_dfdet(out, &checkpoint.spec, &checkpoint.backbone, checkpoint.tensors.tensors())
 }

@@ -13,8 +13,9 @@ use crate::Result;
 use crate::data::{InputError, expand_inputs, video_of};
 use crate::model::Detector;
 use crate::preprocess::run::{crops_in_memory, is_video};
+use crate::preprocess::video::Sampling;
 use crate::progress::Observer;
-use crate::score::{FrameScore, VideoScore, score_frames, score_images, video_scores};
+use crate::score::{FrameScore, Scored, VideoScore, score_frames, score_images, video_scores};
 
 /// What `predict` scored and what it could not.
 #[derive(Debug, Default, Serialize)]
@@ -22,6 +23,50 @@ pub struct Predictions {
     pub frames: Vec<FrameScore>,
     pub videos: Vec<VideoScore>,
     pub errors: Vec<InputError>,
+    /// Frames scored from a truncated or partly corrupt file.
+    pub warnings: Vec<InputError>,
+    /// What produced these numbers.
+    pub about: About,
+}
+
+/// The program, model and settings behind a set of predictions (JSON `about`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct About {
+    /// dfdet's version.
+    pub dfdet: String,
+    /// The weights as given (path or hub id).
+    pub weights: String,
+    /// The encoder's name (preset, folder or hub id).
+    pub backbone: String,
+    pub head: String,
+    pub dtype: String,
+    pub batch_size: usize,
+    /// How video frames are sampled: `linspace:N` or `stride:K`.
+    pub video_frames: String,
+    /// The face detector for videos.
+    pub face_detector: String,
+}
+
+impl About {
+    /// The settings of a `predict` run with `detector` loaded from `weights`.
+    pub fn new(weights: &str, detector: &Detector, dtype: &str, batch_size: usize, faces: &FaceSettings) -> Self {
+        Self {
+            dfdet: env!("CARGO_PKG_VERSION").into(),
+            weights: weights.into(),
+            backbone: detector.backbone.name.clone(),
+            head: format!("{:?}", detector.spec.head),
+            dtype: dtype.into(),
+            batch_size,
+            video_frames: match faces.sampling {
+                Sampling::Linspace(n) => format!("linspace:{n}"),
+                Sampling::Stride(k) => format!("stride:{k}"),
+            },
+            face_detector: serde_json::to_value(faces.backend)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", faces.backend)),
+        }
+    }
 }
 
 /// Scores `inputs`: images, folders and list files as face crops; video files through `faces`.
@@ -39,7 +84,8 @@ pub fn predict(
     let face_detector = if videos.is_empty() { None } else { Some(faces.detector()?) };
     let inputs = expand_inputs(&others);
     obs.phase("frames", inputs.frames.len(), 0);
-    let (mut frames, mut errors) = score_frames(detector, device, &inputs.frames, batch_size, obs);
+    let Scored { scores: mut frames, mut errors, warnings } =
+        score_frames(detector, device, &inputs.frames, batch_size, obs);
     errors.splice(0..0, inputs.errors);
     if let Some(face_detector) = face_detector {
         obs.phase("videos", videos.len(), 0);
@@ -48,12 +94,14 @@ pub fn predict(
             let name = video.display().to_string();
             obs.status(&name);
             let (crops, skipped) = crops_in_memory(video, faces.sampling, face_detector.as_ref(), &faces.crop);
+            // A video that could not be read at all is one error, not two.
+            let unreadable = skipped.iter().any(|(frame, _)| frame.is_none());
             for (frame, reason) in skipped {
                 let path = frame.map(|f| format!("{name}/{f:03}")).unwrap_or_else(|| name.clone());
                 errors.push(InputError { path, reason });
             }
             let named: Vec<_> = crops.into_iter().map(|(i, c)| (format!("{name}/{i:03}"), c)).collect();
-            if named.is_empty() {
+            if named.is_empty() && !unreadable {
                 errors.push(InputError { path: name, reason: "no face crop to score".into() });
             }
             frames.extend(score_images(detector, device, &named, batch_size));
@@ -61,7 +109,7 @@ pub fn predict(
         }
     }
     let videos = video_scores(&frames);
-    Ok(Predictions { frames, videos, errors })
+    Ok(Predictions { frames, videos, errors, warnings, about: About::default() })
 }
 
 /// Output formats of `predict` (and `bench`).
@@ -79,7 +127,7 @@ impl Format {
 }
 
 impl Predictions {
-    /// The predictions as `format`: JSON `{"frames","videos","errors"}`; CSV
+    /// The predictions as `format`: JSON `{"frames","videos","errors","warnings","about"}`; CSV
     /// `path,video,p_fake,video_p_fake`; or a table of frames, then of videos.
     pub fn render(&self, format: Format) -> String {
         match format {

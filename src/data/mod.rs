@@ -33,7 +33,9 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// Adds `path` unless it was seen; `./x.png` and `x.png` are one frame (and one video).
     fn push(&mut self, seen: &mut HashSet<PathBuf>, path: PathBuf) {
+        let path = without_dot_components(&path);
         if seen.insert(path.clone()) {
             self.frames.push(path);
         }
@@ -66,10 +68,27 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Inputs {
         } else if input.is_file() {
             out.push(&mut seen, input.clone());
         } else {
-            out.errors.push(InputError { path: input.display().to_string(), reason: "no such file or folder".into() });
+            out.errors.push(InputError { path: input.display().to_string(), reason: why_not_a_file(input) });
         }
     }
     out
+}
+
+/// `path` without its `.` components (a path of only `.` stays `.`).
+pub fn without_dot_components(path: &Path) -> PathBuf {
+    let kept: PathBuf = path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    if kept.as_os_str().is_empty() { path.to_path_buf() } else { kept }
+}
+
+/// Why `path` cannot be read as a file: the system's reason (not found, name too long, a loop of
+/// symbolic links, no permission) or what it is instead.
+pub fn why_not_a_file(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file or folder".into(),
+        Err(e) => format!("cannot be read: {e}"),
+        Ok(m) if m.is_dir() => "is a folder".into(),
+        Ok(_) => "not a regular file (a FIFO, socket or device): not read".into(),
+    }
 }
 
 fn collect_images(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {

@@ -71,8 +71,8 @@ impl Predictions {
             }
             for &c in &prob_cols {
                 let p: f64 = at(c).trim().parse().map_err(|_| bad(format!("`{}` is not a number", at(c))))?;
-                if !p.is_finite() {
-                    return Err(bad(format!("probability `{}` is not finite", at(c))));
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(bad(format!("probability `{}` is outside [0, 1]", at(c))));
                 }
                 out.probs.push(p);
             }

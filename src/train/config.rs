@@ -338,8 +338,59 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&t0) || !(0.0..=1.0).contains(&t1) || t0 > t1 {
             return bad("slerp_feature_augmentation_range", format!("[{t0}, {t1}]: expected 0 <= t0 <= t1 <= 1"));
         }
-        if self.lr.is_nan() || self.lr <= 0.0 || self.min_lr < 0.0 {
-            return bad("lr", format!("{} must be positive and min_lr {} non-negative", self.lr, self.min_lr));
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", format!("{}: a finite number > 0", self.lr));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return bad("min_lr", format!("{}: a finite number >= 0", self.min_lr));
+        }
+        let [b1, b2] = self.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+            return bad("betas", format!("[{b1}, {b2}]: each in [0, 1) (AdamW's moment decay rates)"));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad("eps", format!("{}: a finite number > 0", self.eps));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("{}: a finite number >= 0", self.weight_decay));
+        }
+        if !(0.0..=1.0).contains(&self.loss.label_smoothing) {
+            return bad("loss.label_smoothing", format!("{}: in [0, 1]", self.loss.label_smoothing));
+        }
+        for (key, w) in [
+            ("loss.ce_labels", l.ce_labels),
+            ("loss.bce_labels", l.bce_labels),
+            ("loss.uniformity", l.uniformity),
+            ("loss.alignment_labels", l.alignment_labels),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(key, format!("{w}: a loss weight is a finite number >= 0"));
+            }
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            return bad("warmup_epochs", format!("{}: a finite number of epochs >= 0", self.warmup_epochs));
+        }
+        if self.lr_scheduler == Some(Scheduler::Cyclic)
+            && !(self.num_epochs_in_cycle.is_finite() && self.num_epochs_in_cycle > 0.0)
+        {
+            return bad("num_epochs_in_cycle", format!("{}: a finite number of epochs > 0", self.num_epochs_in_cycle));
+        }
+        if self.peft.enabled && self.peft.ln_tuning.enabled {
+            for t in &self.peft.ln_tuning.target_modules {
+                let last = t.rsplit('.').next().unwrap_or(t);
+                if !LN_TARGETS.contains(&last) {
+                    return bad(
+                        "peft.ln_tuning.target_modules",
+                        format!(
+                            "`{t}` names no LayerNorm of the CLIP vision tower; they are {}",
+                            LN_TARGETS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if self.peft.ln_tuning.target_modules.is_empty() {
+                return bad("peft.ln_tuning.target_modules", "is empty: name the LayerNorms to tune".into());
+            }
         }
         if !["32", "32-true"].contains(&self.precision.as_str()) {
             return bad(
@@ -411,6 +462,49 @@ impl TrainConfig {
     /// The config as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serialises")
+    }
+
+    /// [`Self::to_toml`] after the options that are unset, commented out with an example value
+    /// (what `dfdet train --print-config` shows).
+    pub fn to_toml_with_unset(&self) -> String {
+        let mut s = String::new();
+        let unset: Vec<(&str, &str, &str)> = [
+            (
+                self.checkpoint.is_none(),
+                "checkpoint",
+                "\"runs/train/exp/checkpoints/best\"   # start from any checkpoint `predict` reads",
+            ),
+            (
+                self.data_root.is_none(),
+                "data_root",
+                "\"data\"   # where the lists' relative entries are looked up first",
+            ),
+            (
+                self.limit_trn_files.is_none(),
+                "limit_trn_files",
+                "10000   # frames, by whole videos in the reference's seeded order",
+            ),
+            (self.limit_val_files.is_none(), "limit_val_files", "2000"),
+            (self.limit_tst_files.is_none(), "limit_tst_files", "2000"),
+            (
+                self.feature_cache_dir.is_none(),
+                "feature_cache_dir",
+                "\"runs/feature-cache\"   # with cache_features: keep features on disk",
+            ),
+        ]
+        .into_iter()
+        .filter(|(unset, _, _)| *unset)
+        .map(|(_, key, example)| (key, "=", example))
+        .collect();
+        // At the top: a key uncommented there is a top-level key, not one of the last table's.
+        if !unset.is_empty() {
+            s += "# Unset options (uncomment to set):\n";
+            for (key, eq, example) in unset {
+                s += &format!("# {key} {eq} {example}\n");
+            }
+            s += "\n";
+        }
+        s + &self.to_toml()
     }
 }
 

@@ -183,3 +183,36 @@ fn convert_then_predict() {
     let want = expected("gend-tiny")["datasets/FF/NT/000_003/019.png"];
     assert!((got - want).abs() <= 1e-4, "{got} vs {want}");
 }
+
+/// `convert` never overwrites its own source, nor an existing folder without `--force`.
+#[test]
+fn convert_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let gend = dir.path().join("gend");
+    std::fs::create_dir(&gend).unwrap();
+    // The GenD config names its backbone `tiny-clip-p14`, found beside the folder.
+    std::os::unix::fs::symlink(fixtures().join("tiny-clip-p14"), dir.path().join("tiny-clip-p14")).unwrap();
+    for e in std::fs::read_dir(fixtures().join("gend-tiny")).unwrap().flatten() {
+        std::fs::copy(e.path(), gend.join(e.file_name())).unwrap();
+    }
+    let before = std::fs::read(gend.join("model.safetensors")).unwrap();
+    let g = gend.to_str().unwrap();
+    let out = dfdet().args(["convert", g, g, "--force"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("would overwrite the checkpoint being converted"), "{err}");
+    assert_eq!(std::fs::read(gend.join("model.safetensors")).unwrap(), before);
+
+    let target = dir.path().join("taken");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("notes.txt"), "mine").unwrap();
+    let t = target.to_str().unwrap();
+    let out = dfdet().args(["convert", g, t]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("already exists and is not empty: give --force"), "{err}");
+    assert!(!target.join("model.safetensors").exists());
+    let out = dfdet().args(["convert", g, t, "--force"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(target.join("model.safetensors").is_file() && target.join("notes.txt").is_file());
+}

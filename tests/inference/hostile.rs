@@ -106,3 +106,103 @@ fn pixel_settings_that_cannot_work_name_the_file_and_key() {
         assert!(err.contains("preprocessor_config.json") && err.contains(key), "{key}: {err}");
     }
 }
+
+/// A checkpoint with a NaN weight is refused, naming the tensor (it would score NaN or 0/1).
+#[test]
+fn non_finite_weights_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("gend");
+    std::fs::create_dir(&folder).unwrap();
+    // The GenD config names its backbone `tiny-clip-p14`, found beside the folder.
+    std::os::unix::fs::symlink(fixtures().join("tiny-clip-p14"), tmp.path().join("tiny-clip-p14")).unwrap();
+    for e in std::fs::read_dir(fixtures().join("gend-tiny")).unwrap().flatten() {
+        std::fs::copy(e.path(), folder.join(e.file_name())).unwrap();
+    }
+    let file = folder.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (name, info) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
+        .expect("an f32 tensor");
+    let start = 8 + n + info["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let (code, _, err) = run(&["predict", "-w", folder.to_str().unwrap(), a_crop().to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    // GenD's names are mapped to the reference's on load: the message names the tensor's last part.
+    let last = name.rsplit('.').nth(1).unwrap();
+    assert!(err.contains("holds 1 NaN or infinite values") && err.contains(last), "{name}: {err}");
+}
+
+/// Inputs that used to get a misleading answer now get the true reason.
+#[test]
+fn wrong_reasons_are_the_true_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = fixtures().join(CKPT);
+    let ckpt = ckpt.to_str().unwrap();
+    let crop = a_crop();
+
+    let (code, _, err) = run(&["predict", "-w", ckpt, "--frames", "0", crop.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--frames must be at least 1"), "{err}");
+    let (code, _, err) = run(&["predict", "-w", ckpt, "--frames", "4", "--stride", "10", crop.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--stride") && err.contains("--frames") && err.contains("cannot be used with"), "{err}");
+
+    // `x.png` and `./x.png` are one frame of one video.
+    std::fs::copy(&crop, tmp.path().join("x.png")).unwrap();
+    let out = dfdet()
+        .current_dir(tmp.path())
+        .args(["predict", "-w", ckpt, "-f", "json", "x.png", "./x.png"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["frames"].as_array().unwrap().len(), 1, "{json}");
+
+    // A FIFO given by name is named as what it is, and the good input is still scored.
+    let fifo = tmp.path().join("pipe.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (code, _, err) = run(&["predict", "-w", ckpt, fifo.to_str().unwrap(), crop.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("pipe.png") && err.contains("not a regular file"), "{err}");
+
+    // Probabilities outside [0, 1] are not probabilities.
+    let csv = tmp.path().join("preds.csv");
+    std::fs::write(&csv, "files,labels,prob_class_0,prob_class_1\nD/real/v/0.png,0,-0.5,1.5\n").unwrap();
+    let (code, _, err) = run(&["metrics", csv.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("line 2") && err.contains("outside [0, 1]"), "{err}");
+}
+
+/// A PNG cut short is scored as far as it decodes (the reference's Pillow does the same), and
+/// said so per file, on stderr and in the JSON's `warnings`.
+#[test]
+fn truncated_images_are_scored_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let crop = a_crop();
+    let bytes = std::fs::read(&crop).unwrap();
+    let cut = tmp.path().join("cut.png");
+    std::fs::write(&cut, &bytes[..bytes.len().min(5000)]).unwrap();
+    let ckpt = fixtures().join(CKPT);
+    let (code, out, err) =
+        run(&["predict", "-w", ckpt.to_str().unwrap(), "-f", "json", cut.to_str().unwrap(), crop.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["frames"].as_array().unwrap().len(), 2, "{json}");
+    let warnings = json["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{json}");
+    assert!(warnings[0]["path"].as_str().unwrap().ends_with("cut.png"));
+    assert!(warnings[0]["reason"].as_str().unwrap().contains("truncated or corrupt"), "{json}");
+    assert!(err.contains("warning:") && err.contains("cut.png"), "{err}");
+    // The JSON says what produced it.
+    let about = &json["about"];
+    assert_eq!(about["dfdet"], env!("CARGO_PKG_VERSION"));
+    assert!(about["weights"].as_str().unwrap().ends_with(CKPT), "{about}");
+    assert_eq!(about["dtype"], "f32", "{about}");
+    assert_eq!(about["video_frames"], "linspace:32", "{about}");
+}

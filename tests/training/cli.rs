@@ -128,6 +128,31 @@ fn unknown_keys_and_wrong_types_are_named() {
 }
 
 #[test]
+fn settings_that_cannot_train_are_refused_naming_key_and_range() {
+    let (tmp, config) = setup("");
+    let c = config.to_str().unwrap();
+    let cases = [
+        ("lr=inf", "lr: inf: a finite number > 0"),
+        ("lr=0.0", "lr: 0: a finite number > 0"),
+        ("min_lr=nan", "min_lr: NaN"),
+        ("betas=[1.0, 1.0]", "betas: [1, 1]: each in [0, 1)"),
+        ("eps=-1.0", "eps: -1: a finite number > 0"),
+        ("weight_decay=-1.0", "weight_decay: -1"),
+        ("loss.label_smoothing=2.0", "loss.label_smoothing: 2: in [0, 1]"),
+        ("loss.uniformity=-0.5", "loss.uniformity: -0.5"),
+        ("warmup_epochs=-1.0", "warmup_epochs: -1"),
+        ("warmup_epochs=nan", "warmup_epochs: NaN"),
+        ("peft.ln_tuning.target_modules=[\"nope\"]", "`nope` names no LayerNorm"),
+        ("peft.ln_tuning.target_modules=[]", "peft.ln_tuning.target_modules: is empty"),
+    ];
+    for (set, expected) in cases {
+        let err = fails(dfdet_process().args(["train", "-c", c, "--set", set, "--set", "run_name=\"bad\""]));
+        assert!(err.contains(expected), "--set {set}: `{expected}` not in: {err}");
+        assert!(!tmp.path().join("runs/bad").exists(), "--set {set} started a run");
+    }
+}
+
+#[test]
 fn a_missing_class_is_refused_before_any_compute() {
     let (tmp, config) = setup("");
     let err =
@@ -175,4 +200,31 @@ fn an_existing_run_is_not_overwritten() {
     run_ok(dfdet_process().args(["train", "-c", c]));
     let err = fails(dfdet_process().args(["train", "-c", c]));
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+}
+
+/// `dfdet train --print-config | head -1`: the reader leaving early is not a crash.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    for _ in 0..3 {
+        let mut child = dfdet_process().args(["train", "--print-config"]).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// `--print-config` shows every key: the unset options commented at the top, where
+/// uncommenting one makes it a top-level key of a config that loads.
+#[test]
+fn print_config_shows_unset_options_ready_to_uncomment() {
+    let out = dfdet_process().args(["train", "--print-config"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for key in ["checkpoint", "data_root", "limit_trn_files", "limit_val_files", "limit_tst_files", "feature_cache_dir"]
+    {
+        assert!(text.contains(&format!("\n# {key} = ")), "{key} missing: {text}");
+    }
+    let uncommented = text.replace("# limit_trn_files = 10000", "limit_trn_files = 10000");
+    let table: toml::Table = uncommented.parse().unwrap();
+    assert_eq!(table["limit_trn_files"].as_integer(), Some(10000));
 }

@@ -54,13 +54,33 @@ pub fn load_checkpoint(source: &str, backbone_override: Option<&str>) -> Result<
 /// [`load_checkpoint`] with an explicit Hugging Face cache / offline setting.
 pub fn load_checkpoint_with(source: &str, backbone_override: Option<&str>, hub: &Hub) -> Result<Checkpoint> {
     let path = Path::new(source);
-    if path.exists() {
-        return load_local(path, backbone_override, hub);
+    let ckpt = if path.exists() {
+        load_local(path, backbone_override, hub)?
+    } else if hub::looks_like_repo_id(source) {
+        load_from_hub(source, backbone_override, hub)?
+    } else {
+        return Err(Error::format(source, "no such file or folder, and not a Hugging Face repo id (owner/name)"));
+    };
+    check_finite(&ckpt)?;
+    Ok(ckpt)
+}
+
+/// A NaN or infinite weight makes every score NaN or 0/1: refuse the checkpoint, naming the
+/// first such tensor.
+fn check_finite(ckpt: &Checkpoint) -> Result<()> {
+    for (name, t) in ckpt.tensors.tensors() {
+        let bad = t.data.iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::format(
+                &ckpt.path,
+                format!(
+                    "tensor `{name}` holds {bad} NaN or infinite values of {}: the weights are damaged",
+                    t.data.len()
+                ),
+            ));
+        }
     }
-    if hub::looks_like_repo_id(source) {
-        return load_from_hub(source, backbone_override, hub);
-    }
-    Err(Error::format(source, "no such file or folder, and not a Hugging Face repo id (owner/name)"))
+    Ok(())
 }
 
 /// Files a checkpoint repo on the Hub may hold, in the order they are looked for.
