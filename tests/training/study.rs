@@ -1,6 +1,7 @@
-//! `dfdet study` on the sample crops with a tiny CLIP: the whole 4 x 4 grid, sharded and
-//! unsharded (one of them hard-killed mid-cell and resumed), its report against the cells' own
-//! files, the subsets, a cell against a plain `dfdet train`, and bad input refused up front.
+//! `dfdet study` on the sample crops with a tiny CLIP: the whole 4 x 4 grid uninterrupted,
+//! sharded over two processes, and hard-killed mid-cell then resumed (all three equal), its
+//! report against the cells' own files, the subsets, a cell against a plain `dfdet train`, the
+//! shared feature store against `dfdet test`, and bad input refused up front.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -117,6 +118,8 @@ fn the_study_grid_runs_resumes_shards_and_reports_its_cells_numbers() {
         assert!(out.status.success(), "shard failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     run_ok(study(&config, "sharded", &["--report"]));
+    // Unsharded and uninterrupted.
+    run_ok(study(&config, "clean", &[]));
 
     // Unsharded, hard-killed in the middle of its sixth cell (ln-tuning-50), then run again.
     let whole = runs.join("whole");
@@ -134,7 +137,7 @@ fn the_study_grid_runs_resumes_shards_and_reports_its_cells_numbers() {
     assert!(stdout.contains("## AUROC") && stdout.contains("ln-tuning-norm-slerp"), "{stdout}");
 
     // 16 finished run folders in each.
-    for name in ["sharded", "whole"] {
+    for name in ["sharded", "clean", "whole"] {
         for m in METHODS {
             for p in PERCENTS {
                 let cell = runs.join(name).join("runs").join(format!("{m}-{p}"));
@@ -143,10 +146,11 @@ fn the_study_grid_runs_resumes_shards_and_reports_its_cells_numbers() {
             }
         }
     }
-    // Interrupted + resumed and sharded give the same numbers as each other.
-    let (a, b) = (summary(&runs.join("sharded")), summary(&whole));
+    // Killed and resumed, and sharded, give the numbers of the uninterrupted study.
+    let a = summary(&runs.join("clean"));
     assert_eq!(a.len(), 16 * 3 * 2, "16 cells x (all, CDF, FF) x (frame, video)");
-    assert_eq!(a, b, "sharded and killed-then-resumed studies differ");
+    assert_eq!(a, summary(&whole), "a killed-then-resumed study differs from an uninterrupted one");
+    assert_eq!(a, summary(&runs.join("sharded")), "the sharded study differs from the unsharded one");
 
     // Every summary row equals the cell's metrics.json, number for number.
     for ((method, fraction, set, level), values) in &a {
