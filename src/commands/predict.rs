@@ -12,7 +12,7 @@ use super::FaceSettings;
 use crate::Result;
 use crate::data::{InputError, expand_inputs, video_of};
 use crate::model::Detector;
-use crate::preprocess::run::{crops_in_memory, is_video};
+use crate::preprocess::run::crops_in_memory;
 use crate::preprocess::video::Sampling;
 use crate::progress::Observer;
 use crate::score::{FrameScore, Scored, VideoScore, score_frames, score_images, video_scores};
@@ -79,17 +79,17 @@ pub fn predict(
     faces: &FaceSettings,
     obs: &mut dyn Observer,
 ) -> Result<Predictions> {
-    let (videos, others): (Vec<_>, Vec<_>) = inputs.iter().cloned().partition(|p| p.is_file() && is_video(p));
+    let inputs = expand_inputs(inputs);
+    let videos = &inputs.videos;
     // The face detector is loaded first, so that a missing model stops the run before any work.
     let face_detector = if videos.is_empty() { None } else { Some(faces.detector()?) };
-    let inputs = expand_inputs(&others);
     obs.phase("frames", inputs.frames.len(), 0);
     let Scored { scores: mut frames, mut errors, warnings } =
         score_frames(detector, device, &inputs.frames, batch_size, obs);
-    errors.splice(0..0, inputs.errors);
+    errors.splice(0..0, inputs.errors.iter().cloned());
     if let Some(face_detector) = face_detector {
         obs.phase("videos", videos.len(), 0);
-        for video in &videos {
+        for video in videos {
             // Each crop is named `<video>/<frame:03>`, so that the video is the crops' "folder".
             let name = video.display().to_string();
             obs.status(&name);

@@ -22,15 +22,27 @@ pub struct Output {
 }
 
 /// The videos among `inputs`: files as given (a file that is not a video is reported per
-/// video, not here), folders searched recursively and sorted; folders that cannot be read are
-/// returned as errors.
+/// video, not here), folders searched recursively and sorted; folders that cannot be read, and
+/// the other files found in folders, are returned as errors (warnings: the videos still run).
 pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
     let (mut videos, mut errors) = (Vec::new(), Vec::new());
     for input in inputs {
         if input.is_dir() {
             let mut found = Vec::new();
-            walk_files(input, &is_video, &mut found, &mut errors);
+            walk_files(input, &|_| true, &mut found, &mut errors);
             found.sort();
+            let (found, others): (Vec<PathBuf>, Vec<PathBuf>) = found.into_iter().partition(|p| is_video(p));
+            if let Some(first) = others.first() {
+                errors.push(InputError {
+                    path: input.display().to_string(),
+                    reason: format!(
+                        "{} files without a video extension passed over (e.g. {}); videos are {}",
+                        others.len(),
+                        first.display(),
+                        crate::data::VIDEO_EXTENSIONS.join(", ")
+                    ),
+                });
+            }
             videos.extend(found);
         } else {
             videos.push(input.clone());

@@ -9,6 +9,17 @@ use std::path::{Path, PathBuf};
 /// File extensions read as images.
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"];
 
+/// File extensions read as videos.
+pub const VIDEO_EXTENSIONS: [&str; 14] =
+    ["mp4", "avi", "mov", "mkv", "webm", "m4v", "mpg", "mpeg", "wmv", "flv", "3gp", "ts", "mts", "ogv"];
+
+/// Whether `path` has a video extension.
+pub fn is_video(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Whether `path` has an image extension.
 pub fn is_image(path: &Path) -> bool {
     path.extension()
@@ -25,10 +36,13 @@ pub struct InputError {
     pub reason: String,
 }
 
-/// Frames found in the inputs, in the order given, without duplicates, and what failed.
+/// Frames and video files found in the inputs, in the order given, without duplicates, and
+/// what failed.
 #[derive(Debug, Default)]
 pub struct Inputs {
     pub frames: Vec<PathBuf>,
+    /// Video files (by extension): given, found in a folder or named in a list.
+    pub videos: Vec<PathBuf>,
     pub errors: Vec<InputError>,
 }
 
@@ -37,13 +51,18 @@ impl Inputs {
     fn push(&mut self, seen: &mut HashSet<PathBuf>, path: PathBuf) {
         let path = without_dot_components(&path);
         if seen.insert(path.clone()) {
-            self.frames.push(path);
+            if is_video(&path) {
+                self.videos.push(path);
+            } else {
+                self.frames.push(path);
+            }
         }
     }
 }
 
-/// Expands image files, folders (recursively, sorted) and `.txt` list files (one path per line;
-/// a path not found as written is resolved relative to the list file's folder).
+/// Expands image and video files, folders (recursively, sorted; their images and videos) and
+/// `.txt` list files (one path per line; a path not found as written is resolved relative to the
+/// list file's folder).
 pub fn expand_inputs(inputs: &[PathBuf]) -> Inputs {
     let mut out = Inputs::default();
     let mut seen = HashSet::new();
@@ -92,7 +111,7 @@ pub fn why_not_a_file(path: &Path) -> String {
 }
 
 fn collect_images(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
-    walk_files(dir, &is_image, files, errors);
+    walk_files(dir, &|p: &Path| is_image(p) || is_video(p), files, errors);
 }
 
 /// Collects the regular files under `dir` (recursively) that `keep` accepts. A folder or entry

@@ -23,19 +23,10 @@ use crate::{Error, Result};
 /// The marker that makes a video folder finished.
 pub const DONE_FILE: &str = ".dfdet-done.json";
 
-/// File extensions taken as videos.
-pub const VIDEO_EXTENSIONS: [&str; 14] =
-    ["mp4", "avi", "mov", "mkv", "webm", "m4v", "mpg", "mpeg", "wmv", "flv", "3gp", "ts", "mts", "ogv"];
-
 /// Smallest frame side a face is looked for in.
 pub const MIN_FRAME_SIDE: u32 = 32;
 
-/// Whether `path` has a video extension.
-pub fn is_video(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
+pub use crate::data::{VIDEO_EXTENSIONS, is_video};
 
 /// How frames become crops.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

