@@ -184,6 +184,12 @@ pub fn write_test_outputs(
     // Frames scored, in split order, and where each split index went.
     let index: BTreeMap<&str, usize> = split.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
     let mut preds = Predictions { n_classes, ..Predictions::default() };
+    let mut set_names: Vec<Vec<&str>> = vec![Vec::new(); split.files.len()];
+    for (name, idx) in split.sets.iter().filter(|(name, _)| name.as_str() != crate::eval::report::ALL) {
+        for &i in idx {
+            set_names[i].push(name);
+        }
+    }
     let mut new_index = vec![None; split.files.len()];
     let mut scores: Vec<&FrameScore> = scores.iter().collect();
     scores.sort_by_key(|s| index[s.path.as_str()]);
@@ -193,6 +199,7 @@ pub fn write_test_outputs(
         preds.files.push(s.path.clone());
         preds.labels.push(split.labels[i]);
         preds.probs.extend(s.probs.iter().map(|&p| p as f64));
+        preds.sets.push(set_names[i].join(";"));
     }
     if preds.files.is_empty() {
         return Err(Error::Invalid(format!("none of the {} test frames could be scored", split.files.len())));

@@ -172,7 +172,8 @@ pub fn metrics(args: MetricsArgs) -> Result<Ended> {
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let (report, warnings) = evaluate_sets(&preds, &Default::default(), plots.as_deref(), "test")?;
+    // A `set` column (dfdet's test runs write one) gives the per-set results back.
+    let (report, warnings) = evaluate_sets(&preds, &preds.named_sets(), plots.as_deref(), "test")?;
     for w in &warnings {
         eprintln!("warning: {w}");
     }

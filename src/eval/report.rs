@@ -20,6 +20,9 @@ pub struct Predictions {
     /// Row-major, `n_classes` per file.
     pub probs: Vec<f64>,
     pub n_classes: usize,
+    /// Per row, the named sets the frame belongs to, `;`-separated (empty: none); written as an
+    /// extra `set` column after the reference's columns when any row has one.
+    pub sets: Vec<String>,
 }
 
 impl Predictions {
@@ -30,12 +33,19 @@ impl Predictions {
         let mut w = csv::Writer::from_path(path).map_err(|e| csv_error(path, e))?;
         let mut header = vec!["files".to_string(), "labels".to_string()];
         header.extend((0..self.n_classes).map(|c| format!("prob_class_{c}")));
+        let with_sets = self.sets.iter().any(|s| !s.is_empty());
+        if with_sets {
+            header.push("set".into());
+        }
         w.write_record(&header).map_err(|e| csv_error(path, e))?;
         for (i, file) in self.files.iter().enumerate() {
             let mut row = vec![file.clone(), self.labels[i].to_string()];
             row.extend(
                 self.probs[i * self.n_classes..(i + 1) * self.n_classes].iter().map(|p| format!("{}", *p as f32)),
             );
+            if with_sets {
+                row.push(self.sets.get(i).cloned().unwrap_or_default());
+            }
             w.write_record(&row).map_err(|e| csv_error(path, e))?;
         }
         w.flush().map_err(|e| Error::io(path, e))
@@ -56,6 +66,7 @@ impl Predictions {
             return Err(Error::format(path, "expected columns prob_class_0 and prob_class_1 (and more per class)"));
         }
         let n_classes = prob_cols.len();
+        let set_col = col("set");
         let mut out = Self { n_classes, ..Self::default() };
         for (i, record) in r.records().enumerate() {
             let line = i + 2;
@@ -78,6 +89,7 @@ impl Predictions {
             }
             out.files.push(at(files_col).to_string());
             out.labels.push(label);
+            out.sets.push(set_col.map(|c| at(c).trim().to_string()).unwrap_or_default());
         }
         if out.files.is_empty() {
             return Err(Error::format(path, "no rows"));
@@ -93,7 +105,19 @@ impl Predictions {
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             probs: idx.iter().flat_map(|&i| self.probs[i * c..(i + 1) * c].iter().copied()).collect(),
             n_classes: c,
+            sets: idx.iter().map(|&i| self.sets.get(i).cloned().unwrap_or_default()).collect(),
         }
+    }
+
+    /// The named sets of the `set` column: name -> row indices, in row order.
+    pub fn named_sets(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut sets: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, names) in self.sets.iter().enumerate() {
+            for name in names.split(';').map(str::trim).filter(|n| !n.is_empty()) {
+                sets.entry(name.to_string()).or_default().push(i);
+            }
+        }
+        sets
     }
 }
 

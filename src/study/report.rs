@@ -2,7 +2,7 @@
 //! final test `metrics.json`, number for number), `summary.md` (the seed's tables) and the
 //! comparison plots.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use super::{CELL_RECORD, Cell, CellRecord, is_finished};
 use crate::eval::plots::study::{Panel, Series, grouped_bars, line_panels};
 use crate::eval::report::ALL;
 use crate::progress::Observer;
+use crate::train::curves::epoch_series;
 use crate::{Error, Result};
 
 /// The metrics of `summary.csv`, in its column order, by their `metrics.json` names.
@@ -235,23 +236,6 @@ fn markdown(study: &StudyConfig, total: usize, rows: &[Row], records: &[(&Cell, 
         }
     }
     s
-}
-
-/// Per-epoch values of `name` in a run's `metrics.csv`.
-fn epoch_series(run: &Path, name: &str) -> Result<Vec<(f64, Option<f64>)>> {
-    let path = run.join("metrics.csv");
-    let mut reader = csv::Reader::from_path(&path).map_err(|e| Error::format(&path, e.to_string()))?;
-    let mut out: BTreeMap<usize, f64> = BTreeMap::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| Error::format(&path, e.to_string()))?;
-        if record.get(2) == Some(name)
-            && let (Some(Ok(epoch)), Some(Ok(v))) =
-                (record.get(0).map(str::parse::<usize>), record.get(3).map(str::parse::<f64>))
-        {
-            out.insert(epoch, v);
-        }
-    }
-    Ok(out.into_iter().map(|(e, v)| ((e + 1) as f64, Some(v))).collect())
 }
 
 fn plots(study: &StudyConfig, done: &[&Cell], rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {

@@ -7,6 +7,7 @@
 
 pub mod augment;
 pub mod config;
+pub mod curves;
 pub mod data;
 pub mod forward;
 pub mod init;

@@ -451,6 +451,10 @@ impl Trainer {
         rows.extend(bias.map(|v| ("model/linear-b-norm".to_string(), v)));
         rows.push(("lr".into(), self.schedule.lr_at(self.state.global_step.saturating_sub(1))));
         self.log.rows(epoch, self.state.global_step, &rows)?;
+        // A figure is a convenience: without a font (say) the run goes on.
+        if let Err(err) = super::curves::write(&self.dir.dir, &format!("{}: training curves", self.config.run_name)) {
+            obs.message(&format!("warning: training curves not drawn: {err}"));
+        }
 
         let map = e.video.map;
         let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));

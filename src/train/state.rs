@@ -6,6 +6,7 @@
 //! <run>/checkpoints/last/          dfdet checkpoint + train_state.{json,safetensors}
 //! <run>/checkpoints/best/          dfdet checkpoint with the best validation video mAP
 //! <run>/test/                      the final test pass with `best` (as `dfdet test` writes it)
+//! <run>/training_curves.{png,svg}  loss, validation AUROC and balanced accuracy per epoch
 //! ```
 //!
 //! A checkpoint folder is written beside its final place and swapped in by renames, so that a

@@ -55,10 +55,10 @@ fn test_run_writes_predictions_metrics_and_plots() {
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("32 frames, 8 videos"), "{stderr}");
 
-    // The reference's CSV columns, one row per frame.
+    // The reference's CSV columns (and the named set), one row per frame.
     let csv = std::fs::read_to_string(out.join("test_predictions.csv")).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("files,labels,prob_class_0,prob_class_1"));
+    assert_eq!(lines.next(), Some("files,labels,prob_class_0,prob_class_1,set"));
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 32);
     let real = rows.iter().filter(|r| r.split(',').nth(1) == Some("0")).count();
@@ -87,11 +87,12 @@ fn test_run_writes_predictions_metrics_and_plots() {
     let summary = String::from_utf8(res.stdout).unwrap();
     assert!(summary.lines().filter(|l| l.starts_with("CDF")).count() == 2, "{summary}");
 
-    // `dfdet metrics` on the written CSV reproduces metrics.json for all frames.
+    // `dfdet metrics` on the written CSV reproduces metrics.json, every set included (the CSV's
+    // extra `set` column, after the reference's columns).
     let res = dfdet().args(["metrics", out.join("test_predictions.csv").to_str().unwrap()]).output().unwrap();
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let recomputed: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
-    assert_eq!(recomputed["all"], metrics["all"]);
+    assert_eq!(recomputed, metrics, "all, FF and CDF");
 }
 
 #[test]

@@ -78,6 +78,9 @@ fn hard_killed_run_resumes_to_the_same_weights_and_optimizer_state() {
     let runs = tmp.path().join("runs");
     run_ok(dfdet_process().args(["train", "-c", config.to_str().unwrap(), "--set", "run_name=\"full\""]));
     let total = saved_step(&runs.join("full")).unwrap();
+    for ext in ["png", "svg"] {
+        assert!(runs.join(format!("full/training_curves.{ext}")).is_file(), "no training curves");
+    }
     assert_eq!(total, 16, "4 epochs of 4 optimizer steps");
 
     let killed = runs.join("killed");

@@ -27,7 +27,8 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-/// Panels side by side sharing `x_desc`, each with its own legend; PNG or SVG by extension.
+/// Panels side by side sharing `x_desc`; one legend under them when every panel shows the same
+/// series labels, else a legend under each panel. PNG or SVG by extension.
 ///
 /// # Errors
 /// No font, or a file that cannot be written.
@@ -121,9 +122,18 @@ impl Figure for PanelsFigure<'_> {
                 chart.draw_series(dots.map(|p| Circle::new(p, 4, color(k).filled())))?;
             }
         }
-        let labels: Vec<&str> =
-            self.panels.first().map(|p| p.series.iter().map(|s| s.label.as_str()).collect()).unwrap_or_default();
-        legend_strip(&strip, &labels, false)
+        // One legend for all panels when they show the same series, else one under each.
+        fn labels(p: &Panel) -> Vec<&str> {
+            p.series.iter().map(|s| s.label.as_str()).collect()
+        }
+        let first = self.panels.first().map(labels).unwrap_or_default();
+        if self.panels.iter().all(|p| labels(p) == first) {
+            return legend_strip(&strip, &first, false);
+        }
+        for (panel, area) in self.panels.iter().zip(strip.split_evenly((1, self.panels.len()))) {
+            legend_strip(&area, &labels(panel), false)?;
+        }
+        Ok(())
     }
 }
 
