@@ -47,6 +47,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The message without the file it names, for lists that show the file beside it (an
+    /// input's `path: reason` line, a JSON `errors` entry).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Io { error, .. } => error.to_string(),
+            Self::Image { reason, .. } => format!("cannot decode image: {reason}"),
+            Self::Format { reason, .. } | Self::Output { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), error: source }

@@ -105,7 +105,7 @@ pub fn score_frames(
                         warnings.push(InputError { path: path.display().to_string(), reason: partly_decoded(&reason) });
                     }
                 }
-                Err(e) => errors.push(InputError { path: path.display().to_string(), reason: e.to_string() }),
+                Err(e) => errors.push(InputError { path: path.display().to_string(), reason: e.reason() }),
             }
         }
         if !ok_paths.is_empty() {

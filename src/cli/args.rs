@@ -120,11 +120,11 @@ pub struct BenchArgs {
     /// Encoder preset to measure.
     #[arg(long, default_value = "openai/clip-vit-large-patch14")]
     pub backbone: String,
-    /// Batch sizes to measure.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
+    /// Batch sizes to measure (`--batch 1 8` or `--batch 1,8`).
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = vec![1, 8])]
     pub batch: Vec<usize>,
-    /// Float types to measure.
-    #[arg(long, value_delimiter = ',', default_values = ["f32", "bf16"], value_parser = choice::<Dtype>(&Dtype::NAMES))]
+    /// Float types to measure (`--dtype f32 bf16` or `--dtype f32,bf16`).
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values = ["f32", "bf16"], value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Vec<Dtype>,
     /// Timed forward passes per setting (after one warm-up pass).
     #[arg(long, default_value_t = 3)]
@@ -157,7 +157,8 @@ pub struct TestArgs {
     /// Run folder to write (default: runs/test, or runs/test-2, ... if taken).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
-    /// Evaluate at most this many frames, taking whole videos in the reference's seeded order.
+    /// Evaluate the first N frames of the videos in the reference's seeded order (whole videos,
+    /// the last one cut at N, as the reference does).
     #[arg(long)]
     pub limit_files: Option<usize>,
     /// Look up relative list entries under this folder first (the one holding `datasets/`).

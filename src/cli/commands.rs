@@ -122,14 +122,22 @@ pub fn convert(args: ConvertArgs) -> Result<Ended> {
 
 pub fn bench(args: BenchArgs) -> Result<Ended> {
     set_threads(args.threads)?;
-    let json = args.format == Format::Json;
+    let mut bars = Bars::new(usize::MAX);
     let out = if args.train {
         let batch = args.batch.first().copied().unwrap_or(4);
-        let row = commands::bench::train_step(&args.backbone, batch, args.iters)?;
-        if json { format!("{}\n", serde_json::to_string(&row)?) } else { row.render() }
+        let row = commands::bench::train_step(&args.backbone, batch, args.iters, &mut bars)?;
+        match args.format {
+            Format::Json => format!("{}\n", serde_json::to_string(&row)?),
+            Format::Csv => row.render_csv(),
+            Format::Table => row.render(),
+        }
     } else {
-        let rows = commands::bench::inference(&args.backbone, &args.batch, &args.dtype, args.iters)?;
-        if json { format!("{}\n", serde_json::to_string_pretty(&rows)?) } else { commands::bench::render_table(&rows) }
+        let rows = commands::bench::inference(&args.backbone, &args.batch, &args.dtype, args.iters, &mut bars)?;
+        match args.format {
+            Format::Json => format!("{}\n", serde_json::to_string_pretty(&rows)?),
+            Format::Csv => commands::bench::render_csv(&rows),
+            Format::Table => commands::bench::render_table(&rows),
+        }
     };
     write_stdout(&out)?;
     Ok(Ended::Done)

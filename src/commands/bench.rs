@@ -13,9 +13,11 @@ use burn::tensor::FloatDType;
 use serde::Serialize;
 
 use crate::Result;
+use crate::cpu::CpuInfo;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
 pub use crate::model::checkpoint::random_checkpoint;
 use crate::model::config::Backbone;
+use crate::progress::Observer;
 
 use crate::model::{Detector, Dtype};
 use crate::rng::Rng;
@@ -27,6 +29,9 @@ use crate::train::slerp::SlerpPlan;
 /// One measured inference setting.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
+    /// The CPU's model name and its instruction sets (the machine changes between runs).
+    pub cpu: String,
+    pub isa: String,
     pub backbone: String,
     pub dtype: String,
     pub batch: usize,
@@ -67,22 +72,33 @@ fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// Measures the forward pass for every combination of `dtypes` x `batches`.
-pub fn inference(backbone: &str, batches: &[usize], dtypes: &[Dtype], iters: usize) -> Result<Vec<BenchRow>> {
+pub fn inference(
+    backbone: &str,
+    batches: &[usize],
+    dtypes: &[Dtype],
+    iters: usize,
+    obs: &mut dyn Observer,
+) -> Result<Vec<BenchRow>> {
     check_batches(batches)?;
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
     let threads = rayon::current_num_threads();
+    let cpu = CpuInfo::detect();
     let mut rows = Vec::new();
     for &dtype in dtypes {
         reset_peak_rss();
+        obs.message(&format!("{}: drawing random {dtype} weights", backbone.name));
         let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype.float())?;
         for &b in batches {
+            obs.message(&format!("{dtype}, batch {b}: 1 warm-up + {iters} timed forward passes"));
             let x = random_pixels(&backbone, b, &device);
             detector.probabilities(x.clone()); // warm-up
             let s_per_img = median_seconds(iters, || {
                 detector.probabilities(x.clone());
             }) / b as f64;
             rows.push(BenchRow {
+                cpu: cpu.model.clone(),
+                isa: cpu.isa.join(" "),
                 backbone: backbone.name.clone(),
                 dtype: dtype.to_string(),
                 batch: b,
@@ -96,9 +112,33 @@ pub fn inference(backbone: &str, batches: &[usize], dtypes: &[Dtype], iters: usi
     Ok(rows)
 }
 
-/// A plain table of the inference rows.
+/// The inference rows as CSV, one row per setting with the CPU beside it.
+pub fn render_csv(rows: &[BenchRow]) -> String {
+    let mut s = String::from("cpu,isa,backbone,dtype,batch,threads,s_per_img,img_per_s,peak_rss_mib\n");
+    for r in rows {
+        s += &format!(
+            "\"{}\",{},{},{},{},{},{:.6},{:.4},{:.0}\n",
+            r.cpu.replace('"', "\"\""),
+            r.isa,
+            r.backbone,
+            r.dtype,
+            r.batch,
+            r.threads,
+            r.s_per_img,
+            r.img_per_s,
+            r.peak_rss_mib
+        );
+    }
+    s
+}
+
+/// A plain table of the inference rows, under a line naming the CPU.
 pub fn render_table(rows: &[BenchRow]) -> String {
-    let mut s = String::from("backbone                        dtype  batch  threads  s/img    img/s   peak RSS MiB\n");
+    let mut s = match rows.first() {
+        Some(r) => format!("CPU: {} ({})\n", r.cpu, r.isa),
+        None => String::new(),
+    };
+    s += "backbone                        dtype  batch  threads  s/img    img/s   peak RSS MiB\n";
     for r in rows {
         s += &format!(
             "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>12.0}\n",
@@ -111,6 +151,8 @@ pub fn render_table(rows: &[BenchRow]) -> String {
 /// One measured training setting.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBenchRow {
+    pub cpu: String,
+    pub isa: String,
     pub backbone: String,
     pub batch: usize,
     pub threads: usize,
@@ -126,14 +168,37 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "LN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
-            self.backbone, self.batch, self.threads, self.s_per_step, self.s_per_img, self.peak_rss_mib
+            "CPU: {} ({})\nLN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+            self.cpu,
+            self.isa,
+            self.backbone,
+            self.batch,
+            self.threads,
+            self.s_per_step,
+            self.s_per_img,
+            self.peak_rss_mib
+        )
+    }
+
+    /// CSV: a header and one row.
+    pub fn render_csv(&self) -> String {
+        format!(
+            "cpu,isa,backbone,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},{},{},{},{:.6},{:.6},{:.0}\n",
+            self.cpu.replace('"', "\"\""),
+            self.isa,
+            self.backbone,
+            self.batch,
+            self.threads,
+            self.trainable,
+            self.s_per_step,
+            self.s_per_img,
+            self.peak_rss_mib
         )
     }
 }
 
 /// Times `iters` LN-tuning steps (f32) at mini-batch `batch`.
-pub fn train_step(backbone: &str, batch: usize, iters: usize) -> Result<TrainBenchRow> {
+pub fn train_step(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Observer) -> Result<TrainBenchRow> {
     check_batches(&[batch])?;
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
@@ -156,9 +221,13 @@ pub fn train_step(backbone: &str, batch: usize, iters: usize) -> Result<TrainBen
         let grads = trainable.gradients(&bound, &l.total.backward());
         adam.step(&mut trainable, &grads, 1e-4);
     };
+    obs.message(&format!("LN-tuning step, mini-batch {batch}: 1 warm-up + {iters} timed steps"));
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
+    let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {
+        cpu: cpu.model.clone(),
+        isa: cpu.isa.join(" "),
         backbone: backbone.name.clone(),
         batch,
         threads: rayon::current_num_threads(),

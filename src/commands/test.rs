@@ -28,7 +28,8 @@ pub struct TestConfig {
     /// Named sets of list files.
     #[serde(default)]
     pub sets: BTreeMap<String, Vec<PathBuf>>,
-    /// Limit the frames to this many, by whole videos (the reference's `limit_tst_files`).
+    /// Keep the first this many frames of the videos in the reference's seeded order (the last
+    /// video cut at the limit, as the reference's `limit_tst_files` does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_files: Option<usize>,
     /// Where relative list entries are looked up first (the folder holding `datasets/`);

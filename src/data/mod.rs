@@ -221,9 +221,14 @@ pub fn is_plain_name(name: &str) -> bool {
 /// reference groups frames into videos.
 ///
 /// The original keeps the trailing `/` in its keys (`f[: -f[::-1].find("/")]`) and, for a path
-/// without `/`, takes its first character; here such paths belong to the video `""`.
+/// without `/`, takes its first character; here such paths belong to the video `.` (the
+/// working folder), and `/x.png` to `/`.
 pub fn video_of(path: &str) -> &str {
-    path.rfind('/').map_or("", |i| &path[..i])
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => ".",
+    }
 }
 
 /// The reference's label rule: 0 (real) if the source folder's name contains "real", else 1.
@@ -240,7 +245,8 @@ mod tests {
     fn video_is_the_parent_directory() {
         assert_eq!(video_of("FF/DF/000_003/025.png"), "FF/DF/000_003");
         assert_eq!(video_of("/abs/v/0.png"), "/abs/v");
-        assert_eq!(video_of("frame.png"), "");
+        assert_eq!(video_of("frame.png"), ".", "a frame in the working folder");
+        assert_eq!(video_of("/frame.png"), "/");
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl Job<'_> {
                     }
                 }
             }
-            Err(e) => rec.skipped.push((None, e.to_string())),
+            Err(e) => rec.skipped.push((None, e.reason())),
         }
         if rec.crops.is_empty() && !rec.skipped.iter().any(|(f, _)| f.is_none()) && rec.frame_count > 0 {
             rec.skipped.push((None, "no crop written: no face in any sampled frame".into()));
@@ -327,7 +327,7 @@ pub fn crops_in_memory(
                 skipped.push((Some(*i), "not decoded".into()));
             }
         }
-        Err(e) => skipped.push((None, e.to_string())),
+        Err(e) => skipped.push((None, e.reason())),
     }
     (crops, skipped)
 }

@@ -213,7 +213,7 @@ fn run_cell(cell: &Cell, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<bo
     if outcome.interrupted {
         return Ok(false);
     }
-    if outcome.test.is_none() {
+    if outcome.test.is_none() && !outcome.already_finished {
         return Err(Error::config("tst_files", "is empty: the study compares the cells on test sets"));
     }
     let frames =

@@ -64,7 +64,7 @@ pub fn load_batch(
                 data.extend_from_slice(&px);
                 ok.push(i);
             }
-            Err(e) => errors.push(InputError { path: split.files[i].clone(), reason: e.to_string() }),
+            Err(e) => errors.push(InputError { path: split.files[i].clone(), reason: e.reason() }),
         }
     }
     let b = ok.len();

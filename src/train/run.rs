@@ -40,6 +40,8 @@ pub struct Outcome {
     pub run_dir: PathBuf,
     /// Stopped by the user: `last` holds the state to resume from.
     pub interrupted: bool,
+    /// `--resume` of a run that had finished, test included: nothing was done.
+    pub already_finished: bool,
     pub global_step: usize,
     pub best: Option<Best>,
     pub test: Option<TestOutcome>,
@@ -198,6 +200,18 @@ impl Trainer {
     }
 
     fn run(mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+        let tested = self.dir.test().join("metrics.json").is_file() || self.tst.is_none();
+        if self.state.done && tested {
+            obs.message(&format!(
+                "{} finished all {} epochs already (test results in {}); nothing to do",
+                self.dir.dir.display(),
+                self.config.max_epochs,
+                self.dir.test().display()
+            ));
+            let mut outcome = self.outcome(false, None);
+            outcome.already_finished = true;
+            return Ok(outcome);
+        }
         if self.config.cache_features && !self.state.done {
             self.cache = Some((self.encode_all(true, obs)?, self.encode_all(false, obs)?));
         }
@@ -258,6 +272,7 @@ impl Trainer {
         Outcome {
             run_dir: self.dir.dir.clone(),
             interrupted,
+            already_finished: false,
             global_step: self.state.global_step,
             best: self.state.best,
             test,

@@ -216,3 +216,24 @@ fn convert_refuses_to_overwrite() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(target.join("model.safetensors").is_file() && target.join("notes.txt").is_file());
 }
+
+/// `bench -f csv` writes CSV (the CPU beside every row), `--batch 1 2` takes both values, and
+/// the run says what it is doing on stderr.
+#[test]
+fn bench_csv_rows_name_the_cpu() {
+    let tiny = fixtures().join("tiny-clip-p14");
+    let out = dfdet()
+        .args(["bench", "--backbone", tiny.to_str().unwrap(), "--batch", "1", "2", "--dtype", "f32", "--iters", "1"])
+        .args(["-f", "csv"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "cpu,isa,backbone,dtype,batch,threads,s_per_img,img_per_s,peak_rss_mib");
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let cpu = dfdet::cpu::CpuInfo::detect();
+    assert!(lines[1].starts_with(&format!("\"{}\",{},", cpu.model, cpu.isa.join(" "))), "{stdout}");
+    assert!(lines[2].contains(",f32,2,"), "{stdout}");
+    assert!(stderr.contains("f32, batch 2: 1 warm-up + 1 timed forward passes"), "{stderr}");
+}

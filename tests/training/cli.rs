@@ -92,6 +92,13 @@ fn hard_killed_run_resumes_to_the_same_weights_and_optimizer_state() {
     assert!(stderr.contains("resuming"), "{stderr}");
     eprintln!("killed after step {at} of {total}, resumed");
     same_files(&runs.join("full"), &killed, &COMPARED);
+
+    // Resuming the finished run does nothing (it once ran its test again).
+    let metrics = std::fs::metadata(killed.join("test/metrics.json")).unwrap().modified().unwrap();
+    let stderr = run_ok(dfdet_process().args(["train", "--resume", killed.to_str().unwrap()]));
+    assert!(stderr.contains("finished all 4 epochs already") && stderr.contains("nothing to do"), "{stderr}");
+    assert_eq!(std::fs::metadata(killed.join("test/metrics.json")).unwrap().modified().unwrap(), metrics);
+    same_files(&runs.join("full"), &killed, &COMPARED);
 }
 
 #[test]
