@@ -4,5 +4,6 @@
 mod common;
 
 mod metrics;
+mod parsers;
 mod plots;
 mod test_command;

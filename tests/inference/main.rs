@@ -8,4 +8,5 @@ mod checkpoints;
 mod cli;
 mod hostile;
 mod parity;
+mod parsers;
 mod pixels;
