@@ -23,8 +23,13 @@ fn choice<T: DeserializeOwned + Clone + Send + Sync + 'static>(
 }
 
 /// Deepfake detection with a LayerNorm-tuned CLIP vision transformer (arXiv 2503.19683).
+/// The exit codes, shown under every command's help.
+const EXIT_CODES: &str = "Exit codes: 0 everything was done; 1 some inputs could not be processed (each named on \
+stderr, the others were); 2 nothing could run (bad options, unreadable weights or config, an output that cannot be \
+written); 130 stopped by Ctrl-C (train and study save `last` first).";
+
 #[derive(Debug, Parser)]
-#[command(name = "dfdet", version, about)]
+#[command(name = "dfdet", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -73,6 +78,7 @@ pub struct ModelArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct PredictArgs {
     /// Image files, folders (searched recursively), .txt list files (one path per line) and
     /// video files (frames sampled, faces found and aligned in memory).
@@ -92,6 +98,7 @@ pub struct PredictArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct InfoArgs {
     /// Checkpoint: a Lightning .ckpt, a GenD or dfdet folder, or a Hugging Face repo id.
     #[arg(default_value = DEFAULT_WEIGHTS)]
@@ -102,6 +109,7 @@ pub struct InfoArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct ConvertArgs {
     /// Checkpoint to read.
     pub weights: String,
@@ -116,6 +124,7 @@ pub struct ConvertArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct BenchArgs {
     /// Encoder preset to measure.
     #[arg(long, default_value = "openai/clip-vit-large-patch14")]
@@ -141,6 +150,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct TestArgs {
     /// TOML config (weights, backbone, [sets], limit_files, data_root, batch_size, dtype); options below override it.
     #[arg(short, long)]
@@ -176,6 +186,7 @@ pub struct TestArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct MetricsArgs {
     /// A predictions CSV with columns files,labels,prob_class_0,prob_class_1[,...].
     pub predictions: PathBuf,
@@ -210,6 +221,7 @@ pub struct VideoArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct PreprocessArgs {
     /// Video files, or folders searched recursively for videos.
     #[arg(required = true)]
@@ -231,6 +243,7 @@ pub struct PreprocessArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct TrainArgs {
     /// TOML config with the reference's field names (`dfdet train --print-config` shows them all).
     #[arg(short, long, conflicts_with = "resume")]
@@ -253,6 +266,7 @@ pub struct TrainArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct StudyArgs {
     /// A train config (every `dfdet train` key) with a `[study]` table: `fractions`,
     /// `default_methods`, `[study.methods.NAME]` overlays. The study folder is run_dir/run_name.

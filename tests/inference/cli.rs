@@ -237,3 +237,14 @@ fn bench_csv_rows_name_the_cpu() {
     assert!(lines[2].contains(",f32,2,"), "{stdout}");
     assert!(stderr.contains("f32, batch 2: 1 warm-up + 1 timed forward passes"), "{stderr}");
 }
+
+/// Every command's help ends with the exit codes.
+#[test]
+fn help_states_the_exit_codes() {
+    for command in ["predict", "test", "train", "study", "preprocess", "bench", "metrics", "info", "convert"] {
+        let out = dfdet().args([command, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Exit codes: 0 everything was done; 1 some inputs"), "{command}: {text}");
+        assert!(text.contains("2 nothing could run") && text.contains("130 stopped by Ctrl-C"), "{command}");
+    }
+}
