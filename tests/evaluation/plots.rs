@@ -110,3 +110,33 @@ fn one_class_and_bad_input() {
     assert!(plots::roc_plot(&dir.join("bad.png"), "x", bad).is_err());
     assert!(plots::confusion_plot(&dir.join("bad.png"), "x", &[vec![1, 2]], &[], false).is_err());
 }
+
+/// What the figures say in words (read from their SVG text): a one-class ROC says why it has no
+/// curve; two-class distributions show p(fake) only, on [0, 1], with "1 sample" in the singular;
+/// confusion matrices state the decision rule; the PR legend sits under the chart.
+#[test]
+fn figures_say_what_they_show() {
+    let Some(_) = require_font() else { return };
+    let (_keep, dir) = out_dir();
+    let probs = [0.8, 0.2, 0.3, 0.7, 0.4, 0.6];
+    let labels = [0, 1, 1];
+    let names = ["real", "fake"];
+    let scores = Scores { probs: &probs, labels: &labels, n_classes: 2, class_names: &names };
+    plots::write_plots(&dir.join("two"), "test", "frame", scores, true).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.join("two").join(f)).unwrap();
+    let dist = read("test_probs_distribution.svg");
+    assert!(dist.contains("p(1: fake)") && !dist.contains("p(0: real)"), "the mirrored p(real) is drawn");
+    assert!(dist.contains("(1 sample)") && dist.contains("(2 samples)"));
+    // Scores here lie in [0.2, 0.8]: ticks at 0.1 and 0.9 mean the axis spans [0, 1].
+    assert!(dist.contains("\n0.1\n") && dist.contains("\n0.9\n"), "the score axis spans [0, 1]");
+    let confusion = read("test_confusion.svg");
+    assert!(confusion.contains("fake if p(fake) &gt; 0.5") || confusion.contains("fake if p(fake) > 0.5"), "no rule");
+    let pr = read("test_pr_curve.svg");
+    assert!(pr.contains("1: fake (AP"), "the PR legend names the classes");
+
+    let only_fakes = [1, 1, 1];
+    let one = Scores { probs: &probs, labels: &only_fakes, n_classes: 2, class_names: &names };
+    plots::write_plots(&dir.join("one"), "test", "video", one, true).unwrap();
+    let roc = std::fs::read_to_string(dir.join("one/test_roc_video.svg")).unwrap();
+    assert!(roc.contains("No ROC curve: every sample is of class 1: fake"), "a one-class ROC says why it is empty");
+}

@@ -6,7 +6,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Drawn, FONT, Figure, Scores, caption_style, color, legend, unit_chart};
+use super::{
+    Drawn, FONT, Figure, LEGEND_STRIP, Scores, caption_style, color, legend, legend_strip_colored, unit_chart,
+};
 use crate::eval::metrics::{column, one_vs_rest, precision_recall_curve, roc_curve};
 
 pub(super) struct RocFigure<'a> {
@@ -23,10 +25,12 @@ impl Figure for RocFigure<'_> {
         let s = &self.scores;
         let mut chart = unit_chart(root, self.title, "False Positive Rate (FPR)", "True Positive Rate (TPR)")?;
         chart.draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 8, 6, BLACK.mix(0.4).into()))?;
+        let mut drawn = 0;
         for c in 0..s.n_classes {
             let Some(roc) = roc_curve(&one_vs_rest(s.labels, c), &column(s.probs, s.n_classes, c)) else {
                 continue;
             };
+            drawn += 1;
             let mut label = format!("{} (AUC {:.3}", s.name(c), roc.auc());
             if s.n_classes == 2 && c == 1 {
                 label += &format!(", EER {:.3}", roc.eer());
@@ -39,6 +43,17 @@ impl Figure for RocFigure<'_> {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
         }
+        if drawn == 0 {
+            // A set of one class has no ROC curve: say so instead of an empty chart.
+            let present: Vec<String> = (0..s.n_classes).filter(|c| s.labels.contains(c)).map(|c| s.name(c)).collect();
+            let style = (FONT, 22).into_font().color(&BLACK.mix(0.7)).pos(Pos::new(HPos::Center, VPos::Center));
+            chart.draw_series([Text::new(
+                format!("No ROC curve: every sample is of class {}", present.join(", ")),
+                (0.5, 0.55),
+                style,
+            )])?;
+            return Ok(());
+        }
         legend(&mut chart, SeriesLabelPosition::LowerRight)
     }
 }
@@ -50,12 +65,16 @@ pub(super) struct PrFigure<'a> {
 
 impl Figure for PrFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        (900, 800)
+        (900, 800 + LEGEND_STRIP)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
         let s = &self.scores;
-        let mut chart = unit_chart(root, self.title, "Recall", "Precision")?;
+        root.fill(&WHITE)?;
+        // The legend goes under the chart: inside, it covered the curves of poor classes.
+        let (area, strip) = root.split_vertically(800);
+        let mut chart = unit_chart(&area, self.title, "Recall", "Precision")?;
+        let mut labels = Vec::new();
         // Iso-F1 curves: precision = f r / (2 r - f).
         for k in 1..=9 {
             let f = k as f64 / 10.0;
@@ -82,15 +101,12 @@ impl Figure for PrFigure<'_> {
                 continue;
             }
             let pr = precision_recall_curve(&y, &column(s.probs, s.n_classes, c));
-            let label = format!("{} (AP {:.3})", s.name(c), pr.average_precision());
+            labels.push((c, format!("{} (AP {:.3})", s.name(c), pr.average_precision())));
             let style = color(c).stroke_width(3);
             let points = pr.recall.iter().copied().zip(pr.precision.iter().copied());
-            chart
-                .draw_series(LineSeries::new(points, style))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+            chart.draw_series(LineSeries::new(points, style))?;
         }
-        legend(&mut chart, SeriesLabelPosition::LowerLeft)
+        legend_strip_colored(&strip, &labels)
     }
 }
 
@@ -120,7 +136,19 @@ impl Figure for F1Figure<'_> {
                 None => s.name(c),
             };
             let style = color(c).stroke_width(3);
-            let points = pr.thresholds.iter().copied().zip(f1.iter().copied());
+            // F1 of "positive when p >= t" is a step function of t: f1[i] on (t[i-1], t[i]],
+            // f1[0] below the lowest score, 0 above the highest. Drawn as such over [0, 1]
+            // (joining the points directly drew near-vertical strokes between close scores).
+            let t = &pr.thresholds;
+            let mut points = Vec::with_capacity(2 * t.len() + 3);
+            if let (Some(&first), Some(&last)) = (t.first(), t.last()) {
+                points.push((0.0f64.min(first), f1[0]));
+                for i in 0..t.len() {
+                    points.push((t[i], f1[i]));
+                    points.push((t[i], f1.get(i + 1).copied().unwrap_or(0.0)));
+                }
+                points.push((1.0f64.max(last), 0.0));
+            }
             chart
                 .draw_series(LineSeries::new(points, style))?
                 .label(label)
@@ -229,9 +257,11 @@ impl Figure for DistributionFigure<'_> {
         root.fill(&WHITE)?;
         let root = root.margin(14, 0, 0, 0).titled(self.title, caption_style())?;
         let panels = root.split_evenly((s.n_classes, 1));
-        let (lo, hi) = s.probs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| (lo.min(p), hi.max(p)));
-        let (lo, hi) = if lo < hi { (lo, hi) } else { (lo.min(0.0), hi.max(1.0)) };
+        // Probabilities: the axis is always [0, 1], so that figures compare at a glance.
+        let (lo, hi) = (0.0, 1.0);
         let width = (hi - lo) / self.bins as f64;
+        // With two classes p(real) = 1 - p(fake) mirrors it: only p(fake) is drawn.
+        let columns: Vec<usize> = if s.n_classes == 2 { vec![1] } else { (0..s.n_classes).collect() };
         let bin_of = |p: f64| (((p - lo) / width) as usize).min(self.bins - 1);
         for (true_class, panel) in panels.iter().enumerate() {
             let rows: Vec<&[f64]> = s
@@ -242,19 +272,21 @@ impl Figure for DistributionFigure<'_> {
                 .map(|(row, _)| row)
                 .collect();
             // Fraction of the class's samples in each bin, per probability column.
-            let hists: Vec<Vec<f64>> = (0..s.n_classes)
-                .map(|c| {
+            let hists: Vec<(usize, Vec<f64>)> = columns
+                .iter()
+                .map(|&c| {
                     let mut h = vec![0.0; self.bins];
                     for row in &rows {
                         h[bin_of(row[c])] += 1.0 / rows.len() as f64;
                     }
-                    h
+                    (c, h)
                 })
                 .collect();
-            let top = hists.iter().flatten().copied().fold(0.0, f64::max).max(0.01) * 1.3;
+            let top = hists.iter().flat_map(|(_, h)| h.iter()).copied().fold(0.0, f64::max).max(0.01) * 1.3;
+            let samples = if rows.len() == 1 { "sample" } else { "samples" };
             let mut chart = ChartBuilder::on(panel)
                 .caption(
-                    format!("True class: {} ({} samples)", s.name(true_class), rows.len()),
+                    format!("True class: {} ({} {samples})", s.name(true_class), rows.len()),
                     (FONT, 20).into_font().color(&color(true_class)),
                 )
                 .margin(12)
@@ -270,7 +302,7 @@ impl Figure for DistributionFigure<'_> {
                 .light_line_style(BLACK.mix(0.025))
                 .bold_line_style(BLACK.mix(0.15))
                 .draw()?;
-            for (c, h) in hists.iter().enumerate() {
+            for &(c, ref h) in &hists {
                 let x = |i: usize| lo + i as f64 * width;
                 chart.draw_series(
                     h.iter()

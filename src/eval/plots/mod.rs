@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::metrics::{argmax_rows, check_inputs, confusion_matrix};
 use crate::{Error, Result};
@@ -196,6 +197,48 @@ fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>, position: Seri
         .draw()
 }
 
+/// Height of the legend row under a figure, in pixels.
+const LEGEND_STRIP: u32 = 44;
+
+/// One row of legend entries (a line, or with `boxes` a filled box, in the series' colour and
+/// its label), centred in `area`: outside the charts, so that it never hides data.
+fn legend_strip<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, labels: &[&str], boxes: bool) -> Drawn<DB> {
+    let entries: Vec<(usize, String)> = labels.iter().enumerate().map(|(k, l)| (k, l.to_string())).collect();
+    legend_row(area, &entries, boxes)
+}
+
+/// [`legend_strip`] with lines whose colours are given (`(colour index, label)`).
+fn legend_strip_colored<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[(usize, String)]) -> Drawn<DB> {
+    legend_row(area, entries, false)
+}
+
+fn legend_row<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(usize, String)],
+    boxes: bool,
+) -> Drawn<DB> {
+    let labels: Vec<&str> = entries.iter().map(|(_, l)| l.as_str()).collect();
+    let font: TextStyle = (FONT, 17).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+    let widths: Vec<i32> = labels
+        .iter()
+        .map(|l| area.estimate_text_size(l, &font).map_or(8 * l.len() as i32, |(w, _)| w as i32) + 56)
+        .collect();
+    let (w, h) = area.dim_in_pixel();
+    let mut x = (w as i32 - widths.iter().sum::<i32>()).max(0) / 2;
+    let y = h as i32 / 2;
+    for ((k, label), width) in entries.iter().map(|(k, l)| (*k, l)).zip(&widths) {
+        if boxes {
+            area.draw(&Rectangle::new([(x, y - 8), (x + 20, y + 8)], color(k).filled()))?;
+        } else {
+            area.draw(&PathElement::new([(x, y), (x + 28, y)], color(k).stroke_width(3)))?;
+            area.draw(&Circle::new((x + 14, y), 4, color(k).filled()))?;
+        }
+        area.draw(&Text::new(label.to_string(), (x + 34, y), font.clone()))?;
+        x += width;
+    }
+    Ok(())
+}
+
 /// A unit-square chart with grid, axis names and a caption.
 fn unit_chart<'a, DB: DrawingBackend>(
     root: &'a DrawingArea<DB, Shift>,
@@ -311,11 +354,15 @@ pub fn write_plots(dir: &Path, stage: &str, level: &str, scores: Scores, svg: bo
         let path = file("f1_curve");
         f1_plot(&path, &title("F1 Curve"), scores)?;
         written.push(path);
+        // The predicted class is the argmax (ties to the lower class): for two classes, fake
+        // when p(fake) > 0.5. The title says so.
+        let rule = if scores.n_classes == 2 { "fake if p(fake) > 0.5" } else { "predicted = argmax" };
         let path = file("confusion");
-        confusion_plot(&path, &title("Confusion Matrix"), &confusion, scores.class_names, false)?;
+        confusion_plot(&path, &title(&format!("Confusion Matrix, {rule}")), &confusion, scores.class_names, false)?;
         written.push(path);
         let path = file("confusion_norm");
-        confusion_plot(&path, &title("Confusion Matrix, % of row"), &confusion, scores.class_names, true)?;
+        let norm_title = title(&format!("Confusion Matrix, % of row, {rule}"));
+        confusion_plot(&path, &norm_title, &confusion, scores.class_names, true)?;
         written.push(path);
         let path = file("probs_distribution");
         distribution_plot(&path, &title("Probability Distribution"), scores)?;

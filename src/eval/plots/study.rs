@@ -7,7 +7,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Drawn, FONT, Figure, caption_style, color, save};
+use super::{Drawn, FONT, Figure, LEGEND_STRIP, caption_style, color, legend_strip, save};
 use crate::Result;
 
 /// One line: a label and its points, `x` ascending; a `None` value is a gap.
@@ -216,33 +216,6 @@ impl Figure for BarsFigure<'_> {
         let labels: Vec<&str> = self.members.iter().map(String::as_str).collect();
         legend_strip(&strip, &labels, true)
     }
-}
-
-/// Height of the legend row under a figure, in pixels.
-const LEGEND_STRIP: u32 = 44;
-
-/// One row of legend entries (a line, or with `boxes` a filled box, in the series' colour and
-/// its label), centred in `area`: outside the charts, so that it never hides data.
-fn legend_strip<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, labels: &[&str], boxes: bool) -> Drawn<DB> {
-    let font: TextStyle = (FONT, 17).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
-    let widths: Vec<i32> = labels
-        .iter()
-        .map(|l| area.estimate_text_size(l, &font).map_or(8 * l.len() as i32, |(w, _)| w as i32) + 56)
-        .collect();
-    let (w, h) = area.dim_in_pixel();
-    let mut x = (w as i32 - widths.iter().sum::<i32>()).max(0) / 2;
-    let y = h as i32 / 2;
-    for (k, (label, width)) in labels.iter().zip(&widths).enumerate() {
-        if boxes {
-            area.draw(&Rectangle::new([(x, y - 8), (x + 20, y + 8)], color(k).filled()))?;
-        } else {
-            area.draw(&PathElement::new([(x, y), (x + 28, y)], color(k).stroke_width(3)))?;
-            area.draw(&Circle::new((x + 14, y), 4, color(k).filled()))?;
-        }
-        area.draw(&Text::new(label.to_string(), (x + 34, y), font.clone()))?;
-        x += width;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
