@@ -201,8 +201,13 @@ pub fn preprocess(args: PreprocessArgs) -> Result<Ended> {
     bars.finish();
     let summary = summary?;
     eprintln!(
-        "{} videos ({} already done): {} crops written, {} frames skipped, {} videos without crops",
-        summary.videos, summary.resumed, summary.crops, summary.skipped_frames, summary.failed_videos
+        "{} videos ({} done by an earlier run): {} crops written now, {} in the lists; {} frames skipped, {} videos without crops",
+        summary.videos,
+        summary.resumed,
+        summary.crops_written,
+        summary.crops,
+        summary.skipped_frames,
+        summary.failed_videos
     );
     for l in &summary.lists {
         eprintln!("list   {}", l.display());

@@ -108,7 +108,10 @@ pub struct Summary {
     pub videos: usize,
     /// Finished by an earlier run and left alone.
     pub resumed: usize,
+    /// Crops in the list files (this run's and earlier runs').
     pub crops: usize,
+    /// Crops this run wrote.
+    pub crops_written: usize,
     pub skipped_frames: usize,
     pub failed_videos: usize,
     pub lists: Vec<PathBuf>,
@@ -119,7 +122,9 @@ pub struct Summary {
 /// `videos` / `c23` / `c40` / `raw` folders.
 pub fn source_of(video: &Path) -> String {
     let generic = ["videos", "c0", "c23", "c40", "raw"];
-    video
+    // A video in the working folder takes that folder's name.
+    let absolute = std::path::absolute(video).unwrap_or_else(|_| video.to_path_buf());
+    absolute
         .ancestors()
         .skip(1)
         .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
@@ -152,28 +157,28 @@ impl Job<'_> {
             }
         }
         let resumed = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Result<VideoRecord>> = videos
+        let results: Vec<Result<usize>> = videos
             .par_iter()
             .map(|v| {
                 let (_, _, dir) = self.video_dir(v);
                 if let Some(rec) = read_record(&dir) {
                     resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     progress(&rec);
-                    return Ok(rec);
+                    return Ok(0);
                 }
                 let rec = self.process(v)?;
                 progress(&rec);
-                Ok(rec)
+                Ok(rec.crops.len())
             })
             .collect();
-        let mut records = Vec::with_capacity(results.len());
+        let mut written = 0;
         for r in results {
-            records.push(r?);
+            written += r?;
         }
         let mut summary = self.write_lists()?;
         summary.videos = videos.len();
         summary.resumed = resumed.into_inner();
-        let _ = records;
+        summary.crops_written = written;
         Ok(summary)
     }
 
@@ -340,7 +345,10 @@ mod tests {
     fn sources_look_past_generic_folders() {
         assert_eq!(source_of(Path::new("FF/manipulated_sequences/Deepfakes/c23/videos/000_003.mp4")), "Deepfakes");
         assert_eq!(source_of(Path::new("Celeb-DF-v2/Celeb-real/id0_0000.mp4")), "Celeb-real");
-        assert_eq!(source_of(Path::new("clip.mp4")), "videos");
+        let here = std::env::current_dir().unwrap();
+        let folder = here.file_name().map(|n| n.to_string_lossy().into_owned());
+        let expected = folder.filter(|n| !["videos", "c0", "c23", "c40", "raw"].contains(&n.as_str()));
+        assert_eq!(source_of(Path::new("clip.mp4")), expected.unwrap_or_else(|| "videos".into()), "the working folder");
         assert!(is_video(Path::new("a/B.MP4")) && !is_video(Path::new("a/b.png")));
     }
 }
