@@ -99,11 +99,13 @@ pub fn without_dot_components(path: &Path) -> PathBuf {
     if kept.as_os_str().is_empty() { path.to_path_buf() } else { kept }
 }
 
+const NOT_FOUND: &str = "no such file or folder";
+
 /// Why `path` cannot be read as a file: the system's reason (not found, name too long, a loop of
 /// symbolic links, no permission) or what it is instead.
 pub fn why_not_a_file(path: &Path) -> String {
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file or folder".into(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NOT_FOUND.into(),
         Err(e) => format!("cannot be read: {e}"),
         Ok(m) if m.is_dir() => "is a folder".into(),
         Ok(_) => "not a regular file (a FIFO, socket or device): not read".into(),
@@ -197,15 +199,20 @@ pub fn read_list_in(list: &Path, root: Option<&Path>) -> Result<(Vec<PathBuf>, V
                 Some(r) => format!("{}, ", r.display()),
                 None => String::new(),
             };
-            errors.push(InputError {
-                path: line.to_string(),
-                reason: format!(
+            // Not there, or there but not a readable file (a folder, a FIFO, a name too long).
+            let candidates = under_root.iter().cloned().chain([as_written.clone(), base.join(line)]);
+            let why = candidates.map(|p| why_not_a_file(&p)).find(|w| w != NOT_FOUND).unwrap_or(NOT_FOUND.into());
+            let reason = if why == NOT_FOUND {
+                format!(
                     "listed in {} line {} but not found (looked for {looked}{line} and {})",
                     list.display(),
                     i + 1,
                     base.join(line).display()
-                ),
-            });
+                )
+            } else {
+                format!("listed in {} line {}: {why}", list.display(), i + 1)
+            };
+            errors.push(InputError { path: line.to_string(), reason });
         }
     }
     Ok((paths, errors))

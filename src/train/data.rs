@@ -11,7 +11,7 @@ use super::augment::augment;
 use crate::data::InputError;
 use crate::data::sets::Split;
 use crate::model::config::PixelConfig;
-use crate::preprocess::pixels::{load_rgb, pixel_values};
+use crate::preprocess::pixels::{load_rgb_lenient, pixel_values};
 use crate::rng::{Rng, Stream};
 
 /// The order of a split's frames in `epoch` (PyTorch's `shuffle=True`, dfdet's stream).
@@ -28,6 +28,9 @@ pub struct Batch {
     pub pixels: Tensor<4>,
     /// Frames that could not be read.
     pub errors: Vec<InputError>,
+    /// Frames read from a truncated or partly corrupt file (used, as the reference's Pillow
+    /// with `LOAD_TRUNCATED_IMAGES` uses them).
+    pub warnings: Vec<InputError>,
 }
 
 /// Decodes `index` of `split` into pixels; with `augment = Some((seed, epoch))`, each frame is
@@ -44,31 +47,36 @@ pub fn load_batch(
         .par_iter()
         .map(|&i| {
             let path = Path::new(&split.files[i]);
-            load_rgb(path).map(|img| {
+            load_rgb_lenient(path).map(|(img, partly)| {
                 let img = match augment_with {
                     Some((seed, epoch)) => {
                         augment(&img, &mut Rng::derive(seed, Stream::Augment, &[epoch as u64, i as u64]))
                     }
                     None => img,
                 };
-                pixel_values(&img, pixels)
+                (pixel_values(&img, pixels), partly)
             })
         })
         .collect();
     let mut ok = Vec::with_capacity(index.len());
     let mut data = Vec::with_capacity(index.len() * 3 * h * w);
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     for (&i, result) in index.iter().zip(decoded) {
         match result {
-            Ok(px) => {
+            Ok((px, partly)) => {
                 data.extend_from_slice(&px);
                 ok.push(i);
+                if let Some(reason) = partly {
+                    let reason = format!("truncated or corrupt, used as far as it decodes (the rest black): {reason}");
+                    warnings.push(InputError { path: split.files[i].clone(), reason });
+                }
             }
             Err(e) => errors.push(InputError { path: split.files[i].clone(), reason: e.reason() }),
         }
     }
     let b = ok.len();
-    Batch { index: ok, pixels: Tensor::from_data(TensorData::new(data, [b, 3, h, w]), device), errors }
+    Batch { index: ok, pixels: Tensor::from_data(TensorData::new(data, [b, 3, h, w]), device), errors, warnings }
 }
 
 /// Encoder features (`pooler_output`) of a split's frames, computed once.

@@ -12,10 +12,21 @@ use crate::data::sets::Split;
 use crate::model::Detector;
 use crate::model::head::HeadOutput;
 
+/// What [`encode`] read.
+pub struct Encoded {
+    /// Split indices of the frames read, in batch order.
+    pub index: Vec<usize>,
+    /// Their features `[b, d]` (`None` when no frame could be read).
+    pub pooled: Option<Tensor<2>>,
+    /// Frames that could not be read.
+    pub errors: Vec<InputError>,
+    /// Frames read from a truncated or partly corrupt file.
+    pub warnings: Vec<InputError>,
+}
+
 /// Encoder features (`pooler_output`, `[b, d]`) of the frames `index` of `split`, from `cache`
 /// when given; `before_forward` runs on the detector with the batch size just before the
-/// encoder (LoRA dropout masks). Returns the indices that were read, their features, and the
-/// frames that could not be read.
+/// encoder (LoRA dropout masks).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     detector: &mut Detector,
@@ -25,18 +36,18 @@ pub fn encode(
     augment: Option<(u64, usize)>,
     device: &Device,
     before_forward: impl FnOnce(&mut Detector, usize),
-) -> (Vec<usize>, Option<Tensor<2>>, Vec<InputError>) {
+) -> Encoded {
     if let Some(cache) = cache {
         let (ok, pooled) = cache.batch(index, device);
-        return (ok, Some(pooled), Vec::new());
+        return Encoded { index: ok, pooled: Some(pooled), errors: Vec::new(), warnings: Vec::new() };
     }
     let batch = load_batch(split, index, &detector.backbone.pixels, augment, device);
     if batch.index.is_empty() {
-        return (batch.index, None, batch.errors);
+        return Encoded { index: batch.index, pooled: None, errors: batch.errors, warnings: batch.warnings };
     }
     before_forward(detector, batch.index.len());
     let pooled = detector.encoder.forward(batch.pixels);
-    (batch.index, Some(pooled), batch.errors)
+    Encoded { index: batch.index, pooled: Some(pooled), errors: batch.errors, warnings: batch.warnings }
 }
 
 /// What the head and the losses make of a batch of features.

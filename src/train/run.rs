@@ -11,7 +11,7 @@ use burn::tensor::FloatDType;
 
 use super::config::TrainConfig;
 use super::data::{FeatureCache, epoch_order, load_batch};
-use super::forward::{HeadPass, encode, head_pass};
+use super::forward::{Encoded, HeadPass, encode, head_pass};
 use super::init::base_clip;
 use super::lora;
 use super::loss::LossValues;
@@ -91,6 +91,8 @@ struct Trainer {
     log: MetricsLog,
     state: TrainState,
     unreadable: HashSet<usize>,
+    /// Partly decoded training frames already warned about.
+    warned: HashSet<String>,
 }
 
 impl Trainer {
@@ -196,6 +198,7 @@ impl Trainer {
             log,
             state,
             unreadable: HashSet::new(),
+            warned: HashSet::new(),
         })
     }
 
@@ -356,8 +359,14 @@ impl Trainer {
             }
         };
         let cache = self.cache.as_ref().map(|(trn, _)| trn);
-        let (ok, pooled, errors) =
+        let Encoded { index: ok, pooled, errors, warnings } =
             encode(&mut self.detector, &self.trn, &index, cache, augment, &self.device, before_forward);
+        // A partly decoded frame is used (as the reference uses it), and said once per run.
+        for w in warnings {
+            if self.warned.insert(w.path.clone()) {
+                obs.message(&format!("warning: {}: {}", w.path, w.reason));
+            }
+        }
         for e in errors {
             obs.message(&format!("warning: {}: {} (left out of training)", e.path, e.reason));
             if let Some(i) = self.trn.files.iter().position(|f| *f == e.path) {
@@ -407,7 +416,7 @@ impl Trainer {
         }
         for chunk in index.chunks(self.config.mini_batch_size) {
             let batch = load_batch(split, chunk, &self.detector.backbone.pixels, None, &self.device);
-            for e in &batch.errors {
+            for e in batch.errors.iter().chain(&batch.warnings) {
                 obs.message(&format!("warning: {}: {}", e.path, e.reason));
             }
             if !batch.index.is_empty() {
@@ -524,8 +533,11 @@ impl Trainer {
             // Linear probing: the encoder never changed, its features of the test frames are in
             // (or go to) the feature store.
             Some(store) => {
-                let (scores, errors) = score_through_store(&detector, tst, store, self.config.mini_batch_size, obs)?;
-                write_test_outputs(tst, &scores, errors, detector.spec.num_classes, &out)?
+                let (scores, errors, warnings) =
+                    score_through_store(&detector, tst, store, self.config.mini_batch_size, obs)?;
+                let mut outcome = write_test_outputs(tst, &scores, errors, detector.spec.num_classes, &out)?;
+                outcome.warnings.splice(0..0, warnings.iter().map(|w| format!("{}: {}", w.path, w.reason)));
+                outcome
             }
             None => test_split(&detector, &self.device, tst, self.config.mini_batch_size, &out, obs)?,
         };
@@ -540,18 +552,20 @@ impl Trainer {
 }
 
 /// Scores `split` with `detector`, taking the encoder's features from `store` where it holds
-/// them and storing the others.
+/// them and storing the others. Returns the scores, the frames that could not be read, and
+/// those read only in part.
 fn score_through_store(
     detector: &Detector,
     split: &Split,
     store: &FeatureStore,
     batch_size: usize,
     obs: &mut dyn Observer,
-) -> Result<(Vec<FrameScore>, Vec<InputError>)> {
+) -> Result<(Vec<FrameScore>, Vec<InputError>, Vec<InputError>)> {
     let device = Device::flex();
     let d = detector.backbone.encoder.hidden_size;
     let mut scores = Vec::with_capacity(split.files.len());
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let index: Vec<usize> = (0..split.files.len()).collect();
     for chunk in index.chunks(batch_size.max(1)) {
         let mut rows: Vec<(usize, Vec<f32>)> = Vec::with_capacity(chunk.len());
@@ -565,6 +579,7 @@ fn score_through_store(
         if !missing.is_empty() {
             let batch = load_batch(split, &missing, &detector.backbone.pixels, None, &device);
             errors.extend(batch.errors);
+            warnings.extend(batch.warnings);
             if !batch.index.is_empty() {
                 let f = host(detector.encoder.forward(batch.pixels)).1;
                 for (k, &i) in batch.index.iter().enumerate() {
@@ -587,7 +602,7 @@ fn score_through_store(
         }
         obs.advance(chunk.len());
     }
-    Ok((scores, errors))
+    Ok((scores, errors, warnings))
 }
 
 fn add_row(rows: &mut BTreeMap<String, (f64, usize)>, name: &str, v: f64) {

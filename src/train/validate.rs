@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::config::TrainConfig;
 use super::data::FeatureCache;
-use super::forward::{encode, head_pass};
+use super::forward::{Encoded, encode, head_pass};
 use super::loss::LossValues;
 use crate::data::sets::Split;
 use crate::eval::metrics::Metrics;
@@ -44,8 +44,9 @@ pub fn score_val(
     let (mut align, mut unif, mut weight, mut unif_weight) = (0.0, 0.0, 0usize, 0usize);
     let index: Vec<usize> = (0..val.files.len()).collect();
     for chunk in index.chunks(config.mini_batch_size) {
-        let (ok, pooled, errors) = encode(detector, val, chunk, cache, None, device, |_, _| {});
-        for e in &errors {
+        let Encoded { index: ok, pooled, errors, warnings } =
+            encode(detector, val, chunk, cache, None, device, |_, _| {});
+        for e in errors.iter().chain(&warnings) {
             obs.message(&format!("warning: {}: {}", e.path, e.reason));
         }
         let Some(pooled) = pooled.filter(|_| !ok.is_empty()) else {

@@ -206,3 +206,18 @@ fn truncated_images_are_scored_with_a_warning() {
     assert_eq!(about["dtype"], "f32", "{about}");
     assert_eq!(about["video_frames"], "linspace:32", "{about}");
 }
+
+/// A list entry that exists but cannot be read as a file says what it is instead of "not found".
+#[test]
+fn list_entries_name_the_true_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "x".repeat(300) + ".png";
+    std::fs::create_dir(tmp.path().join("folder.png")).unwrap();
+    let list = tmp.path().join("list.txt");
+    std::fs::write(&list, format!("{long}\nfolder.png\n{}\n", a_crop().display())).unwrap();
+    let ckpt = fixtures().join(CKPT);
+    let (code, _, err) = run(&["predict", "-w", ckpt.to_str().unwrap(), list.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("list.txt line 1: cannot be read:") && err.contains("too long"), "{err}");
+    assert!(err.contains("list.txt line 2: is a folder"), "{err}");
+}

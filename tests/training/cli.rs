@@ -238,3 +238,17 @@ fn print_config_shows_unset_options_ready_to_uncomment() {
     let table: toml::Table = uncommented.parse().unwrap();
     assert_eq!(table["limit_trn_files"].as_integer(), Some(10000));
 }
+
+/// A truncated training frame is used as far as it decodes (as the reference's Pillow does),
+/// named as such, and not left out of training.
+#[test]
+fn truncated_training_frames_are_used_and_named() {
+    let (tmp, config) = setup("max_epochs = 3");
+    let frame = tmp.path().join("D/fake/v00/000.png");
+    let bytes = std::fs::read(&frame).unwrap();
+    std::fs::write(&frame, &bytes[..bytes.len() / 3]).unwrap();
+    let stderr = run_ok(dfdet_process().args(["train", "-c", config.to_str().unwrap()]));
+    let warned = stderr.lines().filter(|l| l.contains("v00/000.png") && l.contains("truncated or corrupt")).count();
+    assert!(warned >= 1, "{stderr}");
+    assert!(stderr.contains("used as far as it decodes") && !stderr.contains("left out of training"), "{stderr}");
+}
