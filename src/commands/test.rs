@@ -106,6 +106,12 @@ impl TestConfig {
                 "a set name becomes a folder of plots: one plain name, no `/`, `..` or `.`",
             ));
         }
+        if config.limit_files == Some(0) {
+            return Err(Error::config(
+                "limit_files",
+                "0 would keep no frame: give at least 1, or leave it unset for all",
+            ));
+        }
         if config.sets.is_empty() {
             return Err(Error::config(
                 "sets",

@@ -331,6 +331,15 @@ impl TrainConfig {
         if [l.ce_labels, l.bce_labels, l.uniformity, l.alignment_labels].iter().all(|&w| w == 0.0) {
             return bad("loss", "every loss weight is 0: nothing would train (set loss.ce_labels = 1.0)".into());
         }
+        for (key, limit) in [
+            ("limit_trn_files", self.limit_trn_files),
+            ("limit_val_files", self.limit_val_files),
+            ("limit_tst_files", self.limit_tst_files),
+        ] {
+            if limit == Some(0) {
+                return bad(key, "0 would keep no frame: give at least 1, or leave it unset for all".into());
+            }
+        }
         if self.max_epochs == 0 {
             return bad("max_epochs", "must be at least 1".into());
         }

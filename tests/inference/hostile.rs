@@ -149,6 +149,9 @@ fn wrong_reasons_are_the_true_ones() {
     let (code, _, err) = run(&["predict", "-w", ckpt, "--frames", "0", crop.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--frames must be at least 1"), "{err}");
+    let (code, _, err) = run(&["test", "-w", ckpt, "--limit-files", "0", "--set", &format!("A={}", crop.display())]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("limit_files: 0 would keep no frame"), "{err}");
     let (code, _, err) = run(&["predict", "-w", ckpt, "--frames", "4", "--stride", "10", crop.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--stride") && err.contains("--frames") && err.contains("cannot be used with"), "{err}");

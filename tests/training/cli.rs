@@ -154,6 +154,7 @@ fn settings_that_cannot_train_are_refused_naming_key_and_range() {
         ("warmup_epochs=nan", "warmup_epochs: NaN"),
         ("peft.ln_tuning.target_modules=[\"nope\"]", "`nope` names no LayerNorm"),
         ("peft.ln_tuning.target_modules=[]", "peft.ln_tuning.target_modules: is empty"),
+        ("limit_trn_files=0", "limit_trn_files: 0 would keep no frame"),
     ];
     for (set, expected) in cases {
         let err = fails(dfdet_process().args(["train", "-c", c, "--set", set, "--set", "run_name=\"bad\""]));
