@@ -1,10 +1,16 @@
-//! Progress on stderr: indicatif bars on a terminal, plain message lines otherwise.
+//! Progress on stderr: indicatif bars on a terminal; when stderr is not a terminal (a log file,
+//! CI), a plain `phase: done/total` line at most every [`PLAIN_EVERY`] (`$DFDET_PROGRESS_SECS`
+//! seconds when set), so that long work is never silent.
 
 use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use dfdet::progress::Observer;
+
+/// How often plain progress lines are written when stderr is not a terminal.
+pub const PLAIN_EVERY: Duration = Duration::from_secs(30);
 
 /// An [`Observer`] drawing one bar per phase on a terminal (phases shorter than `min_total`
 /// units get none); messages go to stderr, above the bar.
@@ -12,12 +18,21 @@ pub struct Bars {
     bar: ProgressBar,
     tty: bool,
     min_total: usize,
+    /// Plain-line state: the phase, its units done and total, when a line was last written
+    /// (the phase's start before the first).
+    plain: Option<(String, usize, usize, Instant, bool)>,
+    every: Duration,
 }
 
 impl Bars {
     /// Bars for phases of at least `min_total` units.
     pub fn new(min_total: usize) -> Self {
-        Self { bar: ProgressBar::hidden(), tty: std::io::stderr().is_terminal(), min_total }
+        let every = std::env::var("DFDET_PROGRESS_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(PLAIN_EVERY, Duration::from_secs_f64);
+        Self { bar: ProgressBar::hidden(), tty: std::io::stderr().is_terminal(), min_total, plain: None, every }
     }
 
     /// Removes the current bar.
@@ -46,10 +61,20 @@ impl Observer for Bars {
         } else {
             ProgressBar::hidden()
         };
+        self.plain = (!self.tty && total > 0).then(|| (name.to_string(), done, total, Instant::now(), false));
     }
 
     fn advance(&mut self, n: usize) {
         self.bar.inc(n as u64);
+        if let Some((name, done, total, last, printed)) = &mut self.plain {
+            *done += n;
+            // A line every `every`, and the end of a phase that had lines (short work stays quiet).
+            if last.elapsed() >= self.every || (*printed && *done >= *total) {
+                eprintln!("{name}: {done}/{total}");
+                *last = Instant::now();
+                *printed = true;
+            }
+        }
     }
 
     fn status(&mut self, text: &str) {

@@ -253,3 +253,19 @@ fn truncated_training_frames_are_used_and_named() {
     assert!(warned >= 1, "{stderr}");
     assert!(stderr.contains("used as far as it decodes") && !stderr.contains("left out of training"), "{stderr}");
 }
+
+/// Without a terminal, long work still reports progress: plain `phase: done/total` lines
+/// (every 30 s by default; `DFDET_PROGRESS_SECS` sets the interval).
+#[test]
+fn progress_lines_when_stderr_is_not_a_terminal() {
+    let (_tmp, config) = setup("max_epochs = 2");
+    let out = dfdet_process()
+        .env("DFDET_PROGRESS_SECS", "0")
+        .args(["train", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("epoch 1/2: 1/") && stderr.contains("epoch 2/2: "), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("val: ") && l.ends_with("/32")), "{stderr}");
+}
