@@ -232,10 +232,14 @@ fn run_cell(cell: &Cell, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<bo
     Ok(true)
 }
 
-/// Writes `text` atomically unless the file already holds it.
+/// Writes `text` atomically (creating the folder) unless the file already holds it: two shards
+/// may write the same file at once.
 fn write_if_changed(path: &Path, text: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
         return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let tmp: PathBuf = path.with_extension(format!("{}.tmp", std::process::id()));
     std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;

@@ -94,15 +94,7 @@ pub fn write_list(path: &Path, frames: &[String], about: &str, seed: u64) -> Res
         let abs = std::path::absolute(f).unwrap_or_else(|_| PathBuf::from(f));
         text += &format!("{}\n", abs.display());
     }
-    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    super::write_if_changed(path, &text)
 }
 
 #[cfg(test)]

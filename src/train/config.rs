@@ -477,7 +477,7 @@ impl TrainConfig {
     /// (what `dfdet train --print-config` shows).
     pub fn to_toml_with_unset(&self) -> String {
         let mut s = String::new();
-        let unset: Vec<(&str, &str, &str)> = [
+        let unset: Vec<(&str, &str)> = [
             (
                 self.checkpoint.is_none(),
                 "checkpoint",
@@ -502,14 +502,13 @@ impl TrainConfig {
             ),
         ]
         .into_iter()
-        .filter(|(unset, _, _)| *unset)
-        .map(|(_, key, example)| (key, "=", example))
+        .filter_map(|(unset, key, example)| unset.then_some((key, example)))
         .collect();
         // At the top: a key uncommented there is a top-level key, not one of the last table's.
         if !unset.is_empty() {
             s += "# Unset options (uncomment to set):\n";
-            for (key, eq, example) in unset {
-                s += &format!("# {key} {eq} {example}\n");
+            for (key, example) in unset {
+                s += &format!("# {key} = {example}\n");
             }
             s += "\n";
         }

@@ -86,3 +86,15 @@ pub fn program(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// A copy of the `gend-tiny` fixture as `<dir>/gend` (its config names the backbone
+/// `tiny-clip-p14`, linked beside it), for tests that alter or overwrite it.
+pub fn gend_copy(dir: &Path) -> PathBuf {
+    let gend = dir.join("gend");
+    std::fs::create_dir(&gend).unwrap();
+    std::os::unix::fs::symlink(fixtures().join("tiny-clip-p14"), dir.join("tiny-clip-p14")).unwrap();
+    for e in std::fs::read_dir(fixtures().join("gend-tiny")).unwrap().flatten() {
+        std::fs::copy(e.path(), gend.join(e.file_name())).unwrap();
+    }
+    gend
+}

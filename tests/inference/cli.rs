@@ -188,13 +188,7 @@ fn convert_then_predict() {
 #[test]
 fn convert_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let gend = dir.path().join("gend");
-    std::fs::create_dir(&gend).unwrap();
-    // The GenD config names its backbone `tiny-clip-p14`, found beside the folder.
-    std::os::unix::fs::symlink(fixtures().join("tiny-clip-p14"), dir.path().join("tiny-clip-p14")).unwrap();
-    for e in std::fs::read_dir(fixtures().join("gend-tiny")).unwrap().flatten() {
-        std::fs::copy(e.path(), gend.join(e.file_name())).unwrap();
-    }
+    let gend = crate::common::gend_copy(dir.path());
     let before = std::fs::read(gend.join("model.safetensors")).unwrap();
     let g = gend.to_str().unwrap();
     let out = dfdet().args(["convert", g, g, "--force"]).output().unwrap();

@@ -111,13 +111,7 @@ fn pixel_settings_that_cannot_work_name_the_file_and_key() {
 #[test]
 fn non_finite_weights_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let folder = tmp.path().join("gend");
-    std::fs::create_dir(&folder).unwrap();
-    // The GenD config names its backbone `tiny-clip-p14`, found beside the folder.
-    std::os::unix::fs::symlink(fixtures().join("tiny-clip-p14"), tmp.path().join("tiny-clip-p14")).unwrap();
-    for e in std::fs::read_dir(fixtures().join("gend-tiny")).unwrap().flatten() {
-        std::fs::copy(e.path(), folder.join(e.file_name())).unwrap();
-    }
+    let folder = crate::common::gend_copy(tmp.path());
     let file = folder.join("model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
