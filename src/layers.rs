@@ -4,7 +4,7 @@
 
 /// Top-level modules from the bottom layer up; a module may use those at or before its layer.
 pub const LAYERS: &[&[&str]] = &[
-    &["error", "memory", "cpu", "rng", "progress"],
+    &["error", "files", "memory", "cpu", "rng", "progress"],
     &["data"],
     &["eval"],
     &["preprocess"],

@@ -4,8 +4,8 @@
 //! Detection" (Yermakov, Cech, Matas; arXiv 2503.19683). Data flows one way, and each layer
 //! imports only the ones before it:
 //!
-//! 1. [`error`], [`memory`], [`cpu`], [`rng`], [`progress`]: the library's error type, process
-//!    memory, the CPU's model and instruction sets, seeded randomness, progress reporting;
+//! 1. [`error`], [`files`], [`memory`], [`cpu`], [`rng`], [`progress`]: the library's error type,
+//!    atomic file writes, process memory, the CPU's model and instruction sets, seeded randomness, progress reporting;
 //! 2. [`data`]: input files, list files and the reference's dataset layout;
 //! 3. [`eval`]: metrics and plots on plain slices of scores and labels;
 //! 4. [`preprocess`]: videos -> frames -> faces -> aligned crops -> pixels;
@@ -20,6 +20,7 @@
 
 pub mod cpu;
 pub mod error;
+pub mod files;
 pub mod memory;
 pub mod progress;
 pub mod rng;

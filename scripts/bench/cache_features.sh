@@ -16,6 +16,7 @@ lists=$samples/config/datasets
 cat > "$out/config.toml" <<TOML
 run_dir = "$out/runs"
 backbone = "$backbone"
+data_root = "$samples"
 trn_files = ["$lists/FF/test/real.txt", "$lists/FF/test/DF.txt", "$lists/FF/test/F2F.txt", "$lists/FF/test/FS.txt", "$lists/FF/test/NT.txt", "$lists/CDFv2/test/Celeb-real.txt", "$lists/CDFv2/test/Celeb-synthesis.txt", "$lists/CDFv2/test/YouTube-real.txt"]
 val_files = ["$lists/FF/test/real.txt", "$lists/FF/test/DF.txt"]
 tst_files = {}
@@ -25,7 +26,6 @@ mini_batch_size = 8
 lr = 1e-2
 peft.enabled = false
 TOML
-cd "$samples" # the lists name frames relative to the data root
 printf '%-5s %10s %10s %8s\n' round uncached cached speed-up
 for r in $(seq 1 "$rounds"); do
   for cached in false true; do

@@ -171,7 +171,8 @@ pub struct TestArgs {
     /// the last one cut at N, as the reference does).
     #[arg(long)]
     pub limit_files: Option<usize>,
-    /// Look up relative list entries under this folder first (the one holding `datasets/`).
+    /// Read relative list entries relative to this folder instead of their list's (the folder
+    /// holding `datasets/`; `--root .` to run the reference's lists from there).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Images per forward pass.
@@ -249,7 +250,8 @@ pub struct TrainArgs {
     #[arg(short, long, conflicts_with = "resume")]
     pub config: Option<PathBuf>,
     /// Set a config key, e.g. `--set lr=1e-4 --set peft.lora.enabled=true` (repeatable; TOML values).
-    #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+    /// With --resume only `max_epochs` (extend a run) and `save_every_steps`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
     /// Continue the run in this folder from its last checkpoint, with its config.toml.
     #[arg(long, value_name = "RUN_DIR")]

@@ -96,10 +96,11 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     if predictions.errors.is_empty() {
         return Ok(Ended::Done);
     }
+    let (failed, scored) = (predictions.errors.len(), predictions.frames.len());
     eprintln!(
-        "{} inputs or frames could not be scored (named above); {} frames were",
-        predictions.errors.len(),
-        predictions.frames.len()
+        "{failed} {} could not be scored (named above); {scored} {} scored",
+        if failed == 1 { "input or frame" } else { "inputs or frames" },
+        if scored == 1 { "frame was" } else { "frames were" },
     );
     Ok(Ended::Partial)
 }
@@ -251,7 +252,7 @@ pub fn train(args: TrainArgs) -> Result<Ended> {
     let stop = stop_on_ctrl_c()?;
     let mut bars = Bars::new(0);
     let outcome = match (&args.resume, &config) {
-        (Some(dir), _) => dfdet::train::resume(dir, &mut bars, &stop),
+        (Some(dir), _) => dfdet::train::resume(dir, &args.sets, &mut bars, &stop),
         (_, Some(config)) => dfdet::train::train(config, &mut bars, &stop),
         (None, None) => unreachable!("a config is loaded unless resuming"),
     };

@@ -2,12 +2,14 @@
 //! DeepfakeBench's layout, with list files and a report of what was skipped
 //! ([`crate::preprocess::run`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::FaceSettings;
 use crate::data::{InputError, walk_files};
 use crate::preprocess::faces::Largest;
-use crate::preprocess::run::{Job, Summary, is_video};
+use crate::preprocess::run::{Job, Progress, Summary, is_video};
+use crate::preprocess::video::Sampling;
 use crate::progress::Observer;
 use crate::{Error, Result};
 
@@ -51,7 +53,8 @@ pub fn collect_videos(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
     (videos, errors)
 }
 
-/// Processes every video of `inputs`; `obs` advances once per finished video.
+/// Processes every video of `inputs`; `obs` advances once per sampled frame (per video with a
+/// stride).
 pub fn preprocess(
     inputs: &[PathBuf],
     output: &Output,
@@ -75,11 +78,32 @@ pub fn preprocess(
         detector: detector.as_ref(),
         chooser: &Largest,
     };
-    obs.phase("videos", videos.len(), 0);
-    let obs = std::sync::Mutex::new(obs);
-    job.run(&videos, |rec| {
-        let mut obs = obs.lock().expect("observer lock");
-        obs.status(&rec.name);
-        obs.advance(1);
+    // With a fixed number of frames per video the bar counts frames, so that a long video is
+    // not silent; with a stride the number is known only once a video is open: videos.
+    let per_video = match faces.sampling {
+        Sampling::Linspace(n) => Some(n),
+        Sampling::Stride(_) => None,
+    };
+    match per_video {
+        Some(n) => obs.phase("frames", videos.len() * n, 0),
+        None => obs.phase("videos", videos.len(), 0),
+    }
+    let state = std::sync::Mutex::new((obs, HashMap::<PathBuf, usize>::new()));
+    job.run(&videos, |p| {
+        let mut guard = state.lock().expect("progress lock");
+        let (obs, frames) = &mut *guard;
+        match (p, per_video) {
+            (Progress::Frame { video }, Some(_)) => {
+                *frames.entry(video.to_path_buf()).or_default() += 1;
+                obs.advance(1);
+            }
+            (Progress::Frame { .. }, None) => {}
+            (Progress::Video(rec), per_video) => {
+                obs.status(&rec.name);
+                // The frames a video did not report: sampled past its end, or done before.
+                let reported = frames.remove(&rec.video).unwrap_or(0);
+                obs.advance(per_video.map_or(1, |n| n.saturating_sub(reported)));
+            }
+        }
     })
 }

@@ -8,8 +8,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::DEFAULT_WEIGHTS;
-use crate::data::is_plain_name;
 use crate::data::sets::{SetSpec, Split};
+use crate::data::{is_plain_name, resolve_in};
 use crate::model::{Detector, Dtype};
 use crate::progress::Observer;
 use crate::score::{TestOutcome, test_split};
@@ -32,8 +32,8 @@ pub struct TestConfig {
     /// video cut at the limit, as the reference's `limit_tst_files` does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_files: Option<usize>,
-    /// Where relative list entries are looked up first (the folder holding `datasets/`);
-    /// in a config file, relative to it.
+    /// Relative list entries are relative to this folder instead of their list's (the folder
+    /// holding `datasets/`); in a config file, relative to the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_root: Option<PathBuf>,
     #[serde(default = "default_batch_size")]
@@ -125,20 +125,24 @@ impl TestConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut config: Self = toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
-        // Lists in a config file are relative to the config file.
+        // Paths in a config file are relative to the config file (`data::resolve_in`); a
+        // `weights` or `backbone` that is no file or folder there is a preset or hub id.
         let base = path.parent().unwrap_or(Path::new(""));
-        for lists in config.sets.values_mut() {
-            for l in lists.iter_mut() {
-                if !l.exists() && base.join(&*l).exists() {
-                    *l = base.join(&*l);
-                }
-            }
+        for l in config.sets.values_mut().flatten() {
+            *l = resolve_in(base, l);
         }
-        if let Some(root) = &mut config.data_root
-            && !root.exists()
-            && base.join(&*root).exists()
-        {
-            *root = base.join(&*root);
+        if let Some(root) = &mut config.data_root {
+            *root = resolve_in(base, root);
+        }
+        let local = |name: &str| {
+            let p = resolve_in(base, Path::new(name));
+            p.exists().then(|| p.display().to_string())
+        };
+        if let Some(w) = local(&config.weights) {
+            config.weights = w;
+        }
+        if let Some(b) = config.backbone.as_deref().and_then(local) {
+            config.backbone = Some(b);
         }
         Ok(config)
     }

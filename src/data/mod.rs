@@ -61,8 +61,8 @@ impl Inputs {
 }
 
 /// Expands image and video files, folders (recursively, sorted; their images and videos) and
-/// `.txt` list files (one path per line; a path not found as written is resolved relative to the
-/// list file's folder).
+/// `.txt` list files (one path per line; relative entries are relative to the list file's
+/// folder, see [`resolve_in`]).
 pub fn expand_inputs(inputs: &[PathBuf]) -> Inputs {
     let mut out = Inputs::default();
     let mut seen = HashSet::new();
@@ -165,20 +165,52 @@ fn walk(
     }
 }
 
-/// Reads a list file: the paths it names that exist (as written, or relative to the list's
+/// Where a relative path written in a file resolves: against the folder of that file
+/// (`folder`), the one rule for every path dfdet reads from a file (list entries, config keys).
+/// Paths given on the command line are relative to the working folder, as for every program.
+/// An empty or `.` folder leaves the path as written, so that lists read from the working
+/// folder keep their entries' spelling (the reference's CSVs name frames that way).
+pub fn resolve_in(folder: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() || folder.as_os_str().is_empty() || folder == Path::new(".") {
+        path.to_path_buf()
+    } else {
+        without_parent_steps(&folder.join(path))
+    }
+}
+
+/// `path` with each `dir/..` removed where `dir` is a real folder (not a symbolic link, whose
+/// `..` is the parent of its target), so that `configs/../data/x.png` reads `data/x.png`
+/// and means the same file.
+pub fn without_parent_steps(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        let real_folder = || {
+            matches!(out.components().next_back(), Some(Component::Normal(_)))
+                && std::fs::symlink_metadata(&out).is_ok_and(|m| m.is_dir())
+        };
+        if c == Component::ParentDir && real_folder() {
+            out.pop();
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads a list file: the paths it names that exist (relative entries relative to the list's
 /// folder), and an error naming the list file and line for each that does not.
 pub fn read_list(list: &Path) -> Result<(Vec<PathBuf>, Vec<InputError>), String> {
     read_list_in(list, None)
 }
 
-/// [`read_list`] with a data root: a relative entry is looked up under `root` first (lists of
-/// the reference's layout name `datasets/<dataset>/...` relative to the folder holding
-/// `datasets/`), then as written, then relative to the list's folder. A UTF-8 byte-order mark
-/// at the start is ignored.
+/// [`read_list`] with a data root: relative entries are relative to `root` instead of the
+/// list's folder (lists of the reference's layout name `datasets/<dataset>/...` relative to the
+/// folder holding `datasets/`). A UTF-8 byte-order mark at the start is ignored.
 pub fn read_list_in(list: &Path, root: Option<&Path>) -> Result<(Vec<PathBuf>, Vec<InputError>), String> {
     let text = std::fs::read_to_string(list).map_err(|e| format!("cannot read list file: {e}"))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let base = list.parent().unwrap_or(Path::new(""));
+    let base = root.unwrap_or_else(|| list.parent().unwrap_or(Path::new("")));
     let mut paths = Vec::new();
     let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -186,34 +218,27 @@ pub fn read_list_in(list: &Path, root: Option<&Path>) -> Result<(Vec<PathBuf>, V
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let as_written = PathBuf::from(line);
-        let under_root = root.filter(|_| as_written.is_relative()).map(|r| r.join(line));
-        if let Some(p) = under_root.as_ref().filter(|p| p.is_file()) {
-            paths.push(p.clone());
-        } else if as_written.is_file() {
-            paths.push(as_written);
-        } else if base.join(line).is_file() {
-            paths.push(base.join(line));
-        } else {
-            let looked = match &under_root {
-                Some(r) => format!("{}, ", r.display()),
-                None => String::new(),
-            };
-            // Not there, or there but not a readable file (a folder, a FIFO, a name too long).
-            let candidates = under_root.iter().cloned().chain([as_written.clone(), base.join(line)]);
-            let why = candidates.map(|p| why_not_a_file(&p)).find(|w| w != NOT_FOUND).unwrap_or(NOT_FOUND.into());
-            let reason = if why == NOT_FOUND {
-                format!(
-                    "listed in {} line {} but not found (looked for {looked}{line} and {})",
-                    list.display(),
-                    i + 1,
-                    base.join(line).display()
-                )
-            } else {
-                format!("listed in {} line {}: {why}", list.display(), i + 1)
-            };
-            errors.push(InputError { path: line.to_string(), reason });
+        let path = resolve_in(base, Path::new(line));
+        if path.is_file() {
+            paths.push(path);
+            continue;
         }
+        // Not there, or there but not a readable file (a folder, a FIFO, a name too long).
+        let why = why_not_a_file(&path);
+        let reason = if why != NOT_FOUND {
+            format!("listed in {} line {}: {why}", list.display(), i + 1)
+        } else if Path::new(line).is_absolute() {
+            format!("listed in {} line {} but not found", list.display(), i + 1)
+        } else {
+            let rule = match root {
+                Some(r) => format!("relative entries are looked up under the data root {}", r.display()),
+                None => "relative entries are relative to the list's folder; for lists naming \
+                         paths from a dataset root give --root DIR (data_root in a config)"
+                    .to_string(),
+            };
+            format!("listed in {} line {} but not found: looked for {} ({rule})", list.display(), i + 1, path.display())
+        };
+        errors.push(InputError { path: line.to_string(), reason });
     }
     Ok((paths, errors))
 }
@@ -247,6 +272,21 @@ pub fn label_of(frame: &Path) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_steps_go_only_through_real_folders() {
+        let tmp = std::env::temp_dir().join(format!("dfdet-steps-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("a/b")).unwrap();
+        std::fs::create_dir_all(tmp.join("elsewhere/deep")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("elsewhere/deep"), tmp.join("link")).unwrap();
+        assert_eq!(without_parent_steps(&tmp.join("a/b/../../c.png")), tmp.join("c.png"));
+        // `link/..` is `elsewhere`, not `tmp`: kept for the kernel to resolve.
+        assert_eq!(without_parent_steps(&tmp.join("link/../x")), tmp.join("link/../x"));
+        assert_eq!(without_parent_steps(Path::new("../x")), Path::new("../x"));
+        assert_eq!(resolve_in(&tmp.join("a"), Path::new("../a/b")), tmp.join("a/b"));
+        assert_eq!(resolve_in(Path::new("."), Path::new("../x")), Path::new("../x"));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 
     #[test]
     fn video_is_the_parent_directory() {

@@ -150,6 +150,7 @@ pub fn load_rgb_lenient(path: &Path) -> Result<(RgbImage, Option<String>)> {
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
+    let jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     let color = decoder.color_type();
@@ -166,9 +167,33 @@ pub fn load_rgb_lenient(path: &Path) -> Result<(RgbImage, Option<String>)> {
         Err(e @ (ImageError::Decoding(_) | ImageError::IoError(_))) if eight_bit => Some(e.to_string()),
         Err(e) => return Err(bad(e.to_string())),
     };
+    // The JPEG decoder pads a file cut short without a word (libjpeg, under Pillow, says
+    // "premature end of JPEG file"): a JPEG must end with its end-of-image marker.
+    let note = match note {
+        None if jpeg && !ends_with_jpeg_eoi(path) => Some("the JPEG data ends before its end-of-image marker".into()),
+        note => note,
+    };
     let rgb = to_rgb8(&buf, color).ok_or_else(|| bad(format!("unsupported colour type {color:?}")))?;
     let image = RgbImage::from_raw(width, height, rgb).ok_or_else(|| bad("decoded size mismatch".into()))?;
     Ok((image, note))
+}
+
+/// Whether the last 64 KiB of the file hold a JPEG end-of-image marker (`FF D9`). Inside the
+/// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so a file cut
+/// short has none there; data that some cameras append after the marker is allowed for.
+fn ends_with_jpeg_eoi(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let tail = || -> std::io::Result<Vec<u8>> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.seek(SeekFrom::End(0))?;
+        f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    // Unreadable now (it was readable a moment ago): no claim either way.
+    tail().map_or(true, |bytes| bytes.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// Pillow's `convert("RGB")` of decoded samples (`buf` in `image`'s layout for `color`).

@@ -90,6 +90,15 @@ pub struct VideoRecord {
     pub skipped: Vec<(Option<usize>, String)>,
 }
 
+/// What [`Job::run`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A sampled frame of `video` has been through the face detector.
+    Frame { video: &'a Path },
+    /// A video is finished (now, or by an earlier run).
+    Video(&'a VideoRecord),
+}
+
 /// Everything `dfdet preprocess` needs.
 pub struct Job<'a> {
     pub out: PathBuf,
@@ -142,8 +151,8 @@ impl Job<'_> {
     }
 
     /// Processes every video (in parallel), then rebuilds the list files and the report.
-    /// `progress` is called once per finished video.
-    pub fn run(&self, videos: &[PathBuf], progress: impl Fn(&VideoRecord) + Sync) -> Result<Summary> {
+    /// `progress` hears of every sampled frame and every finished video.
+    pub fn run(&self, videos: &[PathBuf], progress: impl Fn(Progress) + Sync) -> Result<Summary> {
         let mut seen = std::collections::HashMap::new();
         for v in videos {
             let (_, _, dir) = self.video_dir(v);
@@ -163,11 +172,11 @@ impl Job<'_> {
                 let (_, _, dir) = self.video_dir(v);
                 if let Some(rec) = read_record(&dir) {
                     resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    progress(&rec);
+                    progress(Progress::Video(&rec));
                     return Ok(0);
                 }
-                let rec = self.process(v)?;
-                progress(&rec);
+                let rec = self.process(v, &|| progress(Progress::Frame { video: v }))?;
+                progress(Progress::Video(&rec));
                 Ok(rec.crops.len())
             })
             .collect();
@@ -183,7 +192,8 @@ impl Job<'_> {
     }
 
     /// One video, start to finish: clears a half-written folder, writes crops, then the marker.
-    pub fn process(&self, video: &Path) -> Result<VideoRecord> {
+    /// `on_frame` is called after each sampled frame.
+    pub fn process(&self, video: &Path, on_frame: &dyn Fn()) -> Result<VideoRecord> {
         let (source, name, dir) = self.video_dir(video);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -213,6 +223,7 @@ impl Job<'_> {
                 }
                 Err(reason) => rec.skipped.push((Some(index), reason)),
             }
+            on_frame();
         });
         if let Some(e) = write_error {
             return Err(e); // the output is unwritable: stop the run, leave the video unfinished

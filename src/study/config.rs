@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::train::TrainConfig;
-use crate::train::config::{Files, apply_override};
+use crate::train::config::{Files, Origins, apply_override};
 use crate::{Error, Result};
 
 /// The seed's four methods (docs/method.md §9), in its order, as overlays of train keys.
@@ -114,6 +114,7 @@ impl StudyConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut doc = text.parse::<toml::Table>().map_err(|e| Error::format(path, e.to_string()))?;
+        let origins = Origins::new(Some(path), &doc, overrides);
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
@@ -129,7 +130,7 @@ impl StudyConfig {
             Some(_) => return Err(Error::config("study", "must be a table ([study])")),
             None => StudyTable::default(),
         };
-        let base = TrainConfig::from_table(doc, &source, path.parent())?;
+        let base = TrainConfig::from_table(doc, &source, &origins)?;
         Self::new(base, study)
     }
 
@@ -231,7 +232,7 @@ impl StudyConfig {
         let mut table = self.base.to_table();
         merge(&mut table, &method.overlay);
         let key = format!("study.methods.{}", method.name);
-        let mut config = TrainConfig::from_table(table, Path::new(&key), None)?;
+        let mut config = TrainConfig::from_table(table, Path::new(&key), &Origins::default())?;
         config.run_dir = self.runs_dir();
         config.run_name = format!("{}-{}", method.name, percent(fraction));
         config.trn_files = Files::Lists(vec![subset.to_path_buf()]);

@@ -16,7 +16,7 @@ pub mod config;
 pub mod report;
 pub mod subsets;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ pub use config::{Cell, StudyConfig};
 use subsets::{Videos, write_list};
 
 use crate::data::sets::Split;
+use crate::files::write_if_changed;
 use crate::progress::Observer;
 use crate::train::state::RunDir;
 use crate::{Error, Result};
@@ -124,7 +125,7 @@ pub fn prepare(config: StudyConfig, obs: &mut dyn Observer) -> Result<Prepared> 
         videos.check(f)?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    write_if_changed(&toml_path, &resolved)?;
+    write_if_changed(&toml_path, resolved.as_bytes())?;
     let subset_path = |f: f64| dir.join("subsets").join(format!("trn-{}.txt", config::percent(f)));
     for &f in &config.fractions {
         let (frames, about) = videos.subset(f);
@@ -201,7 +202,7 @@ fn run_cell(cell: &Cell, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<bo
     let run = RunDir { dir: cell.config.run_path() };
     let start = Instant::now();
     let outcome = if run.last_for_resume().is_some() {
-        crate::train::resume(&run.dir, obs, stop)?
+        crate::train::resume(&run.dir, &[], obs, stop)?
     } else {
         if run.dir.exists() {
             // Killed before its first checkpoint: nothing to resume, start it again.
@@ -228,22 +229,8 @@ fn run_cell(cell: &Cell, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<bo
         training_frames: frames,
     };
     let text = serde_json::to_string_pretty(&record).expect("the record serialises") + "\n";
-    write_if_changed(&run.dir.join(CELL_RECORD), &text)?;
+    write_if_changed(&run.dir.join(CELL_RECORD), text.as_bytes())?;
     Ok(true)
-}
-
-/// Writes `text` atomically (creating the folder) unless the file already holds it: two shards
-/// may write the same file at once.
-fn write_if_changed(path: &Path, text: &str) -> Result<()> {
-    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp: PathBuf = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

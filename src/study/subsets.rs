@@ -94,7 +94,7 @@ pub fn write_list(path: &Path, frames: &[String], about: &str, seed: u64) -> Res
         let abs = std::path::absolute(f).unwrap_or_else(|_| PathBuf::from(f));
         text += &format!("{}\n", abs.display());
     }
-    super::write_if_changed(path, &text)
+    crate::files::write_if_changed(path, text.as_bytes())
 }
 
 #[cfg(test)]

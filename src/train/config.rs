@@ -6,7 +6,7 @@
 //! LinearNorm head, cross-entropy, slerp on, batch 128, lr 8e-5 -> 5e-5, no weight decay,
 //! 10 epochs, seed 42; and f32 throughout (the reference trains in bf16-mixed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use super::loss::LossConfig;
 use super::params::{LN_TARGETS, Selection};
 use super::schedule::Scheduler;
 use crate::data::sets::SetSpec;
+use crate::data::{resolve_in, without_parent_steps};
 use crate::model::spec::{HeadKind, Tuning};
 use crate::{Error, Result};
 
@@ -116,8 +117,8 @@ pub struct TrainConfig {
     pub slerp_feature_augmentation_range: [f64; 2],
 
     // Data
-    /// Where relative entries of the list files are looked up first (the folder holding the
-    /// reference's `datasets/`); relative to this config file.
+    /// Relative entries of the list files are relative to this folder instead of the list's
+    /// (the folder holding the reference's `datasets/`).
     pub data_root: Option<PathBuf>,
     pub trn_files: Files,
     pub val_files: Files,
@@ -229,16 +230,52 @@ mod scheduler_name {
     }
 }
 
+/// Where each top-level key of a config came from, which decides where its relative paths
+/// resolve: written in the config file, relative to the file's folder; given with `--set`,
+/// relative to the working folder (as every command-line path); a default, left as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    folder: Option<PathBuf>,
+    in_file: HashSet<String>,
+    on_command_line: HashSet<String>,
+}
+
+impl Origins {
+    /// The origins of a config read from `file` (its top-level table `file_doc`) with `overrides`.
+    pub fn new(file: Option<&Path>, file_doc: &toml::Table, overrides: &[String]) -> Self {
+        let top =
+            |o: &String| o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim().split('.').next().map(str::to_string);
+        Self {
+            folder: file.map(|f| f.parent().unwrap_or(Path::new("")).to_path_buf()),
+            in_file: file_doc.keys().cloned().collect(),
+            on_command_line: overrides.iter().filter_map(top).collect(),
+        }
+    }
+
+    /// The folder relative paths of `key` are relative to; `None` for a default.
+    fn base(&self, key: &str) -> Option<&Path> {
+        if self.on_command_line.contains(key) {
+            Some(Path::new(""))
+        } else if self.in_file.contains(key) {
+            self.folder.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML file and applies `overrides` (`key.path=value`, the value in TOML syntax,
     /// or a bare string). An unknown key or a wrong type is an error naming the key and, for an
-    /// unknown key, the valid ones. Relative paths are resolved against the file's folder when
-    /// they do not exist as written.
+    /// unknown key, the valid ones. Relative paths resolve as [`Origins`] says.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let original = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
             None => String::new(),
         };
+        // A document that does not parse fails below, with the parser's message.
+        let file_doc = original.parse::<toml::Table>().unwrap_or_default();
+        let origins = Origins::new(path, &file_doc, overrides);
         // Without overrides, errors point into the file as written; with them, into the
         // merged document (shown in the error).
         let (text, source) = if overrides.is_empty() {
@@ -255,15 +292,15 @@ impl TrainConfig {
             (text, PathBuf::from(format!("{name} with --set")))
         };
         let config: Self = toml::from_str(&text).map_err(|e| Error::format(&source, explain(&e.to_string())))?;
-        config.resolved(path.and_then(Path::parent))
+        config.resolved(&origins)
     }
 
     /// A config from an already merged TOML table; `source` names it in errors, relative paths
-    /// resolve against `base` as in [`Self::load`].
-    pub fn from_table(table: toml::Table, source: &Path, base: Option<&Path>) -> Result<Self> {
+    /// resolve as `origins` says (`Origins::default()`: left as they are).
+    pub fn from_table(table: toml::Table, source: &Path, origins: &Origins) -> Result<Self> {
         let config: Self =
             table.try_into().map_err(|e: toml::de::Error| Error::format(source, explain(&e.to_string())))?;
-        config.resolved(base)
+        config.resolved(origins)
     }
 
     /// The config as a TOML table (every key, unset options left out).
@@ -271,36 +308,48 @@ impl TrainConfig {
         toml::Table::try_from(self).expect("the config serialises")
     }
 
-    fn resolved(mut self, base: Option<&Path>) -> Result<Self> {
-        if let Some(base) = base {
-            self.resolve_paths(base);
-        }
+    fn resolved(mut self, origins: &Origins) -> Result<Self> {
+        self.resolve_paths(origins);
         self.validate()?;
         Ok(self)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &Path| (p.is_relative() && !p.exists() && base.join(p).exists()).then(|| base.join(p));
-        for files in [&mut self.trn_files, &mut self.val_files, &mut self.tst_files] {
+    /// Makes the paths that were given (in the file or with `--set`) absolute by the rule of
+    /// [`Origins`], so that the run folder's `config.toml` means the same from any folder.
+    /// `checkpoint` and `backbone` name a file or folder only where one exists; otherwise they
+    /// are a preset or hub id and stay as written.
+    fn resolve_paths(&mut self, origins: &Origins) {
+        let absolute = |p: PathBuf| without_parent_steps(&std::path::absolute(&p).unwrap_or(p));
+        let path = |key: &str, p: &mut PathBuf| {
+            if let Some(base) = origins.base(key) {
+                *p = absolute(resolve_in(base, p));
+            }
+        };
+        for (key, files) in
+            [("trn_files", &mut self.trn_files), ("val_files", &mut self.val_files), ("tst_files", &mut self.tst_files)]
+        {
             for list in files.lists_mut() {
-                if let Some(p) = fix(list) {
-                    *list = p;
-                }
+                path(key, list);
             }
         }
-        if let Some(c) = &mut self.checkpoint
-            && let Some(p) = fix(Path::new(c.as_str()))
-        {
-            *c = p.display().to_string();
+        for (key, p) in [("data_root", &mut self.data_root), ("feature_cache_dir", &mut self.feature_cache_dir)] {
+            if let Some(p) = p {
+                path(key, p);
+            }
         }
-        if let Some(root) = &mut self.data_root
-            && let Some(p) = fix(root)
-        {
-            *root = p;
+        path("run_dir", &mut self.run_dir);
+        let local = |key: &str, name: &mut String| {
+            if let Some(base) = origins.base(key) {
+                let p = resolve_in(base, Path::new(name.as_str()));
+                if p.exists() {
+                    *name = absolute(p).display().to_string();
+                }
+            }
+        };
+        if let Some(c) = &mut self.checkpoint {
+            local("checkpoint", c);
         }
-        if let Some(p) = fix(Path::new(&self.backbone)) {
-            self.backbone = p.display().to_string();
-        }
+        local("backbone", &mut self.backbone);
     }
 
     /// Checks values that the types alone do not.
@@ -486,7 +535,7 @@ impl TrainConfig {
             (
                 self.data_root.is_none(),
                 "data_root",
-                "\"data\"   # where the lists' relative entries are looked up first",
+                "\"data\"   # the lists' relative entries are relative to this folder instead of the list's",
             ),
             (
                 self.limit_trn_files.is_none(),

@@ -66,11 +66,44 @@ pub fn train(config: &TrainConfig, obs: &mut dyn Observer, stop: &AtomicBool) ->
     Trainer::new(config.clone(), dir, false, obs)?.run(obs, stop)
 }
 
-/// Continues the run in `run_dir` from its `last` checkpoint, with its `config.toml`.
-pub fn resume(run_dir: &Path, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+/// The keys `--resume` may change: how long the run goes on and how often it saves `last`.
+/// Anything else would make the saved state mean something else.
+pub const RESUME_KEYS: [&str; 2] = ["max_epochs", "save_every_steps"];
+
+/// Continues the run in `run_dir` from its `last` checkpoint, with its `config.toml` and
+/// `overrides` of [`RESUME_KEYS`]: a larger `max_epochs` extends a finished run (training goes
+/// on from its last epoch, the learning-rate schedule is recomputed for the new length from
+/// the current step, and the test pass is redone with the new best checkpoint).
+pub fn resume(run_dir: &Path, overrides: &[String], obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
     let dir = RunDir { dir: run_dir.to_path_buf() };
-    let config = TrainConfig::load(Some(&dir.config()), &[])?;
-    Trainer::new(config, dir, true, obs)?.run(obs, stop)
+    for o in overrides {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+        if !RESUME_KEYS.contains(&key) {
+            return Err(Error::config(
+                format!("--set {key}"),
+                format!(
+                    "cannot change when resuming (the saved state depends on it); --resume takes {} only, \
+                     start a new run for other settings",
+                    RESUME_KEYS.join(" and ")
+                ),
+            ));
+        }
+    }
+    let saved = TrainConfig::load(Some(&dir.config()), &[])?;
+    let config = TrainConfig::load(Some(&dir.config()), overrides)?;
+    let trainer = Trainer::new(config.clone(), dir.clone(), true, obs)?;
+    if config != saved {
+        for (key, old, new) in [
+            ("max_epochs", saved.max_epochs, config.max_epochs),
+            ("save_every_steps", saved.save_every_steps, config.save_every_steps),
+        ] {
+            if old != new {
+                obs.message(&format!("{key}: {old} -> {new}"));
+            }
+        }
+        crate::files::write_atomic(&dir.config(), config.to_toml().as_bytes())?;
+    }
+    trainer.run(obs, stop)
 }
 
 struct Trainer {
@@ -91,7 +124,8 @@ struct Trainer {
     log: MetricsLog,
     state: TrainState,
     unreadable: HashSet<usize>,
-    /// Partly decoded training frames already warned about.
+    /// Frames already named in a warning (partly decoded, or unreadable in validation): each
+    /// is named once per run, not once per epoch.
     warned: HashSet<String>,
 }
 
@@ -161,7 +195,18 @@ impl Trainer {
         let (state, log) = if resuming {
             let last =
                 dir.last_for_resume().ok_or_else(|| Error::format(&dir.dir, "no checkpoints/last to resume from"))?;
-            let state = load_state(&last, &mut trainable, &mut adam)?;
+            let mut state = load_state(&last, &mut trainable, &mut adam)?;
+            if state.epoch > config.max_epochs {
+                return Err(Error::config(
+                    "max_epochs",
+                    format!(
+                        "{}: the run has trained {} epochs already; give at least that many",
+                        config.max_epochs, state.epoch
+                    ),
+                ));
+            }
+            // A finished run goes on when max_epochs grew.
+            state.done = state.epoch >= config.max_epochs;
             let log = MetricsLog::open(&dir.metrics(), state.metrics_bytes)?;
             obs.message(&format!(
                 "resuming {} at epoch {}, step {} ({} optimizer steps done)",
@@ -457,7 +502,7 @@ impl Trainer {
         self.trainable.unbind(&mut self.detector, &self.device);
         lora::set_dropout(&mut self.detector, 0.0, [0, 0, 0], None, &self.device);
         let cache = self.cache.as_ref().map(|(_, val)| val);
-        let val = score_val(&mut self.detector, &self.val, cache, &self.config, &self.device, obs)?;
+        let val = score_val(&mut self.detector, &self.val, cache, &self.config, &self.device, &mut self.warned, obs)?;
         for (k, v) in loss_rows("val", &val.loss) {
             rows.push((k, v));
         }

@@ -13,8 +13,8 @@
 //! a reader sees a whole entry or none.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::files::write_atomic_unsynced as write_atomic;
 use crate::model::config::Backbone;
 use crate::model::tensors::TensorMap;
 use crate::{Error, Result};
@@ -96,19 +96,6 @@ fn bytemuck_f32(data: &[f32]) -> &[u8] {
     const { assert!(cfg!(target_endian = "little"), "the feature store writes little-endian f32") };
     // SAFETY: f32 has no padding and every byte pattern is a valid u8; the length is in bytes.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
-}
-
-/// Writes `bytes` to a temporary file beside `path` (unique per process and call), then renames.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 #[cfg(test)]

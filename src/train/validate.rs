@@ -29,13 +29,15 @@ pub struct ValScores {
 }
 
 /// Scores every frame of `val` (from `cache` when given) in mini-batches: losses and feature
-/// statistics are means over frames, weighted by mini-batch size.
+/// statistics are means over frames, weighted by mini-batch size. A frame that cannot be read,
+/// or decodes only in part, is named once per run: `warned` holds those already named.
 pub fn score_val(
     detector: &mut Detector,
     val: &Split,
     cache: Option<&FeatureCache>,
     config: &TrainConfig,
     device: &Device,
+    warned: &mut std::collections::HashSet<String>,
     obs: &mut dyn Observer,
 ) -> Result<ValScores> {
     obs.phase("val", val.files.len(), 0);
@@ -47,7 +49,9 @@ pub fn score_val(
         let Encoded { index: ok, pooled, errors, warnings } =
             encode(detector, val, chunk, cache, None, device, |_, _| {});
         for e in errors.iter().chain(&warnings) {
-            obs.message(&format!("warning: {}: {}", e.path, e.reason));
+            if warned.insert(e.path.clone()) {
+                obs.message(&format!("warning: {}: {}", e.path, e.reason));
+            }
         }
         let Some(pooled) = pooled.filter(|_| !ok.is_empty()) else {
             obs.advance(chunk.len());

@@ -3,6 +3,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../common/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Recording = alloc::Recording;
+
 mod metrics;
 mod parsers;
 mod plots;

@@ -1,7 +1,7 @@
 //! Property tests over the parsers of the text files a user hands dfdet: list files, predictions
 //! CSVs and the train / test / study TOML configs (and `--set` overrides). Whatever the text —
 //! random bytes, a valid file with edits, cut short — the result is a value or an error that
-//! names the file or key, never a panic.
+//! names the file or key, never a panic, and no allocation above `alloc::BOUND`.
 
 use std::path::Path;
 
@@ -88,6 +88,7 @@ proptest! {
         }
         std::fs::write(&list, bytes).unwrap();
         let _ = read_list_in(&list, None);
+        crate::alloc::assert_bounded("list file");
     }
 
     #[test]
@@ -103,6 +104,7 @@ proptest! {
             }
             names(result, &[name]);
         }
+        crate::alloc::assert_bounded("predictions CSV");
     }
 
     #[test]
@@ -119,6 +121,7 @@ proptest! {
             let last = key.rsplit('.').next().unwrap_or("");
             prop_assert!(text.contains("--set") || (!last.is_empty() && text.contains(last)), "--set {}: {}", set, text);
         }
+        crate::alloc::assert_bounded("train config");
     }
 
     #[test]
@@ -128,5 +131,6 @@ proptest! {
         names(TestConfig::from_file(&path), &["test.toml"]);
         let path = write(tmp.path(), "study.toml", &mutate(STUDY_TOML, &edits, keep));
         let _ = StudyConfig::load(&path, &[]);
+        crate::alloc::assert_bounded("test or study config");
     }
 }

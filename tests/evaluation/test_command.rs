@@ -13,12 +13,13 @@ fn sets() -> [String; 2] {
     [format!("FF={ff}"), format!("CDF={cdf}")]
 }
 
-/// The list files name paths relative to the samples root, as the reference's do (run from there).
+/// The list files name paths relative to the samples root, as the reference's do: run from
+/// there with `--root .`.
 fn dfdet_test(out: &Path, extra: &[&str]) -> std::process::Output {
     let [ff, cdf] = sets();
     dfdet()
         .current_dir(samples())
-        .args(["test", "-w", fixtures().join("ckpt-ln-linearnorm.ckpt").to_str().unwrap()])
+        .args(["test", "--root", ".", "-w", fixtures().join("ckpt-ln-linearnorm.ckpt").to_str().unwrap()])
         .args(["--set", &ff, "--set", &cdf, "-o", out.to_str().unwrap()])
         .args(extra)
         .output()
@@ -159,19 +160,24 @@ fn metrics_from_a_per_source_csv() {
     assert_eq!(m["all"]["frame"]["auroc"], 1.0);
 }
 
-/// The same run from a TOML config file; an unknown key is named.
+/// The same run from a TOML config file, started from another folder: its paths are relative
+/// to the file (lists and data_root alike); an unknown key is named.
 #[test]
 fn test_run_from_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let [ff, cdf] = sets();
-    let quote =
-        |s: &str| s.split_once('=').unwrap().1.split(',').map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ");
-    let config = dir.path().join("test.toml");
+    std::os::unix::fs::symlink(samples(), dir.path().join("data")).unwrap();
+    let quote = |s: &str| {
+        let lists = s.split_once('=').unwrap().1.split(',');
+        lists.map(|l| format!("\"../data/{l}\"")).collect::<Vec<_>>().join(", ")
+    };
+    std::fs::create_dir(dir.path().join("cfg")).unwrap();
+    let config = dir.path().join("cfg/test.toml");
     let weights = fixtures().join("ckpt-ln-linearnorm.ckpt");
     std::fs::write(
         &config,
         format!(
-            "weights = \"{}\"\nbatch_size = 16\nlimit_files = 10\n\n[sets]\nFF = [{}]\nCDF = [{}]\n",
+            "weights = \"{}\"\nbatch_size = 16\nlimit_files = 10\ndata_root = \"../data\"\n\n[sets]\nFF = [{}]\nCDF = [{}]\n",
             weights.display(),
             quote(&ff),
             quote(&cdf)
@@ -180,8 +186,8 @@ fn test_run_from_a_config_file() {
     .unwrap();
     let out = dir.path().join("run");
     let res = dfdet()
-        .current_dir(samples())
-        .args(["test", "-c", config.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .current_dir(dir.path())
+        .args(["test", "-c", "cfg/test.toml", "-o", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
@@ -216,12 +222,13 @@ fn root_resolves_list_entries_from_any_folder_and_a_bom_is_ignored() {
             .output()
             .unwrap()
     };
-    // Outside the samples root, the entries are found only with --root; the error says where
-    // it looked.
+    // Relative entries are relative to the list's folder, or to --root: the error says where
+    // it looked and what to do.
     let out = run(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("line 1 but not found (looked for datasets/FF/"), "{err}");
+    let looked = format!("line 1 but not found: looked for {}", tmp.path().join("datasets/FF/").display());
+    assert!(err.contains(&looked) && err.contains("--root DIR"), "{err}");
     let out = run(&["--root", samples().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");

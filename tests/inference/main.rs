@@ -4,6 +4,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../common/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Recording = alloc::Recording;
+
 mod checkpoints;
 mod cli;
 mod hostile;

@@ -1,7 +1,8 @@
 //! Property tests over the checkpoint readers, which parse untrusted bytes: a Lightning `.ckpt`
 //! (zip + pickle + tensor storages) and a folder's `model.safetensors` (JSON header + data),
 //! mutated, truncated or random. Whatever the bytes: an error naming the file, or a checkpoint
-//! whose tensors are all finite — never a panic, never an allocation the file cannot back.
+//! whose tensors are all finite — never a panic, never an allocation the file cannot back
+//! (checked: none above `alloc::BOUND`).
 
 use std::path::Path;
 
@@ -45,6 +46,7 @@ fn check(path: &Path) {
             assert!(!text.is_empty(), "empty error for {name}");
         }
     }
+    crate::alloc::assert_bounded(&path.display().to_string());
 }
 
 proptest! {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::peft::normalise;
 use super::{ByteOrder, Checkpoint, Float, HostTensor, RawTensor, TensorMap, finish_checkpoint, read_json};
+use crate::files::write_atomic;
 use crate::model::config::Backbone;
 use crate::model::hub::Hub;
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
@@ -160,20 +161,4 @@ fn f32_bytes(data: &[f32]) -> &[u8] {
     compile_error!("dfdet writes safetensors (little-endian) by viewing f32 memory");
     // SAFETY: f32 has no padding and u8 has alignment 1; the length is the byte size.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
