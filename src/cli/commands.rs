@@ -49,6 +49,9 @@ fn checkpoint(weights: &str, backbone: Option<&str>) -> Result<Checkpoint> {
 }
 
 fn detector(weights: &str, backbone: Option<&str>, dtype: Dtype, device: &Device) -> Result<Detector> {
+    if let Some(note) = dtype.slower_here() {
+        eprintln!("note: {note}");
+    }
     Detector::from_checkpoint(checkpoint(weights, backbone)?, device, dtype.float())
         .with_context(|| format!("building the model from `{weights}`"))
 }
@@ -85,7 +88,8 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     let result = commands::predict::predict(&detector, &device, &args.inputs, args.batch_size, &faces, &mut bars);
     bars.finish();
     let mut predictions = result?;
-    predictions.about = commands::predict::About::new(weights, &detector, &dtype.to_string(), args.batch_size, &faces);
+    predictions.about =
+        commands::predict::About::new(weights, &detector, &dtype.resolve().to_string(), args.batch_size, &faces);
     for e in &predictions.errors {
         eprintln!("error: {}: {}", e.path, e.reason);
     }
@@ -106,6 +110,11 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
 }
 
 pub fn info(args: InfoArgs) -> Result<Ended> {
+    set_threads(args.threads)?;
+    if args.system {
+        write_stdout(&commands::info::describe_system())?;
+        return Ok(Ended::Done);
+    }
     let ckpt = checkpoint(&args.weights, args.backbone.as_deref())?;
     let path = ckpt.path.clone();
     let detector = Detector::from_checkpoint(ckpt, &Device::flex(), Dtype::F32.float())
@@ -124,7 +133,21 @@ pub fn convert(args: ConvertArgs) -> Result<Ended> {
 pub fn bench(args: BenchArgs) -> Result<Ended> {
     set_threads(args.threads)?;
     let mut bars = Bars::new(usize::MAX);
-    let out = if args.train {
+    if let Some(k) = args.kernels {
+        let used = dfdet::model::fused::products::set_kernels(k);
+        if used != k {
+            return Err(anyhow::anyhow!("--kernels {}: the library cannot be loaded on this machine", k.name()));
+        }
+    }
+    let out = if args.products {
+        let batch = args.batch.first().copied().unwrap_or(1);
+        let rows = commands::bench::products::products(&args.backbone, batch, args.iters, &mut bars)?;
+        match args.format {
+            Format::Json => format!("{}\n", serde_json::to_string_pretty(&rows)?),
+            Format::Csv => commands::bench::products::render_csv(&rows),
+            Format::Table => commands::bench::products::render_table(&rows),
+        }
+    } else if args.train {
         let batch = args.batch.first().copied().unwrap_or(4);
         let row = commands::bench::train_step(&args.backbone, batch, args.iters, &mut bars)?;
         match args.format {

@@ -7,6 +7,31 @@ use crate::model::Detector;
 use crate::model::checkpoint::{Checkpoint, save_dfdet};
 use crate::{Error, Result};
 
+/// What this machine computes with: the CPU and its instruction sets, the worker threads, the
+/// matrix-product libraries present with their speed here and now, and the one in use.
+pub fn describe_system() -> String {
+    use crate::model::fused::products::{Kernels, kernels, speeds};
+    let cpu = crate::cpu::CpuInfo::detect();
+    let mut s = String::new();
+    let mut line = |key: &str, value: String| writeln!(s, "{key:<12} {value}").expect("writing to a String");
+    line("cpu", cpu.model.clone());
+    line("isa", cpu.isa.join(" "));
+    line("threads", rayon::current_num_threads().to_string());
+    for (k, gflops) in speeds() {
+        line("kernels", format!("{:<9} {gflops:>6.1} GFLOP/s  {}", k.name(), k.describe()));
+    }
+    let used = kernels();
+    let why = match std::env::var("DFDET_KERNELS") {
+        Ok(v) if v != "auto" => format!("DFDET_KERNELS={v}"),
+        _ => "OpenBLAS where it loads; DFDET_KERNELS=gemm|openblas chooses".into(),
+    };
+    line("in use", format!("{} ({why})", used.name()));
+    if !Kernels::available().contains(&Kernels::OpenBlas) {
+        line("note", "OpenBLAS not found (Debian: apt install libopenblas0-pthread)".into());
+    }
+    s
+}
+
 /// Backbone, encoder shape, head, tuning method and parameter counts of a loaded detector
 /// read from `path`, one `key   value` line each.
 pub fn describe(detector: &Detector, path: &Path) -> String {

@@ -10,20 +10,48 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    #[default]
     F32,
     Bf16,
+    /// The faster of the two on this CPU ([`Dtype::resolve`]).
+    #[default]
+    Auto,
 }
+
+/// Whether dfdet multiplies bf16 matrices natively (bf16 products with f32 accumulation, e.g.
+/// AVX512-BF16). Not yet: its bf16 path converts to f32 around every product, so bf16 is slower
+/// than f32 on every CPU measured (BENCHMARKS.md), and `auto` is f32.
+pub const NATIVE_BF16_PRODUCTS: bool = false;
 
 impl Dtype {
     /// The names accepted by [`FromStr`] and written by [`fmt::Display`].
-    pub const NAMES: [&'static str; 2] = ["f32", "bf16"];
+    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "auto"];
 
-    /// burn's float type.
-    pub fn float(self) -> FloatDType {
+    /// The float type computed in: `auto` is bf16 only where the CPU multiplies bf16 natively
+    /// and dfdet has products that use it, else f32.
+    pub fn resolve(self) -> Self {
         match self {
-            Self::F32 => FloatDType::F32,
+            Self::Auto if NATIVE_BF16_PRODUCTS && crate::cpu::CpuInfo::detect().isa.contains(&"avx512bf16") => {
+                Self::Bf16
+            }
+            Self::Auto => Self::F32,
+            other => other,
+        }
+    }
+
+    /// What to tell a user who asked for this type, once: bf16 is slower than f32 here.
+    pub fn slower_here(self) -> Option<String> {
+        (self == Self::Bf16 && !NATIVE_BF16_PRODUCTS).then(|| {
+            "bf16 is slower than f32 here: dfdet converts bf16 to f32 around its matrix products \
+             (native bf16 products are not implemented yet); --dtype f32 or auto is faster"
+                .to_string()
+        })
+    }
+
+    /// burn's float type (of [`Self::resolve`]).
+    pub fn float(self) -> FloatDType {
+        match self.resolve() {
             Self::Bf16 => FloatDType::BF16,
+            _ => FloatDType::F32,
         }
     }
 }
@@ -34,6 +62,7 @@ impl FromStr for Dtype {
         match s {
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
+            "auto" => Ok(Self::Auto),
             other => Err(format!("dtype `{other}` is not one of {}", Self::NAMES.join(", "))),
         }
     }

@@ -224,12 +224,44 @@ fn bench_csv_rows_name_the_cpu() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0], "cpu,isa,backbone,dtype,batch,threads,s_per_img,img_per_s,peak_rss_mib");
+    assert_eq!(lines[0], "cpu,isa,backbone,dtype,kernels,batch,threads,s_per_img,img_per_s,peak_rss_mib");
     assert_eq!(lines.len(), 3, "{stdout}");
     let cpu = dfdet::cpu::CpuInfo::detect();
     assert!(lines[1].starts_with(&format!("\"{}\",{},", cpu.model, cpu.isa.join(" "))), "{stdout}");
-    assert!(lines[2].contains(",f32,2,"), "{stdout}");
+    assert!(lines[2].contains(",f32,gemm,2,") || lines[2].contains(",f32,openblas,2,"), "{stdout}");
     assert!(stderr.contains("f32, batch 2: 1 warm-up + 1 timed forward passes"), "{stderr}");
+}
+
+/// `bench --products` measures every product with every library present, against the CPU's
+/// measured peak; `info --system` names the libraries and the one in use (`DFDET_KERNELS`).
+#[test]
+fn products_benchmark_and_system_info_name_the_kernels() {
+    let tiny = fixtures().join("tiny-clip-p14");
+    let out = dfdet()
+        .args(["bench", "--products", "--backbone", tiny.to_str().unwrap()])
+        .args(["--batch", "2", "--iters", "1", "-f", "csv"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "cpu,isa,kernels,op,m,n,k,transposed,threads,gflops,of_peak");
+    let libraries = dfdet::model::fused::products::Kernels::available();
+    // Seven products of a layer, each with every library.
+    assert_eq!(lines.len(), 1 + 7 * libraries.len(), "{stdout}");
+    for row in &lines[1..] {
+        let f: Vec<&str> = row.rsplitn(3, ',').collect();
+        let (gflops, of_peak): (f64, f64) = (f[1].parse().unwrap(), f[0].parse().unwrap());
+        assert!(gflops > 0.0 && of_peak > 0.0 && of_peak < 1.5, "{row}");
+    }
+    for k in &libraries {
+        assert!(stdout.contains(&format!(",{},", k.name())), "{stdout}");
+    }
+    for (env, used) in [("gemm", "in use       gemm"), ("openblas", "in use       ")] {
+        let out = dfdet().env("DFDET_KERNELS", env).args(["info", "--system"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(used) && text.contains("kernels      gemm"), "{text}");
+    }
 }
 
 /// Every command's help ends with the exit codes.

@@ -96,6 +96,37 @@ fn checkpoint_probabilities_match_reference() {
     }
 }
 
+/// Both libraries for the f32 products (the gemm crate, and OpenBLAS where it is installed; CI
+/// installs it) give the reference's p(fake) through the whole binary, on every sample crop.
+#[test]
+fn both_product_libraries_match_the_reference_end_to_end() {
+    let expected = read_json("expected_probs.json");
+    let name = "ckpt-ln-linearnorm.ckpt";
+    let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[name].clone()).unwrap();
+    let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
+    let weights = fixtures().join(name);
+    for kernels in ["gemm", "openblas"] {
+        let out = crate::common::dfdet()
+            .env("DFDET_KERNELS", kernels)
+            .args(["predict", "-f", "json", "-w", weights.to_str().unwrap()])
+            .args(&paths)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{kernels}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let frames = json["frames"].as_array().unwrap();
+        assert_eq!(frames.len(), 32);
+        let mut worst = 0.0f64;
+        for f in frames {
+            let path = f["path"].as_str().unwrap();
+            let key = path.split("samples/").nth(1).unwrap();
+            worst = worst.max((f["p_fake"].as_f64().unwrap() - cases[key][1]).abs());
+        }
+        assert!(worst <= 1e-4, "{kernels}: max |Δp| = {worst:e}");
+        eprintln!("{kernels}: max |Δp(fake)| = {worst:e}");
+    }
+}
+
 /// bf16 compute stays close to the fp32 reference (a smoke check of the bf16 path, not parity).
 #[test]
 fn bf16_probabilities_are_close() {

@@ -184,30 +184,21 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
         }
         None => false,
     };
-    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: `lhs` holds m·k values, `rhs` spans its layout inside its buffer, `out` has room
     // for m·n values (initialised where gemm reads them, see above).
     unsafe {
-        gemm::gemm(
+        let rhs_ptr = rhs_values.as_ptr().add(rhs.layout().start_offset());
+        products::product(
+            products::kernels(),
             m,
             n,
             k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            read_dst,
             lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs_values.as_ptr().add(rhs.layout().start_offset()),
-            rhs_cs,
+            rhs_ptr,
             rhs_rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
+            rhs_cs,
+            out.as_mut_ptr(),
+            read_dst,
         );
         out.set_len(len);
     }
@@ -473,7 +464,9 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
     }
 }
 
+pub mod blas;
 mod kernels;
+pub mod products;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ use crate::cpu::CpuInfo;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
 pub use crate::model::checkpoint::random_checkpoint;
 use crate::model::config::Backbone;
+use crate::model::fused::products::kernels;
 use crate::progress::Observer;
 
 use crate::model::{Detector, Dtype};
@@ -26,6 +27,8 @@ use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::{LN_TARGETS, Selection, Trainable};
 use crate::train::slerp::SlerpPlan;
 
+pub mod products;
+
 /// One measured inference setting.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
@@ -34,6 +37,8 @@ pub struct BenchRow {
     pub isa: String,
     pub backbone: String,
     pub dtype: String,
+    /// The library of the f32 matrix products.
+    pub kernels: String,
     pub batch: usize,
     pub threads: usize,
     /// Median seconds per image over the timed passes.
@@ -85,7 +90,7 @@ pub fn inference(
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
     let mut rows = Vec::new();
-    for &dtype in dtypes {
+    for dtype in dtypes.iter().map(|d| d.resolve()) {
         reset_peak_rss();
         obs.message(&format!("{}: drawing random {dtype} weights", backbone.name));
         let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype.float())?;
@@ -101,6 +106,7 @@ pub fn inference(
                 isa: cpu.isa.join(" "),
                 backbone: backbone.name.clone(),
                 dtype: dtype.to_string(),
+                kernels: kernels().name().into(),
                 batch: b,
                 threads,
                 s_per_img,
@@ -114,14 +120,15 @@ pub fn inference(
 
 /// The inference rows as CSV, one row per setting with the CPU beside it.
 pub fn render_csv(rows: &[BenchRow]) -> String {
-    let mut s = String::from("cpu,isa,backbone,dtype,batch,threads,s_per_img,img_per_s,peak_rss_mib\n");
+    let mut s = String::from("cpu,isa,backbone,dtype,kernels,batch,threads,s_per_img,img_per_s,peak_rss_mib\n");
     for r in rows {
         s += &format!(
-            "\"{}\",{},{},{},{},{},{:.6},{:.4},{:.0}\n",
+            "\"{}\",{},{},{},{},{},{},{:.6},{:.4},{:.0}\n",
             r.cpu.replace('"', "\"\""),
             r.isa,
             r.backbone,
             r.dtype,
+            r.kernels,
             r.batch,
             r.threads,
             r.s_per_img,
@@ -135,7 +142,7 @@ pub fn render_csv(rows: &[BenchRow]) -> String {
 /// A plain table of the inference rows, under a line naming the CPU.
 pub fn render_table(rows: &[BenchRow]) -> String {
     let mut s = match rows.first() {
-        Some(r) => format!("CPU: {} ({})\n", r.cpu, r.isa),
+        Some(r) => format!("CPU: {} ({}); f32 products: {}\n", r.cpu, r.isa, r.kernels),
         None => String::new(),
     };
     s += "backbone                        dtype  batch  threads  s/img    img/s   peak RSS MiB\n";
@@ -153,6 +160,8 @@ pub fn render_table(rows: &[BenchRow]) -> String {
 pub struct TrainBenchRow {
     pub cpu: String,
     pub isa: String,
+    /// The library of the f32 matrix products.
+    pub kernels: String,
     pub backbone: String,
     pub batch: usize,
     pub threads: usize,
@@ -168,9 +177,10 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "CPU: {} ({})\nLN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+            "CPU: {} ({}); f32 products: {}\nLN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
             self.cpu,
             self.isa,
+            self.kernels,
             self.backbone,
             self.batch,
             self.threads,
@@ -183,9 +193,10 @@ impl TrainBenchRow {
     /// CSV: a header and one row.
     pub fn render_csv(&self) -> String {
         format!(
-            "cpu,isa,backbone,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},{},{},{},{:.6},{:.6},{:.0}\n",
+            "cpu,isa,kernels,backbone,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},{},{},{},{},{:.6},{:.6},{:.0}\n",
             self.cpu.replace('"', "\"\""),
             self.isa,
+            self.kernels,
             self.backbone,
             self.batch,
             self.threads,
@@ -228,6 +239,7 @@ pub fn train_step(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Obse
     Ok(TrainBenchRow {
         cpu: cpu.model.clone(),
         isa: cpu.isa.join(" "),
+        kernels: kernels().name().into(),
         backbone: backbone.name.clone(),
         batch,
         threads: rayon::current_num_threads(),
