@@ -13,6 +13,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["train"],
     &["study"],
     &["commands"],
+    &["serve"],
 ];
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! 6. [`score`]: frames through a detector, a test split to a run's outputs;
 //! 7. [`train`]: LN-tuning, linear probing and LoRA;
 //! 8. [`study`]: the four-method x data-size study, a grid of training runs and its report;
-//! 9. [`commands`]: one function per `dfdet` command.
+//! 9. [`commands`]: one function per `dfdet` command;
+//! 10. [`serve`]: the detector behind an HTTP API and a web page.
 //!
 //! The `dfdet` binary (`src/main.rs`, `src/cli/`) only parses arguments, calls [`commands`] and
 //! prints.
@@ -35,6 +36,7 @@ pub mod study;
 pub mod train;
 
 pub mod commands;
+pub mod serve;
 
 pub use error::{Error, Result};
 

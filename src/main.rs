@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Preprocess(args) => run::preprocess(args),
         Command::Train(args) => run::train(args),
         Command::Study(args) => run::study(args),
+        Command::Serve(args) => run::serve(args),
     };
     match ended {
         Ok(Ended::Done) => ExitCode::SUCCESS,

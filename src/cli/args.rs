@@ -58,6 +58,43 @@ pub enum Command {
     /// The four-method x data-size study: a `dfdet train` run per method and fraction of the
     /// training videos, resumable and shardable, then summary.csv, summary.md and plots.
     Study(StudyArgs),
+    /// An HTTP API and a web page: upload an image or a video, get p(fake) (the model is loaded
+    /// once; uploads are streamed to a temporary folder and deleted after scoring).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: a free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer TOKEN` on /v1/* (the page asks for it).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Largest upload, in MB (413 beyond).
+    #[arg(long, default_value_t = 512)]
+    pub max_upload_mb: u64,
+    /// Uploads scored at once (each uses every core).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Requests that may wait for a worker (429 with Retry-After beyond).
+    #[arg(long, default_value_t = 8)]
+    pub queue: usize,
+    /// Seconds before a request is answered 504 (its scoring still finishes).
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+    /// Images per forward pass.
+    #[arg(short, long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// How uploaded videos are turned into face crops (`max_frames` / `stride` per request).
+    #[command(flatten)]
+    pub video: VideoArgs,
 }
 
 /// Where the model comes from.

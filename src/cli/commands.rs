@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 
 use super::args::{
-    BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, StudyArgs, TestArgs,
-    TrainArgs, VideoArgs,
+    BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, ServeArgs, StudyArgs,
+    TestArgs, TrainArgs, VideoArgs,
 };
 use super::progress::Bars;
 use dfdet::commands::predict::Format;
@@ -329,5 +329,36 @@ pub fn study(args: StudyArgs) -> Result<Ended> {
         let md = std::fs::read_to_string(&report.summary_md).unwrap_or_default();
         write_stdout(&md)?;
     }
+    Ok(Ended::Done)
+}
+
+pub fn serve(args: ServeArgs) -> Result<Ended> {
+    set_threads(args.model.threads)?;
+    let ModelArgs { weights, backbone, dtype, .. } = &args.model;
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow::anyhow!("{what}")) };
+    check((1..=64).contains(&args.workers), "--workers: 1 to 64")?;
+    check(args.queue <= 10_000, "--queue: 0 to 10000")?;
+    check(args.max_upload_mb >= 1, "--max-upload-mb: at least 1")?;
+    check(args.timeout_s >= 1, "--timeout-s: at least 1")?;
+    check((1..=1024).contains(&args.batch_size), "--batch-size: 1 to 1024")?;
+    let faces = face_settings(&args.video)?;
+    let device = Device::flex();
+    let detector = detector(weights, backbone.as_deref(), *dtype, &device)?;
+    let server = dfdet::serve::Server {
+        detector,
+        weights: weights.clone(),
+        dtype: dtype.resolve().to_string(),
+        batch_size: args.batch_size,
+        faces,
+        limits: dfdet::serve::Limits {
+            max_upload: args.max_upload_mb * 1_000_000,
+            workers: args.workers,
+            queue: args.queue,
+            timeout: std::time::Duration::from_secs(args.timeout_s),
+        },
+        token: args.token.clone(),
+    };
+    let addr = std::net::SocketAddr::new(args.host, args.port);
+    dfdet::serve::serve(server, addr, |bound| eprintln!("listening on http://{bound} (Ctrl-C stops)"))?;
     Ok(Ended::Done)
 }

@@ -16,3 +16,4 @@ mod hostile;
 mod parity;
 mod parsers;
 mod pixels;
+mod serve;

@@ -1,0 +1,426 @@
+//! The routes, the admission rule and the upload path of `dfdet serve` (axum on tokio).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use burn::prelude::Device;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::sniff::sniff;
+use crate::commands::FaceSettings;
+use crate::commands::predict::{About, Format, Predictions, predict};
+use crate::model::Detector;
+use crate::preprocess::video::Sampling;
+use crate::progress::Silent;
+use crate::{Error, Result};
+
+/// The page at `/`, embedded in the binary.
+const PAGE: &str = include_str!("page.html");
+
+/// What keeps the server up under load and hostile input.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest upload, in bytes (413 beyond).
+    pub max_upload: u64,
+    /// Uploads scored at once (each uses every core through the thread pool).
+    pub workers: usize,
+    /// Requests that may wait for a worker (uploading included); 429 beyond.
+    pub queue: usize,
+    /// Answer 504 when scoring takes longer (the scoring itself finishes in the background).
+    pub timeout: Duration,
+}
+
+/// A loaded model and how to serve it.
+pub struct Server {
+    pub detector: Detector,
+    /// The weights as given, for `about` and `/v1/model`.
+    pub weights: String,
+    /// The float type computed in.
+    pub dtype: String,
+    pub batch_size: usize,
+    /// How video frames become face crops (the sampling is replaced per request when asked).
+    pub faces: FaceSettings,
+    pub limits: Limits,
+    /// Bearer token required on `/v1/*` when set.
+    pub token: Option<String>,
+}
+
+struct App {
+    server: Server,
+    device: Device,
+    workers: Arc<Semaphore>,
+    /// Requests admitted and not finished (uploading, waiting or scoring).
+    admitted: AtomicUsize,
+    /// Requests scoring now.
+    running: AtomicUsize,
+    metrics: Metrics,
+}
+
+/// Request counts and latencies by route and status, for `/metrics`.
+#[derive(Default)]
+struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    seconds: Mutex<BTreeMap<&'static str, (f64, u64)>>,
+}
+
+impl Metrics {
+    fn record(&self, route: &'static str, status: StatusCode, seconds: f64) {
+        *self.requests.lock().expect("metrics lock").entry((route, status.as_u16())).or_default() += 1;
+        let mut s = self.seconds.lock().expect("metrics lock");
+        let e = s.entry(route).or_default();
+        e.0 += seconds;
+        e.1 += 1;
+    }
+}
+
+/// An error answer: `{"error": {"code", "message"}}` with its status.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError { status, code, message: message.into(), retry_after: None }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+/// Holds a place among the admitted requests until dropped.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves `server` on `addr` until Ctrl-C; `on_listening` hears the bound address (port 0
+/// picks a free one).
+pub fn serve(server: Server, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("starting the server's runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| Error::Invalid(e.to_string()))?;
+        let workers = Arc::new(Semaphore::new(server.limits.workers));
+        let app = Arc::new(App {
+            server,
+            device: Device::flex(),
+            workers,
+            admitted: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            metrics: Metrics::default(),
+        });
+        let router = Router::new()
+            .route("/", get(page))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/v1/model", get(model))
+            .route("/v1/predict", post(predict_route).layer(DefaultBodyLimit::disable()))
+            .fallback(not_found)
+            .with_state(app);
+        on_listening(bound);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("serving: {e}")))
+    })
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    api_error(StatusCode::NOT_FOUND, "not_found", "no such route: see GET / for the page, POST /v1/predict for the API")
+}
+
+fn authorised(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.server.token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(t) if t == token => Ok(()),
+        _ => {
+            Err(api_error(StatusCode::UNAUTHORIZED, "unauthorized", "this server needs `Authorization: Bearer TOKEN`"))
+        }
+    }
+}
+
+async fn model(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let start = Instant::now();
+    let response = match authorised(&app, &headers) {
+        Err(e) => e.into_response(),
+        Ok(()) => {
+            let s = &app.server;
+            let d = &s.detector;
+            let e = &d.backbone.encoder;
+            axum::Json(json!({
+                "dfdet": env!("CARGO_PKG_VERSION"),
+                "weights": s.weights,
+                "backbone": d.backbone.name,
+                "encoder": {"hidden": e.hidden_size, "layers": e.num_hidden_layers, "heads": e.num_attention_heads,
+                            "patch": e.patch_size, "image": e.image_size},
+                "head": format!("{:?}", d.spec.head),
+                "classes": d.spec.num_classes,
+                "tuning": format!("{:?}", d.spec.tuning),
+                "parameters": d.num_params(),
+                "dtype": s.dtype,
+                "kernels": crate::model::fused::products::kernels().name(),
+                "threads": rayon::current_num_threads(),
+                "limits": {"max_upload_bytes": s.limits.max_upload, "workers": s.limits.workers,
+                           "queue": s.limits.queue, "timeout_s": s.limits.timeout.as_secs_f64()},
+            }))
+            .into_response()
+        }
+    };
+    app.metrics.record("/v1/model", response.status(), start.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut text = String::from("# HELP dfdet_requests_total Requests by route and status.\n");
+    text += "# TYPE dfdet_requests_total counter\n";
+    for ((route, status), n) in app.metrics.requests.lock().expect("metrics lock").iter() {
+        text += &format!("dfdet_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n");
+    }
+    text += "# HELP dfdet_request_seconds Time to answer, by route.\n# TYPE dfdet_request_seconds summary\n";
+    for (route, (sum, count)) in app.metrics.seconds.lock().expect("metrics lock").iter() {
+        text += &format!("dfdet_request_seconds_sum{{route=\"{route}\"}} {sum}\n");
+        text += &format!("dfdet_request_seconds_count{{route=\"{route}\"}} {count}\n");
+    }
+    let (admitted, running) = (app.admitted.load(Ordering::SeqCst), app.running.load(Ordering::SeqCst));
+    text += "# HELP dfdet_queue_depth Requests admitted and not scoring yet (uploading or waiting).\n";
+    text += &format!("# TYPE dfdet_queue_depth gauge\ndfdet_queue_depth {}\n", admitted.saturating_sub(running));
+    text += "# HELP dfdet_jobs_running Uploads being scored.\n";
+    text += &format!("# TYPE dfdet_jobs_running gauge\ndfdet_jobs_running {running}\n");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn predict_route(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let start = Instant::now();
+    let response = match predict_upload(&app, &headers, query.as_deref(), multipart).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    app.metrics.record("/v1/predict", response.status(), start.elapsed().as_secs_f64());
+    response
+}
+
+/// The frame sampling asked for in the query (`max_frames=N` or `stride=K`), else the server's.
+fn sampling(query: Option<&str>, default: Sampling) -> Result<Sampling, ApiError> {
+    let bad = |m: String| api_error(StatusCode::BAD_REQUEST, "bad_query", m);
+    let mut out = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let n: usize = match key {
+            "max_frames" | "stride" => value
+                .parse()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| bad(format!("{key}={value}: a whole number from 1 to 100000")))?,
+            other => return Err(bad(format!("unknown parameter `{other}`: max_frames or stride"))),
+        };
+        let s = if key == "stride" { Sampling::Stride(n) } else { Sampling::Linspace(n) };
+        if out.replace(s).is_some() {
+            return Err(bad("give max_frames or stride, once".into()));
+        }
+    }
+    Ok(out.unwrap_or(default))
+}
+
+async fn predict_upload(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    authorised(app, headers)?;
+    let sampling = sampling(query, app.server.faces.sampling)?;
+    let limits = &app.server.limits;
+    // A body announced as too large is refused before a byte of it is read (the form's own
+    // headers and boundaries get 64 KiB).
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max_upload + 65_536) {
+        return Err(too_large(limits.max_upload));
+    }
+    // Admission before the upload, so that a full server does not read large bodies first.
+    if app.admitted.fetch_add(1, Ordering::SeqCst) >= limits.workers + limits.queue {
+        app.admitted.fetch_sub(1, Ordering::SeqCst);
+        let mut e = api_error(StatusCode::TOO_MANY_REQUESTS, "busy", "every worker is busy and the queue is full");
+        e.retry_after = Some(limits.timeout.as_secs().clamp(1, 30));
+        return Err(e);
+    }
+    let admitted = Admitted(&app.admitted);
+    let mut multipart = multipart.map_err(|e| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_upload",
+            format!("expected multipart/form-data with a `file` field: {e}"),
+        )
+    })?;
+    let (dir, path, name) = receive(&mut multipart, limits.max_upload).await?;
+
+    let permit = app.workers.clone().acquire_owned().await.expect("the semaphore is never closed");
+    app.running.fetch_add(1, Ordering::SeqCst);
+    let job_app = app.clone();
+    let job_path = path.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let s = &job_app.server;
+        let faces = FaceSettings { sampling, ..s.faces.clone() };
+        let result =
+            predict(&s.detector, &job_app.device, &[job_path], s.batch_size, &faces, &mut Silent).map(|mut p| {
+                p.about = About::new(&s.weights, &s.detector, &s.dtype, s.batch_size, &faces);
+                p
+            });
+        job_app.running.fetch_sub(1, Ordering::SeqCst);
+        // The upload is deleted, and the worker freed, when the scoring ends, even after a timeout.
+        drop((permit, dir));
+        result
+    });
+    let result = tokio::time::timeout(limits.timeout, job).await;
+    drop(admitted);
+    let predictions = match result {
+        Err(_) => {
+            return Err(api_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("scoring took longer than {} s", limits.timeout.as_secs_f64()),
+            ));
+        }
+        Ok(Err(join)) => return Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", join.to_string())),
+        Ok(Ok(Err(e))) => return Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "scoring_failed", e.to_string())),
+        Ok(Ok(Ok(p))) => p,
+    };
+    let predictions = renamed(predictions, &path, &name);
+    if predictions.frames.is_empty() {
+        let why: Vec<String> = predictions.errors.iter().map(|e| format!("{}: {}", e.path, e.reason)).collect();
+        return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, "not_scored", why.join("; ")));
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], predictions.render(Format::Json)).into_response())
+}
+
+/// Streams the `file` field into a new temporary folder (deleted when the returned handle is
+/// dropped), named by its sniffed type. Returns the folder, the file and the client's name.
+async fn receive(multipart: &mut Multipart, max: u64) -> Result<(tempfile::TempDir, PathBuf, String), ApiError> {
+    let bad = |m: String| api_error(StatusCode::BAD_REQUEST, "bad_upload", m);
+    let internal = |e: std::io::Error| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| bad(e.to_string()))? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = display_name(field.file_name().unwrap_or("upload"));
+        let dir = tempfile::Builder::new().prefix("dfdet-upload-").tempdir().map_err(internal)?;
+        let raw = dir.path().join("upload");
+        let mut file = std::fs::File::create(&raw).map_err(internal)?;
+        let mut size = 0u64;
+        let mut head = Vec::with_capacity(16);
+        while let Some(chunk) = field.chunk().await.map_err(|e| bad(format!("the upload broke off: {e}")))? {
+            size += chunk.len() as u64;
+            if size > max {
+                // Read (and drop) a bounded rest, so that a client still sending gets the answer
+                // rather than a broken connection.
+                let mut rest = 0u64;
+                while rest < max.min(64 << 20) {
+                    match field.chunk().await {
+                        Ok(Some(c)) => rest += c.len() as u64,
+                        _ => break,
+                    }
+                }
+                return Err(too_large(max));
+            }
+            if head.len() < 16 {
+                head.extend(chunk.iter().take(16 - head.len()));
+            }
+            file.write_all(&chunk).map_err(internal)?;
+        }
+        drop(file);
+        let kind = sniff(&head).ok_or_else(|| {
+            api_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media",
+                format!(
+                    "`{name}` is not an image or video dfdet reads (by its content: PNG, JPEG, GIF, BMP, WebP, TIFF; \
+                     MP4/MOV, MKV/WebM, AVI, FLV, MPEG)"
+                ),
+            )
+        })?;
+        let path = dir.path().join(format!("upload.{}", kind.extension()));
+        std::fs::rename(&raw, &path).map_err(internal)?;
+        return Ok((dir, path, name));
+    }
+    Err(bad("no `file` field in the form".into()))
+}
+
+fn too_large(max: u64) -> ApiError {
+    api_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the upload is larger than this server's limit of {max} bytes"),
+    )
+}
+
+/// The last component of a client's file name, printable and at most 120 characters.
+fn display_name(raw: &str) -> String {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let clean: String = last.chars().filter(|c| !c.is_control()).take(120).collect();
+    if clean.is_empty() { "upload".into() } else { clean }
+}
+
+/// `predictions` with the temporary file's path replaced by the client's file name.
+fn renamed(mut p: Predictions, path: &Path, name: &str) -> Predictions {
+    let tmp = path.display().to_string();
+    let folder = path.parent().map(|d| d.display().to_string()).unwrap_or_default();
+    let fix = |s: &mut String| {
+        if let Some(rest) = s.strip_prefix(&tmp) {
+            *s = format!("{name}{rest}");
+        } else if *s == folder {
+            *s = name.to_string();
+        }
+    };
+    p.frames.iter_mut().for_each(|f| fix(&mut f.path));
+    p.videos.iter_mut().for_each(|v| fix(&mut v.video));
+    p.errors.iter_mut().chain(p.warnings.iter_mut()).for_each(|e| {
+        fix(&mut e.path);
+        e.reason = e.reason.replace(&tmp, name);
+    });
+    p
+}

