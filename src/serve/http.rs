@@ -237,9 +237,20 @@ async fn predict_route(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let start = Instant::now();
-    let response = match predict_upload(&app, &headers, query.as_deref(), multipart).await {
+    let rejected = multipart.as_ref().err().map(|e| e.body_text());
+    let mut multipart = multipart.ok();
+    let response = match predict_upload(&app, &headers, query.as_deref(), multipart.as_mut(), rejected).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Read (and drop) what is left of a small body, so that a client still sending it
+            // gets this answer rather than a broken connection; not from a client that waits
+            // for the answer before sending (`Expect: 100-continue`), and never for long.
+            let waits = headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if let (Some(m), false) = (multipart.as_mut(), waits) {
+                let _ = tokio::time::timeout(Duration::from_secs(5), drain(m, 1 << 20)).await;
+            }
+            e.into_response()
+        }
     };
     app.metrics.record("/v1/predict", response.status(), start.elapsed().as_secs_f64());
     response
@@ -267,11 +278,25 @@ fn sampling(query: Option<&str>, default: Sampling) -> Result<Sampling, ApiError
     Ok(out.unwrap_or(default))
 }
 
+/// Reads and drops up to `limit` more bytes of the form.
+async fn drain(multipart: &mut Multipart, limit: u64) {
+    let mut read = 0u64;
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            read += chunk.len() as u64;
+            if read > limit {
+                return;
+            }
+        }
+    }
+}
+
 async fn predict_upload(
     app: &Arc<App>,
     headers: &HeaderMap,
     query: Option<&str>,
-    multipart: Result<Multipart, MultipartRejection>,
+    multipart: Option<&mut Multipart>,
+    rejected: Option<String>,
 ) -> Result<Response, ApiError> {
     authorised(app, headers)?;
     let sampling = sampling(query, app.server.faces.sampling)?;
@@ -290,14 +315,15 @@ async fn predict_upload(
         return Err(e);
     }
     let admitted = Admitted(&app.admitted);
-    let mut multipart = multipart.map_err(|e| {
+    let multipart = multipart.ok_or_else(|| {
+        let why = rejected.unwrap_or_default();
         api_error(
             StatusCode::BAD_REQUEST,
             "bad_upload",
-            format!("expected multipart/form-data with a `file` field: {e}"),
+            format!("expected multipart/form-data with a `file` field: {why}"),
         )
     })?;
-    let (dir, path, name) = receive(&mut multipart, limits.max_upload).await?;
+    let (dir, path, name) = receive(multipart, limits.max_upload).await?;
 
     let permit = app.workers.clone().acquire_owned().await.expect("the semaphore is never closed");
     app.running.fetch_add(1, Ordering::SeqCst);

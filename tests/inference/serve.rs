@@ -271,8 +271,9 @@ fn browser_shows_the_verdict() {
         .arg(root().join("tests/browser/page.mjs"))
         .arg(format!("{}/", server.url))
         .arg(&shot)
-        .arg(crop())
-        .arg(&video)
+        // Chromium reads a picked file only by a path without `..` in it.
+        .arg(crop().canonicalize().unwrap())
+        .arg(video.canonicalize().unwrap())
         .output()
         .expect("node runs (apt install nodejs)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -184,7 +184,8 @@ mod tests {
     #[test]
     fn every_library_multiplies_like_the_definition() {
         let available = Kernels::available();
-        if std::env::var_os("CI").is_some() {
+        // Under CI (`CI` set true-ish, as the tests' `in_ci`) the library must be there.
+        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") {
             assert!(available.contains(&Kernels::OpenBlas), "CI installs OpenBLAS (libopenblas0-pthread)");
         }
         let mut seed = 1u32;
