@@ -64,7 +64,7 @@ fn random_pixels(backbone: &Backbone, b: usize, device: &Device) -> Tensor<4> {
 }
 
 /// The median of `iters` (at least one) timed runs of `f`, in seconds.
-fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
+pub(crate) fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
     let mut times: Vec<f64> = (0..iters.max(1))
         .map(|_| {
             let t = Instant::now();

@@ -52,20 +52,6 @@ fn shapes(backbone: &Backbone, batch: usize) -> Vec<(String, usize, usize, usize
     ]
 }
 
-/// The median seconds of `iters` runs of `f` after one warm-up run.
-fn median(iters: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..iters.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
 /// Measures every product of `backbone` at `batch` images with every available library.
 pub fn products(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Observer) -> Result<Vec<ProductRow>> {
     let backbone = Backbone::resolve(backbone)?;
@@ -88,7 +74,8 @@ pub fn products(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Observ
             let mut run = || unsafe {
                 product(kernels, m, n, k, lhs.as_ptr(), rhs.as_ptr(), rs, cs, out.as_mut_ptr(), false);
             };
-            let seconds = median(iters, &mut run);
+            run(); // warm-up
+            let seconds = super::median_seconds(iters, &mut run);
             // Every library must compute the same product (within f32 rounding of k terms).
             match &reference {
                 None => reference = Some(out.clone()),

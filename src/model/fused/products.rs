@@ -70,9 +70,9 @@ pub fn set_kernels(kernels: Kernels) -> Kernels {
 /// loads, else gemm.
 ///
 /// OpenBLAS was faster on every product of the encoder on each CPU measured (BENCHMARKS.md:
-/// 1.1-1.5x on an AVX2 Zen 3, about 1.7x on an AVX-512 Zen 5), so presence decides rather than a
-/// timing at start-up: a timed choice would flip between libraries from run to run on a busy
-/// machine, and with it the last bits of every score.
+/// 1.1-1.5x on an AVX2 Zen 3; the issue that asked for it measured 1.7x on an AVX-512 Zen 5),
+/// so presence decides rather than a timing at start-up: a timed choice would flip between
+/// libraries from run to run on a busy machine, and with it the last bits of every score.
 pub fn kernels() -> Kernels {
     match CHOSEN.load(Ordering::Relaxed) {
         1 => Kernels::Gemm,
