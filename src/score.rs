@@ -24,16 +24,40 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Serialize)]
 pub struct FrameScore {
     pub path: String,
+    /// The crop's p(fake); for a frame whose faces were found, the largest over its faces.
     pub p_fake: f32,
     #[serde(skip)]
     pub probs: Vec<f32>,
+    /// The faces found in the frame, largest first (none for an image scored as a crop).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faces: Vec<FaceScore>,
+}
+
+/// One face of a frame: where the detector found it, and its p(fake).
+#[derive(Debug, Clone, Serialize)]
+pub struct FaceScore {
+    /// `[x1, y1, x2, y2]` in the upright frame, in pixels.
+    pub bbox: [f32; 4],
+    /// The face detector's confidence.
+    pub score: f32,
+    /// Left eye, right eye, nose, left and right mouth corners.
+    pub landmarks: [[f32; 2]; 5],
+    pub p_fake: f32,
+    /// The aligned crop's file name, where crops were kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop: Option<String>,
+}
+
+/// The p(fake) of a row of class probabilities.
+pub fn p_fake_of(probs: &[f32]) -> f32 {
+    let binary = eval::video::sources_to_binary(&probs.iter().map(|&p| p as f64).collect::<Vec<_>>(), probs.len());
+    binary[1] as f32
 }
 
 impl FrameScore {
     /// A frame's score from its class probabilities.
     pub fn new(path: String, probs: Vec<f32>) -> Self {
-        let binary = eval::video::sources_to_binary(&probs.iter().map(|&p| p as f64).collect::<Vec<_>>(), probs.len());
-        Self { path, p_fake: binary[1] as f32, probs }
+        Self { path, p_fake: p_fake_of(&probs), probs, faces: Vec::new() }
     }
 }
 
@@ -73,7 +97,7 @@ pub struct Scored {
 }
 
 /// The warning of a frame that decoded only in part.
-fn partly_decoded(reason: &str) -> String {
+pub fn partly_decoded(reason: &str) -> String {
     format!("truncated or corrupt, scored as far as it decodes (the rest black): {reason}")
 }
 

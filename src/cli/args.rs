@@ -95,6 +95,18 @@ pub struct ServeArgs {
     /// How uploaded videos are turned into face crops (`max_frames` / `stride` per request).
     #[command(flatten)]
     pub video: VideoArgs,
+    /// Find faces in uploaded still images by default (per request: `detect=true|false`).
+    #[arg(long)]
+    pub detect_faces: bool,
+    /// Faces per frame by default (per request: `max_faces=N`).
+    #[command(flatten)]
+    pub faces: FacesArgs,
+    /// Minutes annotated media and face crops are kept after their request.
+    #[arg(long, default_value_t = 15)]
+    pub keep_media_min: u64,
+    /// Requests whose annotated media are kept at most (the oldest go first).
+    #[arg(long, default_value_t = 64)]
+    pub keep_media_jobs: usize,
 }
 
 /// Where the model comes from.
@@ -133,6 +145,30 @@ pub struct PredictArgs {
     /// How video inputs are turned into face crops.
     #[command(flatten)]
     pub video: VideoArgs,
+    /// Find and align the faces of still images as of video frames (for photos), instead of
+    /// scoring each image as an aligned face crop.
+    #[arg(long)]
+    pub detect_faces: bool,
+    #[command(flatten)]
+    pub faces: FacesArgs,
+    /// Draw a box per face coloured by p(fake), its number and the running video score, and
+    /// write the result: with one image or video input, to this file (`.mp4`/`.mkv`/... for a
+    /// video, `.png`/`.jpg` for an image); with several, into this folder.
+    #[arg(long, value_name = "PATH")]
+    pub annotate: Option<PathBuf>,
+    /// Annotate every frame of a video (each showing the nearest sampled frame's faces), not
+    /// only the sampled ones.
+    #[arg(long, requires = "annotate")]
+    pub annotate_all: bool,
+}
+
+/// How many faces of a frame are scored.
+#[derive(Debug, clap::Args)]
+pub struct FacesArgs {
+    /// Faces scored per video frame or photo, largest first; a frame scores as its most likely
+    /// forged face (1: the largest face only, as the reference).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub max_faces: usize,
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,7 @@
 //! Each returns how the run ended ([`Ended`]); `main` turns that into the exit code.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,11 +10,12 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 
 use super::args::{
-    BenchArgs, ConvertArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, ServeArgs, StudyArgs,
-    TestArgs, TrainArgs, VideoArgs,
+    BenchArgs, ConvertArgs, FacesArgs, InfoArgs, MetricsArgs, ModelArgs, PredictArgs, PreprocessArgs, ServeArgs,
+    StudyArgs, TestArgs, TrainArgs, VideoArgs,
 };
 use super::progress::Bars;
-use dfdet::commands::predict::Format;
+use dfdet::commands::predict::annotate::{Annotate, Target};
+use dfdet::commands::predict::{Format, PredictSettings};
 use dfdet::commands::test::{TestConfig, TestOverrides};
 use dfdet::commands::{self, FaceSettings};
 use dfdet::data::sets::SetSpec;
@@ -84,17 +86,34 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     let faces = face_settings(&args.video)?;
     let device = Device::flex();
     let detector = detector(weights, backbone.as_deref(), *dtype, &device)?;
+    let mut settings = PredictSettings::new(args.batch_size, faces);
+    settings.max_faces = max_faces(&args.faces)?;
+    settings.detect_stills = args.detect_faces;
+    settings.annotate = match &args.annotate {
+        None => None,
+        Some(out) => {
+            Some(Annotate { out: annotate_target(&args.inputs, out)?, all_frames: args.annotate_all, crops: None })
+        }
+    };
     let mut bars = Bars::new(25);
-    let result = commands::predict::predict(&detector, &device, &args.inputs, args.batch_size, &faces, &mut bars);
+    let result = commands::predict::predict(&detector, &device, &args.inputs, &settings, &mut bars);
     bars.finish();
     let mut predictions = result?;
-    predictions.about =
-        commands::predict::About::new(weights, &detector, &dtype.resolve().to_string(), args.batch_size, &faces);
+    predictions.about = commands::predict::About::new(weights, &detector, &dtype.resolve().to_string(), &settings);
     for e in &predictions.errors {
         eprintln!("error: {}: {}", e.path, e.reason);
     }
-    for w in &predictions.warnings {
+    // Many images of one odd size would bury everything else: the first few, then a count.
+    const SHOWN: usize = 10;
+    for w in predictions.warnings.iter().take(SHOWN) {
         eprintln!("warning: {}: {}", w.path, w.reason);
+    }
+    if predictions.warnings.len() > SHOWN {
+        eprintln!("warning: {} more (all of them in --format json)", predictions.warnings.len() - SHOWN);
+    }
+    for m in &predictions.media {
+        let frames = if m.frames == 1 { "1 frame".to_string() } else { format!("{} frames", m.frames) };
+        eprintln!("annotated: {} -> {} ({}, {frames})", m.input, m.path, m.codec);
     }
     write_stdout(&predictions.render(args.format))?;
     if predictions.errors.is_empty() {
@@ -107,6 +126,46 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
         if scored == 1 { "frame was" } else { "frames were" },
     );
     Ok(Ended::Partial)
+}
+
+fn max_faces(args: &FacesArgs) -> Result<usize> {
+    if !(1..=64).contains(&args.max_faces) {
+        anyhow::bail!("--max-faces {}: 1 to 64", args.max_faces);
+    }
+    Ok(args.max_faces)
+}
+
+/// `--annotate PATH`: the output file for one image or video input (its extension checked
+/// against the input's kind), else a folder (created).
+fn annotate_target(inputs: &[PathBuf], out: &Path) -> Result<Target> {
+    let single = match inputs {
+        // One input that is not a folder or a list (a missing one is reported by predict).
+        [one] if !one.is_dir() && one.extension().is_none_or(|e| e != "txt") => Some(one),
+        _ => None,
+    };
+    let Some(input) = single else {
+        if out.is_file() {
+            anyhow::bail!("--annotate {}: with several inputs this is a folder, and a file is there", out.display());
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("--annotate {}: creating the folder", out.display()))?;
+        return Ok(Target::Folder(out.to_path_buf()));
+    };
+    let video = dfdet::data::is_video(input);
+    let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    let fits = if video { dfdet::data::is_video(out) } else { image::ImageFormat::from_extension(&ext).is_some() };
+    if !fits || out.is_dir() {
+        anyhow::bail!(
+            "--annotate {}: {} is {}, so the annotated copy needs {}",
+            out.display(),
+            input.display(),
+            if video { "a video" } else { "an image" },
+            if video { "a video file name (.mp4, .mkv, .avi, ...)" } else { "an image file name (.png, .jpg, ...)" }
+        );
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("--annotate: creating {}", parent.display()))?;
+    }
+    Ok(Target::File(out.to_path_buf()))
 }
 
 pub fn info(args: InfoArgs) -> Result<Ended> {
@@ -344,17 +403,22 @@ pub fn serve(args: ServeArgs) -> Result<Ended> {
     let faces = face_settings(&args.video)?;
     let device = Device::flex();
     let detector = detector(weights, backbone.as_deref(), *dtype, &device)?;
+    let mut settings = PredictSettings::new(args.batch_size, faces);
+    settings.max_faces = max_faces(&args.faces)?;
+    settings.detect_stills = args.detect_faces;
+    check((1..=10_000).contains(&args.keep_media_jobs), "--keep-media-jobs: 1 to 10000")?;
     let server = dfdet::serve::Server {
         detector,
         weights: weights.clone(),
         dtype: dtype.resolve().to_string(),
-        batch_size: args.batch_size,
-        faces,
+        settings,
         limits: dfdet::serve::Limits {
             max_upload: args.max_upload_mb * 1_000_000,
             workers: args.workers,
             queue: args.queue,
             timeout: std::time::Duration::from_secs(args.timeout_s),
+            media_ttl: std::time::Duration::from_secs(args.keep_media_min.saturating_mul(60)),
+            media_jobs: args.keep_media_jobs,
         },
         token: args.token.clone(),
     };

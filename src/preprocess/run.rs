@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::align::{TemplateKind, align};
-use super::faces::{FaceChooser, FaceDetector, Largest};
+use super::faces::{Face, FaceChooser, FaceDetector};
 use super::video::{Sampling, decode_sampled};
 use crate::{Error, Result};
 
@@ -321,19 +321,68 @@ fn write_record(dir: &Path, rec: &VideoRecord) -> Result<()> {
 /// Frames skipped, with reasons (frame `None`: the whole video).
 pub type Skipped = Vec<(Option<usize>, String)>;
 
-/// Crops of one video in memory (for `dfdet predict VIDEO`): `(frame index, crop)` and the
-/// skipped frames with reasons.
-pub fn crops_in_memory(
+/// Up to `max_faces` faces of one frame, largest box first (the first on ties, as
+/// [`Largest`](super::faces::Largest)),
+/// each aligned and re-checked as [`crop_frame`] does its one face. With `max_faces = 1` this is
+/// exactly `crop_frame` with `Largest`. A face whose crop fails the re-check is dropped; a
+/// frame with no face left is an error with the reason.
+pub fn crop_faces(
+    frame: &RgbImage,
+    detector: &dyn FaceDetector,
+    max_faces: usize,
+    config: &CropConfig,
+) -> std::result::Result<Vec<(Face, RgbImage)>, String> {
+    let (w, h) = frame.dimensions();
+    if w.min(h) < MIN_FRAME_SIDE {
+        return Err(format!("frame too small to hold a face ({w}x{h})"));
+    }
+    let mut faces = detector.detect(frame).map_err(|e| format!("face detection failed: {e}"))?;
+    if faces.is_empty() {
+        return Err("no face found".into());
+    }
+    // Stable: equal areas keep the detector's order.
+    faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
+    faces.truncate(max_faces.max(1));
+    let mut kept = Vec::with_capacity(faces.len());
+    let mut last_reason = String::new();
+    for face in faces {
+        let Some((_, crop)) = align(frame, &face.landmarks, config.template, config.size) else {
+            last_reason = "degenerate landmarks (all at one point)".into();
+            continue;
+        };
+        if config.redetect {
+            let again = detector.detect(&crop).map_err(|e| format!("face detection on the crop failed: {e}"))?;
+            if again.is_empty() {
+                last_reason = "no face in the aligned crop".into();
+                continue;
+            }
+        }
+        kept.push((face, crop));
+    }
+    if kept.is_empty() { Err(last_reason) } else { Ok(kept) }
+}
+
+/// The faces of one sampled video frame (or of a still image, frame 0).
+pub struct FrameFaces {
+    pub index: usize,
+    /// Each face with its aligned crop, largest first.
+    pub faces: Vec<(Face, RgbImage)>,
+}
+
+/// Faces of one video in memory (for `dfdet predict VIDEO`): up to `max_faces` per sampled frame
+/// ([`crop_faces`]), and the skipped frames with reasons.
+pub fn faces_in_memory(
     video: &Path,
     sampling: Sampling,
     detector: &dyn FaceDetector,
+    max_faces: usize,
     config: &CropConfig,
-) -> (Vec<(usize, RgbImage)>, Skipped) {
-    let mut crops = Vec::new();
+) -> (Vec<FrameFaces>, Skipped) {
+    let mut frames = Vec::new();
     let mut skipped = Vec::new();
-    match decode_sampled(video, sampling, |i, frame| match crop_frame(&frame, i, detector, &Largest, config) {
-        Ok(c) => crops.push((i, c)),
-        Err(r) => skipped.push((Some(i), r)),
+    match decode_sampled(video, sampling, |index, frame| match crop_faces(&frame, detector, max_faces, config) {
+        Ok(faces) => frames.push(FrameFaces { index, faces }),
+        Err(r) => skipped.push((Some(index), r)),
     }) {
         Ok((info, summary)) => {
             if info.frame_count == 0 || summary.decoded == 0 {
@@ -345,7 +394,7 @@ pub fn crops_in_memory(
         }
         Err(e) => skipped.push((None, e.reason())),
     }
-    (crops, skipped)
+    (frames, skipped)
 }
 
 #[cfg(test)]

@@ -89,7 +89,8 @@ pub struct DecodeSummary {
     pub error: Option<String>,
 }
 
-fn init() {
+/// Initialises FFmpeg once per process and silences its log.
+pub(super) fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Failure is only possible in ancient FFmpeg builds; decoding then reports its own errors.

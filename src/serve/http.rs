@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,9 +18,11 @@ use burn::prelude::Device;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use super::media::MediaStore;
 use super::sniff::sniff;
 use crate::commands::FaceSettings;
-use crate::commands::predict::{About, Format, Predictions, predict};
+use crate::commands::predict::annotate::{Annotate, Target};
+use crate::commands::predict::{About, Format, PredictSettings, Predictions, predict};
 use crate::model::Detector;
 use crate::preprocess::video::Sampling;
 use crate::progress::Silent;
@@ -40,6 +42,10 @@ pub struct Limits {
     pub queue: usize,
     /// Answer 504 when scoring takes longer (the scoring itself finishes in the background).
     pub timeout: Duration,
+    /// How long annotated media and face crops are kept after their request.
+    pub media_ttl: Duration,
+    /// Requests whose annotated media are kept at most (the oldest go first).
+    pub media_jobs: usize,
 }
 
 /// A loaded model and how to serve it.
@@ -49,9 +55,9 @@ pub struct Server {
     pub weights: String,
     /// The float type computed in.
     pub dtype: String,
-    pub batch_size: usize,
-    /// How video frames become face crops (the sampling is replaced per request when asked).
-    pub faces: FaceSettings,
+    /// How uploads are scored: batch size, face finding, faces per frame, photos as photos
+    /// (each replaced per request when asked).
+    pub settings: PredictSettings,
     pub limits: Limits,
     /// Bearer token required on `/v1/*` when set.
     pub token: Option<String>,
@@ -66,6 +72,7 @@ struct App {
     /// Requests scoring now.
     running: AtomicUsize,
     metrics: Metrics,
+    media: MediaStore,
 }
 
 /// Request counts and latencies by route and status, for `/metrics`.
@@ -131,6 +138,8 @@ pub fn serve(server: Server, addr: SocketAddr, on_listening: impl FnOnce(SocketA
             .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
         let bound = listener.local_addr().map_err(|e| Error::Invalid(e.to_string()))?;
         let workers = Arc::new(Semaphore::new(server.limits.workers));
+        let media = MediaStore::new(server.limits.media_ttl, server.limits.media_jobs)
+            .map_err(|e| Error::Invalid(format!("creating the folder for annotated media: {e}")))?;
         let app = Arc::new(App {
             server,
             device: Device::flex(),
@@ -138,6 +147,7 @@ pub fn serve(server: Server, addr: SocketAddr, on_listening: impl FnOnce(SocketA
             admitted: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             metrics: Metrics::default(),
+            media,
         });
         let router = Router::new()
             .route("/", get(page))
@@ -145,6 +155,7 @@ pub fn serve(server: Server, addr: SocketAddr, on_listening: impl FnOnce(SocketA
             .route("/metrics", get(metrics))
             .route("/v1/model", get(model))
             .route("/v1/predict", post(predict_route).layer(DefaultBodyLimit::disable()))
+            .route("/v1/media/{id}/{file}", get(media_route))
             .fallback(not_found)
             .with_state(app);
         on_listening(bound);
@@ -201,8 +212,12 @@ async fn model(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
                 "dtype": s.dtype,
                 "kernels": crate::model::fused::products::kernels().name(),
                 "threads": rayon::current_num_threads(),
+                "face_detector": About::new(&s.weights, d, &s.dtype, &s.settings).face_detector,
+                "max_faces": s.settings.max_faces,
+                "detect_faces": s.settings.detect_stills,
                 "limits": {"max_upload_bytes": s.limits.max_upload, "workers": s.limits.workers,
-                           "queue": s.limits.queue, "timeout_s": s.limits.timeout.as_secs_f64()},
+                           "queue": s.limits.queue, "timeout_s": s.limits.timeout.as_secs_f64(),
+                           "media_ttl_s": s.limits.media_ttl.as_secs_f64(), "media_jobs": s.limits.media_jobs},
             }))
             .into_response()
         }
@@ -227,6 +242,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     text += &format!("# TYPE dfdet_queue_depth gauge\ndfdet_queue_depth {}\n", admitted.saturating_sub(running));
     text += "# HELP dfdet_jobs_running Uploads being scored.\n";
     text += &format!("# TYPE dfdet_jobs_running gauge\ndfdet_jobs_running {running}\n");
+    text += "# HELP dfdet_media_jobs Requests whose annotated media are kept now.\n";
+    text += &format!("# TYPE dfdet_media_jobs gauge\ndfdet_media_jobs {}\n", app.media.len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -256,26 +273,63 @@ async fn predict_route(
     response
 }
 
-/// The frame sampling asked for in the query (`max_frames=N` or `stride=K`), else the server's.
-fn sampling(query: Option<&str>, default: Sampling) -> Result<Sampling, ApiError> {
+/// What a request may change: `max_frames=N` or `stride=K`, `max_faces=N`, `detect=BOOL`
+/// (find faces in still images), `annotate=BOOL`, `annotate_all=BOOL` (every video frame).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Options {
+    sampling: Sampling,
+    max_faces: usize,
+    detect: bool,
+    annotate: bool,
+    annotate_all: bool,
+}
+
+fn options(query: Option<&str>, server: &PredictSettings) -> Result<Options, ApiError> {
     let bad = |m: String| api_error(StatusCode::BAD_REQUEST, "bad_query", m);
-    let mut out = None;
+    let mut out = Options {
+        sampling: server.faces.sampling,
+        max_faces: server.max_faces,
+        detect: server.detect_stills,
+        annotate: false,
+        annotate_all: false,
+    };
+    let mut seen = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let n: usize = match key {
-            "max_frames" | "stride" => value
-                .parse()
+        let number = |max: usize| {
+            value
+                .parse::<usize>()
                 .ok()
-                .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| bad(format!("{key}={value}: a whole number from 1 to 100000")))?,
-            other => return Err(bad(format!("unknown parameter `{other}`: max_frames or stride"))),
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| bad(format!("{key}={value}: a whole number from 1 to {max}")))
         };
-        let s = if key == "stride" { Sampling::Stride(n) } else { Sampling::Linspace(n) };
-        if out.replace(s).is_some() {
-            return Err(bad("give max_frames or stride, once".into()));
+        let flag = || match value {
+            "true" | "1" | "" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(bad(format!("{key}={value}: true or false"))),
+        };
+        match key {
+            "max_frames" => out.sampling = Sampling::Linspace(number(100_000)?),
+            "stride" => out.sampling = Sampling::Stride(number(100_000)?),
+            "max_faces" => out.max_faces = number(64)?,
+            "detect" => out.detect = flag()?,
+            "annotate" => out.annotate = flag()?,
+            "annotate_all" => out.annotate_all = flag()?,
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter `{other}`: max_frames or stride, max_faces, detect, annotate, annotate_all"
+                )));
+            }
         }
+        let group = if key == "stride" { "max_frames" } else { key };
+        if seen.contains(&group) {
+            return Err(bad(format!("`{key}` given twice (or with max_frames and stride both)")));
+        }
+        seen.push(group);
     }
-    Ok(out.unwrap_or(default))
+    // Every frame annotated implies annotating.
+    out.annotate |= out.annotate_all;
+    Ok(out)
 }
 
 /// Reads and drops up to `limit` more bytes of the form.
@@ -299,7 +353,7 @@ async fn predict_upload(
     rejected: Option<String>,
 ) -> Result<Response, ApiError> {
     authorised(app, headers)?;
-    let sampling = sampling(query, app.server.faces.sampling)?;
+    let options = options(query, &app.server.settings)?;
     let limits = &app.server.limits;
     // A body announced as too large is refused before a byte of it is read (the form's own
     // headers and boundaries get 64 KiB).
@@ -325,18 +379,32 @@ async fn predict_upload(
     })?;
     let (dir, path, name) = receive(multipart, limits.max_upload).await?;
 
+    let media = if options.annotate {
+        let made = app.media.create();
+        Some(made.map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?)
+    } else {
+        None
+    };
+    let mut settings = app.server.settings.clone();
+    settings.faces = FaceSettings { sampling: options.sampling, ..settings.faces };
+    settings.max_faces = options.max_faces;
+    settings.detect_stills = options.detect;
+    settings.annotate = media.as_ref().map(|(_, dir)| Annotate {
+        out: Target::File(dir.join(if crate::data::is_video(&path) { "annotated.mp4" } else { "annotated.png" })),
+        all_frames: options.annotate_all,
+        crops: Some(dir.clone()),
+    });
+
     let permit = app.workers.clone().acquire_owned().await.expect("the semaphore is never closed");
     app.running.fetch_add(1, Ordering::SeqCst);
     let job_app = app.clone();
     let job_path = path.clone();
     let job = tokio::task::spawn_blocking(move || {
         let s = &job_app.server;
-        let faces = FaceSettings { sampling, ..s.faces.clone() };
-        let result =
-            predict(&s.detector, &job_app.device, &[job_path], s.batch_size, &faces, &mut Silent).map(|mut p| {
-                p.about = About::new(&s.weights, &s.detector, &s.dtype, s.batch_size, &faces);
-                p
-            });
+        let result = predict(&s.detector, &job_app.device, &[job_path], &settings, &mut Silent).map(|mut p| {
+            p.about = About::new(&s.weights, &s.detector, &s.dtype, &settings);
+            p
+        });
         job_app.running.fetch_sub(1, Ordering::SeqCst);
         // The upload is deleted, and the worker freed, when the scoring ends, even after a timeout.
         drop((permit, dir));
@@ -344,24 +412,68 @@ async fn predict_upload(
     });
     let result = tokio::time::timeout(limits.timeout, job).await;
     drop(admitted);
+    let failed = |e: ApiError| {
+        if let Some((id, _)) = &media {
+            app.media.discard(id);
+        }
+        Err(e)
+    };
     let predictions = match result {
         Err(_) => {
-            return Err(api_error(
+            return failed(api_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 format!("scoring took longer than {} s", limits.timeout.as_secs_f64()),
             ));
         }
-        Ok(Err(join)) => return Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", join.to_string())),
-        Ok(Ok(Err(e))) => return Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, "scoring_failed", e.to_string())),
+        Ok(Err(join)) => return failed(api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", join.to_string())),
+        Ok(Ok(Err(e))) => return failed(api_error(StatusCode::INTERNAL_SERVER_ERROR, "scoring_failed", e.to_string())),
         Ok(Ok(Ok(p))) => p,
     };
-    let predictions = renamed(predictions, &path, &name);
+    let mut predictions = renamed(predictions, &path, &name);
     if predictions.frames.is_empty() {
         let why: Vec<String> = predictions.errors.iter().map(|e| format!("{}: {}", e.path, e.reason)).collect();
-        return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, "not_scored", why.join("; ")));
+        return failed(api_error(StatusCode::UNPROCESSABLE_ENTITY, "not_scored", why.join("; ")));
+    }
+    if let Some((id, dir)) = &media {
+        linked(&mut predictions, id, dir);
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], predictions.render(Format::Json)).into_response())
+}
+
+/// `predictions` with the job folder's files named by their URLs.
+fn linked(p: &mut Predictions, id: &str, dir: &Path) {
+    let url = |file: &str| format!("/v1/media/{id}/{file}");
+    for m in &mut p.media {
+        let file = Path::new(&m.path).strip_prefix(dir).map(|f| f.display().to_string()).unwrap_or_default();
+        m.path = url(&file);
+    }
+    for face in p.frames.iter_mut().flat_map(|f| &mut f.faces) {
+        if let Some(c) = &mut face.crop {
+            *c = url(c);
+        }
+    }
+}
+
+/// A kept annotated file or face crop (`/v1/media/<id>/<file>`); the id is the key.
+async fn media_route(State(app): State<Arc<App>>, UrlPath((id, file)): UrlPath<(String, String)>) -> Response {
+    let start = Instant::now();
+    let response = match app.media.file(&id, &file) {
+        None => api_error(StatusCode::NOT_FOUND, "not_found", "no such media: it may have expired").into_response(),
+        Some(path) => match tokio::fs::read(&path).await {
+            Err(e) => api_error(StatusCode::NOT_FOUND, "not_found", e.to_string()).into_response(),
+            Ok(bytes) => {
+                let kind = match path.extension().and_then(|e| e.to_str()) {
+                    Some("mp4") => "video/mp4",
+                    Some("png") => "image/png",
+                    _ => "application/octet-stream",
+                };
+                ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "private, max-age=600")], bytes).into_response()
+            }
+        },
+    };
+    app.metrics.record("/v1/media", response.status(), start.elapsed().as_secs_f64());
+    response
 }
 
 /// Streams the `file` field into a new temporary folder (deleted when the returned handle is
@@ -444,6 +556,7 @@ fn renamed(mut p: Predictions, path: &Path, name: &str) -> Predictions {
     };
     p.frames.iter_mut().for_each(|f| fix(&mut f.path));
     p.videos.iter_mut().for_each(|v| fix(&mut v.video));
+    p.media.iter_mut().for_each(|m| fix(&mut m.input));
     p.errors.iter_mut().chain(p.warnings.iter_mut()).for_each(|e| {
         fix(&mut e.path);
         e.reason = e.reason.replace(&tmp, name);

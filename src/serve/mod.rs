@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! GET  /             the page (embedded; no CDN): pick or drop a file, see the verdict
-//! POST /v1/predict   multipart field `file` (an image or a video); query `max_frames`, `stride`
-//!                    -> the JSON document of `dfdet predict --format json`
+//! POST /v1/predict   multipart field `file` (an image or a video); query `max_frames` or
+//!                    `stride`, `max_faces`, `detect`, `annotate`, `annotate_all`
+//!                    -> the JSON document of `dfdet predict --format json`, with the URLs of
+//!                    the annotated media and face crops when `annotate` is asked for
+//! GET  /v1/media/ID/FILE  an annotated image or video, or a face crop, kept for a while
 //! GET  /v1/model     backbone, head, tuning, parameter counts, dtype, matrix-product library
 //! GET  /healthz      {"status": "ok"}
 //! GET  /metrics      Prometheus text: requests by route and status, latency, queue depth
@@ -17,6 +20,7 @@
 //! 429 with `Retry-After`. Errors are `{"error": {"code", "message"}}`, 4xx for the client's fault.
 
 mod http;
+mod media;
 mod sniff;
 
 pub use http::{Limits, Server, serve};

@@ -10,6 +10,7 @@ mod alloc;
 #[global_allocator]
 static ALLOCATOR: alloc::Recording = alloc::Recording;
 
+mod annotate;
 mod checkpoints;
 mod cli;
 mod hostile;

