@@ -235,6 +235,26 @@ pub struct BenchArgs {
     /// Kernel library for the large f32 products (default: `$DFDET_KERNELS`, else gemm).
     #[arg(long, value_parser = choice::<Kernels>(&Kernels::NAMES))]
     pub kernels: Option<Kernels>,
+    /// Load-test `dfdet serve` instead: a server in this process on 127.0.0.1 gets FILE uploaded
+    /// --requests times by --concurrency clients; throughput and p50/p95/p99 latency, against
+    /// direct `predict` calls on the same file in the same run.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["train", "products"])]
+    pub serve: Option<PathBuf>,
+    /// Uploads in all (--serve).
+    #[arg(long, default_value_t = 200, requires = "serve")]
+    pub requests: usize,
+    /// Clients uploading at once (--serve).
+    #[arg(long, default_value_t = 8, requires = "serve")]
+    pub concurrency: usize,
+    /// Query string of every upload (--serve), e.g. `max_frames=8&annotate=true`.
+    #[arg(long, default_value = "", requires = "serve")]
+    pub query: String,
+    /// Weights to serve (--serve; default: random weights of --backbone, as fast as real ones).
+    #[arg(short, long, requires = "serve")]
+    pub weights: Option<String>,
+    /// How --serve turns uploaded videos into face crops.
+    #[command(flatten)]
+    pub video: VideoArgs,
 }
 
 #[derive(Debug, clap::Args)]

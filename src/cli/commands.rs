@@ -198,7 +198,50 @@ pub fn bench(args: BenchArgs) -> Result<Ended> {
             return Err(anyhow::anyhow!("--kernels {}: the library cannot be loaded on this machine", k.name()));
         }
     }
-    let out = if args.products {
+    let out = if let Some(file) = &args.serve {
+        dfdet::serve::load::check_file(file)?;
+        let device = Device::flex();
+        let detector = match &args.weights {
+            Some(w) => detector(w, None, Dtype::F32, &device)?,
+            None => {
+                let backbone = dfdet::model::config::Backbone::resolve(&args.backbone)?;
+                Detector::from_checkpoint(
+                    commands::bench::random_checkpoint(&backbone, 0),
+                    &device,
+                    Dtype::F32.float(),
+                )?
+            }
+        };
+        let batch_size = args.batch.first().copied().unwrap_or(8);
+        let server = dfdet::serve::Server {
+            detector,
+            weights: args.weights.clone().unwrap_or_else(|| format!("random {}", args.backbone)),
+            dtype: "f32".into(),
+            settings: PredictSettings::new(batch_size, face_settings(&args.video)?),
+            limits: dfdet::serve::Limits {
+                max_upload: 1 << 30,
+                workers: 1,
+                queue: args.concurrency,
+                timeout: std::time::Duration::from_secs(3600),
+                media_ttl: std::time::Duration::from_secs(600),
+                media_jobs: 64,
+            },
+            token: None,
+        };
+        let load = dfdet::serve::load::Load {
+            file: file.clone(),
+            requests: args.requests,
+            concurrency: args.concurrency,
+            query: args.query.clone(),
+            baseline_runs: args.iters.max(3),
+        };
+        let row = dfdet::serve::load::run(server, &load)?;
+        match args.format {
+            Format::Json => format!("{}\n", serde_json::to_string_pretty(&row)?),
+            Format::Csv => row.render_csv(),
+            Format::Table => row.render(),
+        }
+    } else if args.products {
         let batch = args.batch.first().copied().unwrap_or(1);
         let rows = commands::bench::products::products(&args.backbone, batch, args.iters, &mut bars)?;
         match args.format {

@@ -127,6 +127,18 @@ impl Drop for Admitted<'_> {
 /// Serves `server` on `addr` until Ctrl-C; `on_listening` hears the bound address (port 0
 /// picks a free one).
 pub fn serve(server: Server, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+    serve_until(server, addr, on_listening, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// [`serve`] until `stop` completes (or Ctrl-C).
+pub fn serve_until(
+    server: Server,
+    addr: SocketAddr,
+    on_listening: impl FnOnce(SocketAddr),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -161,7 +173,10 @@ pub fn serve(server: Server, addr: SocketAddr, on_listening: impl FnOnce(SocketA
         on_listening(bound);
         axum::serve(listener, router)
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = stop => {}
+                }
             })
             .await
             .map_err(|e| Error::Invalid(format!("serving: {e}")))

@@ -20,8 +20,9 @@
 //! 429 with `Retry-After`. Errors are `{"error": {"code", "message"}}`, 4xx for the client's fault.
 
 mod http;
+pub mod load;
 mod media;
 mod sniff;
 
-pub use http::{Limits, Server, serve};
+pub use http::{Limits, Server, serve, serve_until};
 pub use sniff::{Kind, sniff};

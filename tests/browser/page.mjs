@@ -21,13 +21,29 @@ try {
     // Done when the verdict is up, or the page says why not.
     const done = () => !document.getElementById("result").hidden || /^(Not scored|The server)/.test(document.getElementById("status").textContent);
     await page.waitForFunction(done, { timeout: 300000, polling: 200 });
-    shown.push(await page.evaluate(() => ({
-      status: document.getElementById("status").textContent,
-      score: document.getElementById("score").textContent,
-      label: document.getElementById("label").textContent,
-      rows: [...document.querySelectorAll("#frames tr")].map((tr) => [...tr.cells].map((td) => td.textContent)),
-      chart: document.querySelectorAll("#chart circle").length,
-    })));
+    shown.push(await page.evaluate(async () => {
+      // Wait (boundedly) for the annotated media and the face crops to load or fail.
+      const settle = (el) => new Promise((done) => {
+        const ready = el.tagName === "VIDEO" ? el.readyState >= 2 : el.complete;
+        if (ready) return done();
+        el.addEventListener(el.tagName === "VIDEO" ? "loadeddata" : "load", done, { once: true });
+        el.addEventListener("error", done, { once: true });
+        setTimeout(done, 20000);
+      });
+      const media = [...document.querySelectorAll("#media img, #media video")];
+      const crops = [...document.querySelectorAll("#crops img")];
+      await Promise.all(media.concat(crops).map(settle));
+      const size = (el) => el.tagName === "VIDEO" ? [el.videoWidth, el.videoHeight] : [el.naturalWidth, el.naturalHeight];
+      return {
+        status: document.getElementById("status").textContent,
+        score: document.getElementById("score").textContent,
+        label: document.getElementById("label").textContent,
+        rows: [...document.querySelectorAll("#frames tr")].map((tr) => [...tr.cells].map((td) => td.textContent)),
+        chart: document.querySelectorAll("#chart circle").length,
+        media: media.map((el) => ({ tag: el.tagName.toLowerCase(), size: size(el) })),
+        crops: crops.map((el) => ({ size: size(el), caption: el.nextElementSibling.textContent })),
+      };
+    }));
   }
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify(shown));

