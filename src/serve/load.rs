@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use burn::prelude::Device;
 use serde::Serialize;
 
-use super::http::{Server, serve_until};
+use super::http::{Server, request_settings, serve_until};
 use crate::commands::predict::predict;
 use crate::cpu::CpuInfo;
 use crate::model::fused::products::kernels;
@@ -107,10 +107,13 @@ pub fn run(mut server: Server, load: &Load) -> Result<LoadRow> {
     let name = load.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "upload".into());
     let (requests, concurrency) = (load.requests.max(1), load.concurrency.max(1));
 
-    // The baseline: the same scoring, called directly.
+    // The baseline: the same scoring as the query asks of the server, called directly.
     let device = Device::flex();
+    let media = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let query = load.query.trim_start_matches('?');
+    let settings = request_settings(Some(query), &server.settings, &load.file, Some(media.path()))?;
     let direct = crate::commands::bench::median_seconds(load.baseline_runs.max(1), || {
-        let _ = predict(&server.detector, &device, std::slice::from_ref(&load.file), &server.settings, &mut Silent);
+        let _ = predict(&server.detector, &device, std::slice::from_ref(&load.file), &settings, &mut Silent);
     });
 
     server.limits.queue = server.limits.queue.max(concurrency);
@@ -139,7 +142,7 @@ pub fn run(mut server: Server, load: &Load) -> Result<LoadRow> {
             });
         }
     };
-    let query = if load.query.is_empty() { String::new() } else { format!("?{}", load.query.trim_start_matches('?')) };
+    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
     let url = format!("http://{addr}/v1/predict{query}");
     let (kind, body) = form(&name, &bytes);
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(3600)).build();

@@ -6,7 +6,7 @@ import puppeteer from "puppeteer-core";
 const [url, screenshot, ...files] = process.argv.slice(2);
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
   headless: true,
   protocolTimeout: 600000,
 });
