@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod detector;
+pub mod dinov3;
 pub mod dtype;
 pub mod fused;
 pub mod head;

@@ -28,6 +28,9 @@ pub enum Layout {
     Transposed,
     /// The patch convolution as a matrix `[c·p·p, d]` vs PyTorch's `[d, c, p, p]`.
     PatchEmbedding { channels: usize, patch: usize },
+    /// Same order, with one more leading axis of size 1 in the checkpoint (`[1, n, d]` tokens
+    /// held as `[n, d]`).
+    LeadingOne,
 }
 
 impl Layout {
@@ -37,6 +40,7 @@ impl Layout {
             Layout::Same => shape.to_vec(),
             Layout::Transposed => vec![shape[1], shape[0]],
             Layout::PatchEmbedding { channels, patch } => vec![shape[1], channels, patch, patch],
+            Layout::LeadingOne => [&[1], shape].concat(),
         }
     }
 
@@ -44,6 +48,7 @@ impl Layout {
     pub fn to_checkpoint(self, shape: &[usize], values: &[f32]) -> HostTensor {
         match self {
             Layout::Same => HostTensor::new(shape.to_vec(), values.to_vec()),
+            Layout::LeadingOne => HostTensor::new(self.checkpoint_shape(shape), values.to_vec()),
             Layout::Transposed | Layout::PatchEmbedding { .. } => {
                 let (rows, cols) = (shape[0], shape[1]);
                 HostTensor::new(self.checkpoint_shape(shape), transpose(values, rows, cols))
@@ -57,6 +62,7 @@ impl Layout {
     pub fn to_module(self, t: HostTensor) -> HostTensor {
         match self {
             Layout::Same => t,
+            Layout::LeadingOne => HostTensor { shape: t.shape[1..].to_vec(), data: t.data },
             Layout::Transposed | Layout::PatchEmbedding { .. } => {
                 let rows = t.shape[0];
                 let cols = t.shape[1..].iter().product();

@@ -58,7 +58,8 @@ impl TrainParam {
             return Err(Error::Invalid(format!("`{}`: shape {:?}, expected {:?}", self.name, t.shape, expected)));
         }
         self.data = match self.layout {
-            Layout::Same => t.data.clone(),
+            // Same order (a leading axis of 1 changes no value's place).
+            Layout::Same | Layout::LeadingOne => t.data.clone(),
             // Both are a transpose of the 2-D matrix view.
             Layout::Transposed | Layout::PatchEmbedding { .. } => transpose(&t.data, self.shape[1], self.shape[0]),
         };

@@ -13,6 +13,7 @@ static ALLOCATOR: alloc::Recording = alloc::Recording;
 mod annotate;
 mod checkpoints;
 mod cli;
+mod dinov3;
 mod hostile;
 mod parity;
 mod parsers;

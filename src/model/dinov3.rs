@@ -1,0 +1,540 @@
+//! The DINOv3 vision transformer (HF `DINOv3ViTModel`, transformers 4.56), GenD's third encoder:
+//! a class token and register tokens before the patches, rotary position embeddings on the
+//! patches' queries and keys (none on the class and register tokens), layer scale on both
+//! residual branches, and one LayerNorm after the last layer. GenD's feature is the class token
+//! of the normed last hidden state (`pooler_output`).
+//!
+//! Module paths mirror Hugging Face's weight names (`layer.{i}.attention.q_proj`, ...), walked
+//! once per module as in [`super::clip`], so loading and naming share one description.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, silu};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use serde::{Deserialize, Serialize};
+
+use super::fused;
+use super::params::{Layout, Loader, Visit, Walker, empty};
+use super::tensors::TensorMap;
+use crate::{Error, Result};
+
+/// The DINOv3 transformer's shape (HF `DINOv3ViTConfig` field names and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Dinov3Config {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub rope_theta: f64,
+    pub query_bias: bool,
+    pub key_bias: bool,
+    pub value_bias: bool,
+    pub proj_bias: bool,
+    pub mlp_bias: bool,
+    pub use_gated_mlp: bool,
+    pub num_register_tokens: usize,
+}
+
+/// The MLP's activation (HF `hidden_act`; DINOv3 uses these two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// The exact (erf) GELU.
+    Gelu,
+    /// `x · sigmoid(x)` (the gated MLP of the 7B model).
+    Silu,
+}
+
+impl Default for Dinov3Config {
+    /// `DINOv3ViTConfig()`'s defaults, used for fields a `config.json` leaves out.
+    fn default() -> Self {
+        Self {
+            hidden_size: 384,
+            intermediate_size: 1536,
+            num_hidden_layers: 12,
+            num_attention_heads: 6,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 16,
+            hidden_act: Activation::Gelu,
+            layer_norm_eps: 1e-5,
+            rope_theta: 100.0,
+            query_bias: true,
+            key_bias: false,
+            value_bias: true,
+            proj_bias: true,
+            mlp_bias: true,
+            use_gated_mlp: false,
+            num_register_tokens: 0,
+        }
+    }
+}
+
+impl Dinov3Config {
+    /// `facebook/dinov3-vitl16-pretrain-lvd1689m`, GenD's `GenD_DINOv3_L` backbone.
+    pub fn vitl16() -> Self {
+        Self {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            num_register_tokens: 4,
+            ..Self::default()
+        }
+    }
+
+    /// `facebook/dinov3-vitb16-pretrain-lvd1689m`.
+    pub fn vitb16() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_register_tokens: 4,
+            ..Self::default()
+        }
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Tokens before the patches: the class token and the registers.
+    pub fn prefix_tokens(&self) -> usize {
+        1 + self.num_register_tokens
+    }
+
+    /// Checks what the encoder relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Invalid(format!("invalid DINOv3 config: {what} ({self:?})")));
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return bad("hidden_size must be a positive multiple of num_attention_heads");
+        }
+        // The rotary embedding splits a head into (y, x) halves of `head_dim / 4` frequencies.
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(4) {
+            return bad("the head width must be a positive multiple of 4");
+        }
+        if self.patch_size == 0 || self.num_channels == 0 {
+            return bad("patch_size and num_channels must be positive");
+        }
+        Ok(())
+    }
+
+    /// Reads a HF `config.json` of `model_type` `dinov3_vit`.
+    pub fn from_hf_config(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+        if let Some(kind) = value.get("model_type").and_then(|v| v.as_str()).filter(|k| *k != "dinov3_vit") {
+            return Err(Error::format(path, format!("model_type is `{kind}`, not `dinov3_vit`")));
+        }
+        let config: Self =
+            serde_json::from_value(value).map_err(|e| Error::format(path, format!("not a DINOv3 config: {e}")))?;
+        config.validate().map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// The rotary embedding's `(cos, sin)`, each `[gh·gw, head_dim]`, for a grid of `gh` x `gw`
+/// patches: patch centres in [-1, 1] (row-major, `y` then `x`), angles `2π · coord · f` for
+/// the `head_dim / 4` frequencies `f_k = θ^(-4k / head_dim)`, laid out `[y·f, x·f, y·f, x·f]`.
+/// Computed in f32 as the reference computes them (it turns autocast off for this).
+pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let quarter = head_dim / 4;
+    // torch: 1 / base ** arange(0, 1, 4 / head_dim), all in f32.
+    let step = 4.0f32 / head_dim as f32;
+    let freqs: Vec<f32> = (0..quarter).map(|k| 1.0 / (theta as f32).powf(k as f32 * step)).collect();
+    let centre = |i: usize, n: usize| 2.0 * ((i as f32 + 0.5) / n as f32) - 1.0;
+    let two_pi = (2.0 * std::f64::consts::PI) as f32;
+    let (mut cos, mut sin) = (Vec::with_capacity(gh * gw * head_dim), Vec::with_capacity(gh * gw * head_dim));
+    for i in 0..gh {
+        for j in 0..gw {
+            let (y, x) = (centre(i, gh), centre(j, gw));
+            let half: Vec<f32> = [y, x].iter().flat_map(|&c| freqs.iter().map(move |&f| two_pi * c * f)).collect();
+            for _ in 0..2 {
+                cos.extend(half.iter().map(|a| a.cos()));
+                sin.extend(half.iter().map(|a| a.sin()));
+            }
+        }
+    }
+    (cos, sin)
+}
+
+/// `DINOv3ViTEmbeddings`: patch convolution (with bias), class token, register tokens.
+#[derive(Module, Debug)]
+pub struct Embeddings {
+    /// `[1, d]` (checkpoint `[1, 1, d]`).
+    pub cls_token: Param<Tensor<2>>,
+    /// `[1, d]`: used only in pre-training (masked patches); loaded so that checkpoints match.
+    pub mask_token: Param<Tensor<2>>,
+    /// `[r, d]` (checkpoint `[1, r, d]`).
+    pub register_tokens: Param<Tensor<2>>,
+    /// The patch convolution (kernel = stride = patch) as a matrix `[c·p·p, d]`.
+    pub patch_weight: Param<Tensor<2>>,
+    /// `[d]`
+    pub patch_bias: Param<Tensor<1>>,
+    patch_size: usize,
+}
+
+impl Embeddings {
+    fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
+        Self {
+            cls_token: empty(device),
+            mask_token: empty(device),
+            register_tokens: empty(device),
+            patch_weight: empty(device),
+            patch_bias: empty(device),
+            patch_size: cfg.patch_size,
+        }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, cfg: &Dinov3Config) -> Result<()> {
+        let (d, p, c, r) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels, cfg.num_register_tokens);
+        w.matrix("cls_token", &mut self.cls_token, &[1, 1, d], Layout::LeadingOne)?;
+        w.matrix("mask_token", &mut self.mask_token, &[1, 1, d], Layout::LeadingOne)?;
+        w.matrix("register_tokens", &mut self.register_tokens, &[1, r, d], Layout::LeadingOne)?;
+        let mut conv = w.pp("patch_embeddings");
+        conv.matrix("weight", &mut self.patch_weight, &[d, c, p, p], Layout::PatchEmbedding { channels: c, patch: p })?;
+        conv.vector("bias", &mut self.patch_bias, d)
+    }
+
+    /// `[b, c, h, w]` -> `[b, 1 + r + n, d]`
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let [b, c, h, w] = pixels.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        // A stride-p convolution with a p×p kernel is a matmul over non-overlapping patches
+        // (pixels beyond the last whole patch are ignored, as the convolution ignores them).
+        let pixels = pixels.slice([0..b, 0..c, 0..gh * p, 0..gw * p]);
+        let patches = pixels
+            .reshape([b, c, gh, p, gw, p]) // [b, c, gh, p, gw, p]
+            .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
+            .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
+        let d = self.patch_bias.dims()[0];
+        let patches =
+            patches.matmul(self.patch_weight.val().unsqueeze::<3>()) + self.patch_bias.val().reshape([1, 1, d]); // [b, n, d]
+        let r = self.register_tokens.dims()[0];
+        let cls = self.cls_token.val().unsqueeze::<3>().expand([b as i64, 1, d as i64]); // [b, 1, d]
+        let registers = self.register_tokens.val().unsqueeze::<3>().expand([b as i64, r as i64, d as i64]); // [b, r, d]
+        Tensor::cat(vec![cls, registers, patches], 1) // [b, 1 + r + n, d]
+    }
+}
+
+/// An `nn.Linear`, with or without a bias.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[in, out]` (PyTorch's weight is `[out, in]`).
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`; none where the config leaves the bias out (DINOv3's `k_proj`).
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    fn skeleton(bias: bool, device: &Device) -> Self {
+        Self { weight: empty(device), bias: bias.then(|| empty(device)) }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, d_in: usize, d_out: usize) -> Result<()> {
+        w.linear(&mut self.weight, self.bias.as_mut(), [d_in, d_out], None)
+    }
+
+    /// `x W (+ b)`: `[b, t, in]` -> `[b, t, out]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let w = self.weight.val();
+        let bias = match &self.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([w.dims()[1]], &w.device()),
+        };
+        if x.dtype() == burn::tensor::DType::F32 {
+            fused::linear(x, w.clone(), w.transpose(), bias)
+        } else {
+            burn::tensor::module::linear(x, w, Some(bias))
+        }
+    }
+}
+
+/// `DINOv3ViTAttention`: multi-head self-attention with rotary embeddings on the patches.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: usize,
+}
+
+/// `x · cos + rotate_half(x) · sin` on the last `n` tokens of `x` (`[b, h, t, hd]`), where
+/// `rotate_half([x1, x2]) = [-x2, x1]`; the first `t - n` tokens pass unchanged.
+fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, hd] = x.dims();
+    let n = cos.dims()[2];
+    let prefix = x.clone().slice([0..b, 0..h, 0..t - n, 0..hd]);
+    let patches = x.slice([0..b, 0..h, t - n..t, 0..hd]);
+    let x1 = patches.clone().slice([0..b, 0..h, 0..n, 0..hd / 2]);
+    let x2 = patches.clone().slice([0..b, 0..h, 0..n, hd / 2..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let patches = patches * cos.clone() + rotated * sin.clone();
+    Tensor::cat(vec![prefix, patches], 2)
+}
+
+impl Attention {
+    fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
+        Self {
+            q_proj: Linear::skeleton(cfg.query_bias, device),
+            k_proj: Linear::skeleton(cfg.key_bias, device),
+            v_proj: Linear::skeleton(cfg.value_bias, device),
+            o_proj: Linear::skeleton(cfg.proj_bias, device),
+            num_heads: cfg.num_attention_heads,
+        }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, d: usize) -> Result<()> {
+        // The order of `DINOv3ViTAttention.__init__`, which is the checkpoint's.
+        self.k_proj.walk(&mut w.pp("k_proj"), d, d)?;
+        self.v_proj.walk(&mut w.pp("v_proj"), d, d)?;
+        self.q_proj.walk(&mut w.pp("q_proj"), d, d)?;
+        self.o_proj.walk(&mut w.pp("o_proj"), d, d)
+    }
+
+    /// `[b, t, d]` -> `[b, t, d]`, with the rotary tables `[1, 1, n, hd]` of the `n` patches.
+    pub fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (self.num_heads, d / self.num_heads);
+        let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
+        let q = rotate(heads(self.q_proj.forward(x.clone())), cos, sin);
+        let k = rotate(heads(self.k_proj.forward(x.clone())), cos, sin);
+        let v = heads(self.v_proj.forward(x));
+        let scale = (hd as f64).powf(-0.5);
+        let ctx = if q.is_tracked() {
+            let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, t, t]
+            fused::softmax_last(scores).matmul(v) // [b, h, t, hd]
+        } else {
+            let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+            attention(q, k, v, None, None, opts) // [b, h, t, hd]
+        };
+        self.o_proj.forward(ctx.swap_dims(1, 2).reshape([b, t, d])) // [b, t, d]
+    }
+}
+
+/// `DINOv3ViTMLP` (`up -> act -> down`) or `DINOv3ViTGatedMLP` (`down(act(gate) · up)`).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Option<Linear>,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    #[module(skip)]
+    act: Activation,
+}
+
+impl Mlp {
+    fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
+        Self {
+            gate_proj: cfg.use_gated_mlp.then(|| Linear::skeleton(cfg.mlp_bias, device)),
+            up_proj: Linear::skeleton(cfg.mlp_bias, device),
+            down_proj: Linear::skeleton(cfg.mlp_bias, device),
+            act: cfg.hidden_act,
+        }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, d: usize, m: usize) -> Result<()> {
+        if let Some(gate) = &mut self.gate_proj {
+            gate.walk(&mut w.pp("gate_proj"), d, m)?;
+        }
+        self.up_proj.walk(&mut w.pp("up_proj"), d, m)?;
+        self.down_proj.walk(&mut w.pp("down_proj"), m, d)
+    }
+
+    fn act(&self, x: Tensor<3>) -> Tensor<3> {
+        match self.act {
+            Activation::Gelu => gelu(x),
+            Activation::Silu => silu(x),
+        }
+    }
+
+    /// `[b, t, d]` -> `[b, t, d]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let hidden = match &self.gate_proj {
+            Some(gate) => self.act(gate.forward(x.clone())) * self.up_proj.forward(x),
+            None => self.act(self.up_proj.forward(x)),
+        };
+        self.down_proj.forward(hidden)
+    }
+}
+
+/// `DINOv3ViTLayer`: pre-norm attention and MLP, each scaled per channel before its residual.
+#[derive(Module, Debug)]
+pub struct Layer {
+    pub norm1: LayerNorm,
+    pub attention: Attention,
+    /// `layer_scale1.lambda1`, `[d]`.
+    pub layer_scale1: Param<Tensor<1>>,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    /// `layer_scale2.lambda1`, `[d]`.
+    pub layer_scale2: Param<Tensor<1>>,
+    eps: f64,
+}
+
+fn layer_norm_skeleton(cfg: &Dinov3Config, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(cfg.hidden_size).with_epsilon(cfg.layer_norm_eps).init(device)
+}
+
+/// A LayerNorm as one fused operation in f32 (burn's module otherwise, e.g. in bf16).
+fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    match &ln.beta {
+        Some(beta) if x.dtype() == burn::tensor::DType::F32 => fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
+        _ => ln.forward(x),
+    }
+}
+
+impl Layer {
+    fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
+        Self {
+            norm1: layer_norm_skeleton(cfg, device),
+            attention: Attention::skeleton(cfg, device),
+            layer_scale1: empty(device),
+            norm2: layer_norm_skeleton(cfg, device),
+            mlp: Mlp::skeleton(cfg, device),
+            layer_scale2: empty(device),
+            eps: cfg.layer_norm_eps,
+        }
+    }
+
+    fn walk(&mut self, w: &mut Walker<'_, '_>, cfg: &Dinov3Config) -> Result<()> {
+        let d = cfg.hidden_size;
+        w.pp("norm1").layer_norm(&mut self.norm1, d)?;
+        self.attention.walk(&mut w.pp("attention"), d)?;
+        w.pp("layer_scale1").vector("lambda1", &mut self.layer_scale1, d)?;
+        w.pp("norm2").layer_norm(&mut self.norm2, d)?;
+        self.mlp.walk(&mut w.pp("mlp"), d, cfg.intermediate_size)?;
+        w.pp("layer_scale2").vector("lambda1", &mut self.layer_scale2, d)
+    }
+
+    /// `[b, t, d]` -> `[b, t, d]`
+    pub fn forward(&self, h: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        let d = self.layer_scale1.dims()[0];
+        let scale1 = self.layer_scale1.val().reshape([1, 1, d]);
+        let scale2 = self.layer_scale2.val().reshape([1, 1, d]);
+        let h = h.clone() + self.attention.forward(norm(&self.norm1, self.eps, h), cos, sin) * scale1;
+        h.clone() + self.mlp.forward(norm(&self.norm2, self.eps, h)) * scale2
+    }
+}
+
+/// `DINOv3ViTModel`: embeddings, layers, final norm.
+#[derive(Module, Debug)]
+pub struct Dinov3 {
+    pub embeddings: Embeddings,
+    pub layer: Vec<Layer>,
+    pub norm: LayerNorm,
+    #[module(skip)]
+    head_dim: usize,
+    #[module(skip)]
+    rope_theta: f64,
+    #[module(skip)]
+    patch_size: usize,
+    eps: f64,
+}
+
+impl Dinov3 {
+    /// Takes the model's tensors out of `map` (HF `DINOv3ViTModel` names under `prefix`, e.g.
+    /// `""` for a hub folder), checking every shape.
+    pub fn load(ld: &Loader, map: &mut TensorMap, cfg: &Dinov3Config, prefix: &str) -> Result<Self> {
+        cfg.validate()?;
+        let mut model = Self::skeleton(cfg, &ld.device);
+        model.visit_params(cfg, prefix, &mut |entry| ld.fill(map, entry))?;
+        Ok(model)
+    }
+
+    fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
+        Self {
+            embeddings: Embeddings::skeleton(cfg, device),
+            layer: (0..cfg.num_hidden_layers).map(|_| Layer::skeleton(cfg, device)).collect(),
+            norm: layer_norm_skeleton(cfg, device),
+            head_dim: cfg.head_dim(),
+            rope_theta: cfg.rope_theta,
+            patch_size: cfg.patch_size,
+            eps: cfg.layer_norm_eps,
+        }
+    }
+
+    /// Calls `visit` on every parameter, in checkpoint order, named under `prefix`.
+    pub fn visit_params(&mut self, cfg: &Dinov3Config, prefix: &str, visit: &mut Visit<'_>) -> Result<()> {
+        let mut root = Walker::new(visit);
+        let mut w = if prefix.is_empty() { root } else { root.pp(prefix.trim_end_matches('.')) };
+        self.embeddings.walk(&mut w.pp("embeddings"), cfg)?;
+        for (i, layer) in self.layer.iter_mut().enumerate() {
+            layer.walk(&mut w.pp("layer").pp(i), cfg)?;
+        }
+        w.pp("norm").layer_norm(&mut self.norm, cfg.hidden_size)
+    }
+
+    /// The rotary tables for `pixels`' patch grid, `[1, 1, n, hd]` each, on its device and dtype.
+    fn rope(&self, pixels: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [_, _, h, w] = pixels.dims();
+        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
+        let (cos, sin) = rope_tables(gh, gw, self.head_dim, self.rope_theta);
+        let device = pixels.device();
+        let table = |v: Vec<f32>| {
+            let t = Tensor::<4>::from_data(TensorData::new(v, [1, 1, gh * gw, self.head_dim]), &device);
+            if pixels.dtype() == burn::tensor::DType::F32 { t } else { t.cast(pixels.dtype()) }
+        };
+        (table(cos), table(sin))
+    }
+
+    /// The normed last hidden state: `[b, c, h, w]` -> `[b, 1 + r + n, d]`.
+    pub fn last_hidden_state(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let (cos, sin) = self.rope(&pixels);
+        let mut h = self.embeddings.forward(pixels);
+        for layer in &self.layer {
+            h = layer.forward(h, &cos, &sin);
+        }
+        norm(&self.norm, self.eps, h)
+    }
+
+    /// `pooler_output`, the class token of the normed last hidden state: `[b, c, h, w]` -> `[b, d]`.
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
+        let h = self.last_hidden_state(pixels);
+        let [b, _, d] = h.dims();
+        h.slice([0..b, 0..1, 0..d]).reshape([b, d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_tables_follow_the_reference_layout() {
+        // One patch: its centre is (0, 0), so every angle is 0.
+        let (cos, sin) = rope_tables(1, 1, 8, 100.0);
+        assert!(cos.iter().all(|&c| c == 1.0) && sin.iter().all(|&s| s == 0.0));
+        // 2 x 2 patches, head width 8: frequencies 1 and 100^-0.5 = 0.1; the first patch is at
+        // (y, x) = (-0.5, -0.5), laid out [y f0, y f1, x f0, x f1] twice.
+        let (cos, sin) = rope_tables(2, 2, 8, 100.0);
+        let a = |c: f32, f: f32| 2.0 * std::f32::consts::PI * c * f;
+        let want = [a(-0.5, 1.0), a(-0.5, 0.1), a(-0.5, 1.0), a(-0.5, 0.1)];
+        for (k, angle) in want.iter().chain(&want).enumerate() {
+            assert!((sin[k] - angle.sin()).abs() < 1e-6 && (cos[k] - angle.cos()).abs() < 1e-6, "{k}");
+        }
+        // The second patch (row 0, column 1) has x = +0.5.
+        assert!((sin[8 + 2] - a(0.5, 1.0).sin()).abs() < 1e-6);
+        assert_eq!(cos.len(), 4 * 8);
+    }
+
+    #[test]
+    fn configs_validate() {
+        assert!(Dinov3Config::vitl16().validate().is_ok());
+        assert!(Dinov3Config::vitb16().validate().is_ok());
+        let odd = Dinov3Config { hidden_size: 36, num_attention_heads: 6, ..Dinov3Config::default() };
+        assert!(odd.validate().is_err(), "head width 6 is not a multiple of 4");
+    }
+}

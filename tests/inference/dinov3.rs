@@ -1,0 +1,72 @@
+//! The DINOv3 encoder (GenD's `GenD_DINOv3_L` backbone) against transformers 4.56.2's
+//! `DINOv3ViTModel`: a tiny random model and its outputs on six sample crops, made by
+//! scripts/fixtures/make_gend_encoder_fixtures.py with GenD's pinned stack. The pixels are the
+//! reference processor's, so that this checks the encoder alone.
+
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use dfdet::model::dinov3::{Dinov3, Dinov3Config};
+use dfdet::model::params::Loader;
+use dfdet::model::tensors::{HostTensor, TensorMap};
+
+use crate::common::{fixtures, read_json};
+
+/// Every tensor of a safetensors file, as f32.
+fn read(path: &std::path::Path) -> TensorMap {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut map = TensorMap::new(path.to_path_buf());
+    for (name, view) in st.iter() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        map.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
+    }
+    map
+}
+
+fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+fn max_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn dinov3_matches_transformers() {
+    let dir = fixtures().join("tiny-dinov3");
+    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
+    assert_eq!((cfg.num_register_tokens, cfg.key_bias, cfg.use_gated_mlp), (4, false, false));
+    let device = Device::flex();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut weights = read(&dir.join("model.safetensors"));
+    let model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
+    weights.finish().expect("every tensor of the checkpoint is used");
+
+    let mut pixels = read(&dir.join("pixels.safetensors"));
+    let x = pixels.remove("pixel_values").unwrap();
+    let [b, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let x = Tensor::<4>::from_data(TensorData::new(x.data, [b, c, h, w]), &device);
+
+    let want = read_json("dinov3_outputs.json");
+    let hidden = model.last_hidden_state(x.clone());
+    let [_, t, d] = hidden.dims();
+    assert_eq!(t, 1 + 4 + (h / 16) * (w / 16));
+    let first: Vec<f32> = hidden.clone().slice([0..1, 0..t, 0..d]).into_data().try_to_vec::<f32>().unwrap();
+    let want_first: Vec<f32> = rows(&want["last_hidden_state_0"]).concat();
+    let diff = max_diff(&first, &want_first);
+    assert!(diff <= 1e-4, "last_hidden_state of crop 0: max |diff| {diff}");
+
+    let pooled: Vec<f32> = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    let diff = max_diff(&pooled, &rows(&want["pooler_output"]).concat());
+    assert!(diff <= 1e-4, "pooler_output: max |diff| {diff}");
+
+    let patches: Vec<f32> = hidden.slice([0..b, 5..t, 0..d]).mean_dim(1).into_data().try_to_vec::<f32>().unwrap();
+    let diff = max_diff(&patches, &rows(&want["patch_mean"]).concat());
+    assert!(diff <= 1e-4, "mean of the patch tokens: max |diff| {diff}");
+}
