@@ -3,6 +3,7 @@
 //! pipeline (§2); drawing on frames and writing videos for annotated output.
 
 pub mod align;
+pub mod antialias;
 pub mod backend;
 pub mod dlib;
 pub mod draw;

@@ -70,3 +70,47 @@ fn dinov3_matches_transformers() {
     let diff = max_diff(&patches, &rows(&want["patch_mean"]).concat());
     assert!(diff <= 1e-4, "mean of the patch tokens: max |diff| {diff}");
 }
+
+#[test]
+fn dinov3_pixels_match_the_reference_processor() {
+    use dfdet::preprocess::antialias::Dinov3Pixels;
+    use dfdet::preprocess::pixels::load_rgb;
+    let want = read_json("dinov3_outputs.json");
+    let mut pixels = read(&fixtures().join("tiny-dinov3/pixels.safetensors"));
+    let reference = pixels.remove("pixel_values").unwrap();
+    let [h, w] = [reference.shape[2], reference.shape[3]];
+    // The processor's own settings, as the fixture script wrote them.
+    let processor = &want["processor"];
+    assert_eq!(processor["resample"], 2, "bilinear");
+    let ours = Dinov3Pixels::new(h);
+    assert_eq!([w, h], ours.size);
+    let mean: Vec<f32> =
+        processor["image_mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(mean, ours.image_mean);
+    let images = want["images"].as_array().unwrap();
+    let plane = 3 * h * w;
+    let mut worst = 0f32;
+    for (k, name) in images.iter().enumerate() {
+        let img = load_rgb(&crate::common::samples().join(name.as_str().unwrap())).unwrap();
+        let got = ours.pixel_values(&img);
+        worst = worst.max(max_diff(&got, &reference.data[k * plane..(k + 1) * plane]));
+    }
+    // The released checkpoints' size: two crops, 600 values each and the channel sums.
+    let big = Dinov3Pixels::new(224);
+    let at224 = &want["pixels_224"];
+    let indices: Vec<usize> =
+        at224["indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    for (k, name) in images.iter().take(2).enumerate() {
+        let img = load_rgb(&crate::common::samples().join(name.as_str().unwrap())).unwrap();
+        let got = big.pixel_values(&img);
+        let picked: Vec<f32> = indices.iter().map(|&i| got[i]).collect();
+        worst = worst.max(max_diff(&picked, &rows(&at224["values"])[k]));
+        for (c, want_sum) in at224["channel_sums"][k].as_array().unwrap().iter().enumerate() {
+            let sum: f64 = got[c * 224 * 224..(c + 1) * 224 * 224].iter().map(|&v| f64::from(v)).sum();
+            assert!((sum - want_sum.as_f64().unwrap()).abs() < 1e-2, "channel {c} of crop {k}: {sum} vs {want_sum}");
+        }
+    }
+    // f32 throughout, as the reference: what is left is the order of float operations.
+    assert!(worst <= 1e-5, "max |diff| {worst}");
+    eprintln!("DINOv3 pixels: max |diff| {worst:e} over {} crops", images.len());
+}
