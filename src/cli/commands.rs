@@ -14,7 +14,7 @@ use super::args::{
     StudyArgs, TestArgs, TrainArgs, VideoArgs,
 };
 use super::progress::Bars;
-use dfdet::commands::predict::annotate::{Annotate, Target};
+use dfdet::commands::predict::annotate::{ANNOTATION_FAILED, Annotate, Target};
 use dfdet::commands::predict::{Format, PredictSettings};
 use dfdet::commands::test::{TestConfig, TestOverrides};
 use dfdet::commands::{self, FaceSettings};
@@ -119,12 +119,21 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     if predictions.errors.is_empty() {
         return Ok(Ended::Done);
     }
-    let (failed, scored) = (predictions.errors.len(), predictions.frames.len());
-    eprintln!(
-        "{failed} {} could not be scored (named above); {scored} {} scored",
-        if failed == 1 { "input or frame" } else { "inputs or frames" },
-        if scored == 1 { "frame was" } else { "frames were" },
-    );
+    let copies = predictions.errors.iter().filter(|e| e.reason.starts_with(ANNOTATION_FAILED)).count();
+    let (failed, scored) = (predictions.errors.len() - copies, predictions.frames.len());
+    if failed > 0 {
+        eprintln!(
+            "{failed} {} could not be scored (named above); {scored} {} scored",
+            if failed == 1 { "input or frame" } else { "inputs or frames" },
+            if scored == 1 { "frame was" } else { "frames were" },
+        );
+    }
+    if copies > 0 {
+        eprintln!(
+            "{copies} annotated {} could not be written (named above); the scores above are complete for those inputs",
+            if copies == 1 { "copy" } else { "copies" },
+        );
+    }
     Ok(Ended::Partial)
 }
 

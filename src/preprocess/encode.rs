@@ -59,6 +59,10 @@ impl VideoWriter {
             return Err(failed(path, format!("frame size {width}x{height}")));
         }
         let (width, height) = (width.next_multiple_of(2), height.next_multiple_of(2));
+        // A file that cannot be created is said as such, not as every encoder failing.
+        if let Err(e) = std::fs::File::create(path) {
+            return Err(failed(path, format!("cannot create it: {e}")));
+        }
         let rate = frame_rate(fps);
         let time_base = rate.invert();
         let mut tried = Vec::new();

@@ -434,6 +434,31 @@ fn cases() -> Vec<Case> {
             &["list.txt", "cannot read list file"],
         )
         .scored(&["good.png"]),
+        // Annotated copies that cannot be written: named, the scores still printed.
+        case(
+            "annotated video onto a path that cannot be created",
+            |d| {
+                std::fs::copy(crate::common::root().join("assets/carphone_pristine.mp4"), d.join("clip.mp4")).unwrap();
+                let mut a = predict_video(d, &[]);
+                a.pop(); // one input: --annotate names a file
+                a.extend(args(&["clip.mp4", "--annotate", "/proc/dfdet-annotated.mp4"]));
+                a
+            },
+            1,
+            &["/proc/dfdet-annotated.mp4", "annotated output", "1 annotated copy could not be written"],
+        )
+        .scored(&["clip.mp4/000", "clip.mp4/119"])
+        .video(),
+        case(
+            "annotation folder under a file",
+            |d| {
+                let mut a = predict(d, &["--annotate", "good.png/annotated"]);
+                a.push(a_crop().display().to_string());
+                a
+            },
+            2,
+            &["--annotate", "good.png/annotated"],
+        ),
         // Videos: broken ones named, the rest scored; videos in folders and lists are videos.
         case(
             "mp4 of random bytes",

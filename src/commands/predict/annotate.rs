@@ -56,6 +56,9 @@ pub struct Media {
     pub frames: usize,
 }
 
+/// How an error about an annotated copy begins (the input itself was scored).
+pub const ANNOTATION_FAILED: &str = "annotated output: ";
+
 /// Annotation in progress: the settings and the names handed out so far.
 pub(super) struct Annotator<'a> {
     settings: &'a Annotate,
@@ -103,7 +106,7 @@ impl Annotator<'_> {
     }
 
     fn failed(out: &mut Predictions, input: &Path, what: impl std::fmt::Display) {
-        out.errors.push(InputError { path: input.display().to_string(), reason: format!("annotated output: {what}") });
+        out.errors.push(InputError { path: input.display().to_string(), reason: format!("{ANNOTATION_FAILED}{what}") });
     }
 
     fn save_image(&mut self, input: &Path, image: &RgbImage, out: &mut Predictions) {
@@ -216,13 +219,13 @@ impl Annotator<'_> {
                 match VideoWriter::create(&path, image.width(), image.height(), fps) {
                     Ok(w) => writer = Some(w),
                     Err(e) => {
-                        error = Some(e.reason());
+                        error = Some(format!("{}: {}", path.display(), e.reason()));
                         return;
                     }
                 }
             }
             if let Err(e) = writer.as_mut().expect("created above").write(index, &image) {
-                error = Some(e.reason());
+                error = Some(format!("{}: {}", path.display(), e.reason()));
             }
         });
         if let Err(e) = decoded {
@@ -240,7 +243,7 @@ impl Annotator<'_> {
                         codec,
                         frames: n,
                     }),
-                    Err(e) => Self::failed(out, input, e.reason()),
+                    Err(e) => Self::failed(out, input, format!("{}: {}", path.display(), e.reason())),
                 }
             }
         }
