@@ -17,13 +17,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(libavformat-dev libavcodec-dev libavutil-dev libswscale-dev clang pkg-config ffmpeg
-      libdlib-data libdlib-dev unzip libopenblas0-pthread chromium nodejs npm)
+      libdlib-data libdlib-dev unzip libopenblas0-pthread chromium)
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm by command, not by package: a Node.js from elsewhere (e.g. NodeSource's,
+# which bundles npm) must not be fought over with Debian's.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
     echo "setup-assets: apt-get install ${missing[*]}"
     $SUDO apt-get update -qq
