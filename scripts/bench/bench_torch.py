@@ -2,7 +2,9 @@
 a LinearNorm head, same batch sizes and dtypes, timed the same way (median of N passes after
 one warm-up), peak RSS per setting.
 
-Pinned: torch==2.6.0 transformers==4.50.0 (see scripts/fixtures/requirements.txt).
+Pinned: torch==2.6.0 transformers==4.50.0 (see scripts/fixtures/requirements.txt). The DINOv3
+backbones (`--backbone facebook/dinov3-vitl16-pretrain-lvd1689m`: the encoder alone, as dfdet
+times it) need GenD's stack, scripts/fixtures/requirements-gend.txt.
 Usage: python scripts/bench/bench_torch.py --batch 1,8 --dtype f32,bf16 --iters 3 --threads 2
 Prints JSON rows with the fields of dfdet's BenchRow.
 """
@@ -14,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 PRESETS = {
@@ -22,6 +25,36 @@ PRESETS = {
     "openai/clip-vit-base-patch16": dict(patch_size=16),
     "openai/clip-vit-base-patch32": dict(patch_size=32),
 }
+
+
+DINOV3 = {
+    "facebook/dinov3-vitl16-pretrain-lvd1689m": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                                     num_attention_heads=16, num_register_tokens=4),
+    "facebook/dinov3-vitb16-pretrain-lvd1689m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                     num_attention_heads=12, num_register_tokens=4),
+}
+
+
+def dinov3(args):
+    """The DINOv3 encoder alone (random weights) to `pooler_output`, f32."""
+    cfg = transformers.DINOv3ViTConfig(**DINOV3[args.backbone], attn_implementation="sdpa")
+    model = transformers.DINOv3ViTModel(cfg).eval()
+    rows = []
+    reset_peak_rss()
+    for b in [int(x) for x in args.batch.split(",")]:
+        x = torch.randn(b, 3, cfg.image_size, cfg.image_size)
+        with torch.inference_mode():
+            model(x)
+            times = []
+            for _ in range(max(args.iters, 1)):
+                t = time.perf_counter()
+                model(x).pooler_output
+                times.append(time.perf_counter() - t)
+        times.sort()
+        s = times[len(times) // 2] / b
+        rows.append(dict(backbone=args.backbone, dtype="f32", batch=b, threads=torch.get_num_threads(),
+                         s_per_img=s, img_per_s=1 / s, peak_rss_mib=peak_rss_mib()))
+    return rows
 
 
 def reset_peak_rss():
@@ -51,6 +84,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.backbone in DINOV3:
+        print(json.dumps(dinov3(args), indent=2))
+        return
     cfg = CLIPVisionConfig(**PRESETS[args.backbone], attn_implementation="sdpa")
     rows = []
     for dtype_name in args.dtype.split(","):

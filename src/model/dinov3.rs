@@ -1,4 +1,4 @@
-//! The DINOv3 vision transformer (HF `DINOv3ViTModel`, transformers 4.56), GenD's third encoder:
+//! The DINOv3 vision transformer (HF `DINOv3ViTModel`, transformers 4.56; docs/method.md §12), GenD's third encoder:
 //! a class token and register tokens before the patches, rotary position embeddings on the
 //! patches' queries and keys (none on the class and register tokens), layer scale on both
 //! residual branches, and one LayerNorm after the last layer. GenD's feature is the class token
@@ -100,6 +100,15 @@ impl Dinov3Config {
             num_attention_heads: 12,
             num_register_tokens: 4,
             ..Self::default()
+        }
+    }
+
+    /// The released checkpoints GenD uses, by hub id.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "facebook/dinov3-vitl16-pretrain-lvd1689m" => Some(Self::vitl16()),
+            "facebook/dinov3-vitb16-pretrain-lvd1689m" => Some(Self::vitb16()),
+            _ => None,
         }
     }
 
@@ -508,6 +517,20 @@ impl Dinov3 {
     }
 }
 
+/// Every tensor the model loads (names with no prefix), with its PyTorch shape, in checkpoint
+/// order.
+pub fn tensor_shapes(cfg: &Dinov3Config) -> Vec<(String, Vec<usize>)> {
+    let mut model = Dinov3::skeleton(cfg, &Device::flex());
+    let mut out = Vec::new();
+    model
+        .visit_params(cfg, "", &mut |entry| {
+            out.push((entry.name.to_string(), entry.shape.to_vec()));
+            Ok(())
+        })
+        .expect("recording names cannot fail");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +551,21 @@ mod tests {
         // The second patch (row 0, column 1) has x = +0.5.
         assert!((sin[8 + 2] - a(0.5, 1.0).sin()).abs() < 1e-6);
         assert_eq!(cos.len(), 4 * 8);
+    }
+
+    #[test]
+    fn tensor_shapes_follow_the_reference_names() {
+        let cfg = Dinov3Config { num_hidden_layers: 1, ..Dinov3Config::vitl16() };
+        let shapes = tensor_shapes(&cfg);
+        assert_eq!(shapes[0], ("embeddings.cls_token".into(), vec![1, 1, 1024]));
+        assert_eq!(shapes[2], ("embeddings.register_tokens".into(), vec![1, 4, 1024]));
+        assert_eq!(shapes[3], ("embeddings.patch_embeddings.weight".into(), vec![1024, 3, 16, 16]));
+        assert!(shapes.iter().any(|(n, s)| n == "layer.0.attention.k_proj.weight" && s == &[1024, 1024]));
+        assert!(!shapes.iter().any(|(n, _)| n == "layer.0.attention.k_proj.bias"), "k_proj has no bias");
+        assert_eq!(shapes.last().unwrap().0, "norm.bias");
+        // 5 embedding tensors, 17 per layer (2 norms x 2, q/v/o with bias, k without, 2 scales,
+        // up/down with bias), 2 for the final norm.
+        assert_eq!(shapes.len(), 5 + 17 + 2);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The DINOv3 pixel pipeline (HF `DINOv3ViTImageProcessorFast`, transformers 4.56): rescale to
+//! The DINOv3 pixel pipeline (HF `DINOv3ViTImageProcessorFast`, transformers 4.56; docs/method.md §12): rescale to
 //! [0, 1] in f32, resize with torchvision's antialiased bilinear filter on the float image, then
 //! normalise with ImageNet's mean and standard deviation. No crop.
 //!
