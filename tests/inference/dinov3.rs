@@ -114,3 +114,57 @@ fn dinov3_pixels_match_the_reference_processor() {
     assert!(worst <= 1e-5, "max |diff| {worst}");
     eprintln!("DINOv3 pixels: max |diff| {worst:e} over {} crops", images.len());
 }
+
+/// LN-tuning's gradients: the loss `sum(pooler_output * V)` differentiated to every LayerNorm
+/// parameter (the `norm1`, `norm2` and final `norm` that LN-tuning trains), against PyTorch in
+/// float64, eval mode (no random rescaling of the rotary coordinates).
+#[test]
+fn dinov3_layer_norm_gradients_match_pytorch() {
+    use burn::module::Param;
+    use dfdet::model::params::Slot;
+    let dir = fixtures().join("tiny-dinov3");
+    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
+    let device = Device::flex().autodiff();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+    let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
+    model
+        .visit_params(&cfg, "", &mut |entry| {
+            let is_norm = entry.name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part));
+            if let (true, Slot::Vector(param)) = (is_norm, entry.slot) {
+                let t = param.val().require_grad();
+                tracked.push((entry.name.to_string(), t.clone()));
+                *param = Param::from_tensor(t);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let want = &read_json("dinov3_outputs.json")["ln_grad"];
+    assert_eq!(tracked.len(), want["grads"].as_object().unwrap().len(), "the LayerNorm parameters");
+
+    let x = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
+    let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let x = Tensor::<4>::from_data(TensorData::new(x.data, shape), &device);
+    let v = rows(&want["v"]);
+    let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [v.len(), v[0].len()]), &device);
+    let loss = (model.forward(x) * v).sum();
+    let value = loss.clone().into_data().try_to_vec::<f32>().unwrap()[0];
+    let want_loss = want["loss"].as_f64().unwrap() as f32;
+    assert!((value - want_loss).abs() <= 1e-4 * want_loss.abs().max(1.0), "loss {value} vs {want_loss}");
+    let grads = loss.backward();
+    let mut worst = (0f64, String::new());
+    for (name, t) in &tracked {
+        let got = t.grad(&grads).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let reference: Vec<f64> = want["grads"][name].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let scale = reference.iter().fold(0f64, |m, r| m.max(r.abs()));
+        let diff = got.iter().zip(&reference).fold(0f64, |m, (g, r)| m.max((f64::from(*g) - r).abs()));
+        let rel = if scale == 0.0 { diff } else { diff / scale };
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+    }
+    // f32 against float64 through two layers: a relative error of a few 1e-6 is expected.
+    assert!(worst.0 <= 1e-4, "largest relative gradient error {:e} at {}", worst.0, worst.1);
+    eprintln!("DINOv3 LayerNorm gradients: largest relative error {:e} ({})", worst.0, worst.1);
+}
