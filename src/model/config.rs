@@ -162,12 +162,36 @@ impl Backbone {
         if let Some(b) = Self::preset(name) {
             return Ok(b);
         }
+        if let Some(family) = non_clip_family(name) {
+            return Err(Error::Invalid(not_yet(name, family)));
+        }
         let dir = Path::new(name);
         if dir.is_dir() {
             return Self::from_dir(dir);
         }
         Err(Error::UnknownBackbone { name: name.to_string(), known: PRESETS.join(", ") })
     }
+}
+
+/// The family of GenD's backbones that are not CLIP (GenD `src/config.py`): DINOv3 through
+/// transformers, the Perception Encoder through timm.
+pub fn non_clip_family(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    if name.starts_with("facebook/dinov3-") {
+        Some("DINOv3")
+    } else if name.starts_with("vit_pe_core_") {
+        Some("Perception Encoder")
+    } else {
+        None
+    }
+}
+
+/// Why a GenD detector on `family` cannot be loaded yet.
+pub fn not_yet(name: &str, family: &str) -> String {
+    format!(
+        "`{name}` is GenD's {family} backbone, and dfdet cannot build a detector on it yet (GenD's CLIP \
+         detectors, e.g. yermandy/GenD_CLIP_L_14, and yermandy/deepfake-detection work)"
+    )
 }
 
 #[cfg(test)]
@@ -180,6 +204,18 @@ mod tests {
         assert_eq!(c.num_positions(), 257);
         assert_eq!(c.head_dim(), 64);
         assert_eq!(EncoderConfig::clip_vit_large_patch14_336().num_positions(), 577);
+    }
+
+    #[test]
+    fn gend_s_other_backbones_are_named() {
+        for (name, family) in [
+            ("facebook/dinov3-vitl16-pretrain-lvd1689m", "DINOv3"),
+            ("vit_pe_core_large_patch14_336", "Perception Encoder"),
+        ] {
+            let err = Backbone::resolve(name).unwrap_err().to_string();
+            assert!(err.contains(family) && err.contains("GenD_CLIP_L_14"), "{err}");
+        }
+        assert_eq!(non_clip_family("openai/clip-vit-large-patch14"), None);
     }
 
     #[test]

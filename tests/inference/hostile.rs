@@ -459,6 +459,17 @@ fn cases() -> Vec<Case> {
             2,
             &["--annotate", "good.png/annotated"],
         ),
+        case(
+            "GenD DINOv3 folder",
+            |d| {
+                let gend = gend_copy(d);
+                let config = r#"{"backbone": "facebook/dinov3-vitl16-pretrain-lvd1689m", "head": "LinearNorm"}"#;
+                std::fs::write(gend.join("config.json"), config).unwrap();
+                args(&["info", gend.to_str().unwrap()])
+            },
+            2,
+            &["config.json", "DINOv3", "GenD_CLIP_L_14"],
+        ),
         // Videos: broken ones named, the rest scored; videos in folders and lists are videos.
         case(
             "mp4 of random bytes",
