@@ -316,21 +316,31 @@ impl Attention {
 
     /// `[b, t, d]` -> `[b, t, d]`, with the rotary tables `[1, 1, n, hd]` of the `n` patches.
     pub fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        self.forward_queries(x.clone(), x, cos, sin)
+    }
+
+    /// Attention of the queries from `xq` (`[b, tq, d]`: every token, or only the leading
+    /// class token, which the rotary embedding leaves unchanged) over the keys and values
+    /// from `x` (`[b, t, d]`): `[b, tq, d]`.
+    fn forward_queries(&self, xq: Tensor<3>, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
         let [b, t, d] = x.dims();
+        let tq = xq.dims()[1];
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
-        let q = rotate(heads(self.q_proj.forward(x.clone())), cos, sin);
-        let k = rotate(heads(self.k_proj.forward(x.clone())), cos, sin);
-        let v = heads(self.v_proj.forward(x));
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, n, h, hd]).swap_dims(1, 2); // [b, h, n, hd]
+        let q = heads(self.q_proj.forward(xq), tq);
+        // Only patches rotate: a query block of the prefix tokens alone passes unchanged.
+        let q = if tq == t { rotate(q, cos, sin) } else { q };
+        let k = rotate(heads(self.k_proj.forward(x.clone()), t), cos, sin);
+        let v = heads(self.v_proj.forward(x), t);
         let scale = (hd as f64).powf(-0.5);
         let ctx = if q.is_tracked() {
-            let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, t, t]
-            fused::softmax_last(scores).matmul(v) // [b, h, t, hd]
+            let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
+            fused::softmax_last(scores).matmul(v) // [b, h, tq, hd]
         } else {
             let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-            attention(q, k, v, None, None, opts) // [b, h, t, hd]
+            attention(q, k, v, None, None, opts) // [b, h, tq, hd]
         };
-        self.o_proj.forward(ctx.swap_dims(1, 2).reshape([b, t, d])) // [b, t, d]
+        self.o_proj.forward(ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }
 }
 
@@ -436,6 +446,17 @@ impl Layer {
         let h = h.clone() + self.attention.forward(norm(&self.norm1, self.eps, h), cos, sin) * scale1;
         h.clone() + self.mlp.forward(norm(&self.norm2, self.eps, h)) * scale2
     }
+    /// The layer's output at the class token only, `[b, t, d]` -> `[b, 1, d]`: what the last
+    /// layer must compute for `pooler_output` (keys and values still come from every token).
+    pub fn forward_class_token(&self, h: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        let [b, _, d] = h.dims();
+        let scale1 = self.layer_scale1.val().reshape([1, 1, d]);
+        let scale2 = self.layer_scale2.val().reshape([1, 1, d]);
+        let x = norm(&self.norm1, self.eps, h.clone()); // [b, t, d]
+        let xq = x.clone().slice([0..b, 0..1, 0..d]); // [b, 1, d]
+        let h = h.slice([0..b, 0..1, 0..d]) + self.attention.forward_queries(xq, x, cos, sin) * scale1;
+        h.clone() + self.mlp.forward(norm(&self.norm2, self.eps, h)) * scale2
+    }
 }
 
 /// `DINOv3ViTModel`: embeddings, layers, final norm.
@@ -510,10 +531,20 @@ impl Dinov3 {
     }
 
     /// `pooler_output`, the class token of the normed last hidden state: `[b, c, h, w]` -> `[b, d]`.
+    /// Only the class token of the last layer is computed (the other tokens' outputs are never used).
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
-        let h = self.last_hidden_state(pixels);
-        let [b, _, d] = h.dims();
-        h.slice([0..b, 0..1, 0..d]).reshape([b, d])
+        let (cos, sin) = self.rope(&pixels);
+        let mut h = self.embeddings.forward(pixels);
+        let Some((last, layers)) = self.layer.split_last() else {
+            let [b, _, d] = h.dims();
+            return norm(&self.norm, self.eps, h.slice([0..b, 0..1, 0..d]).reshape([b, d]));
+        };
+        for layer in layers {
+            h = layer.forward(h, &cos, &sin);
+        }
+        let cls = last.forward_class_token(h, &cos, &sin); // [b, 1, d]
+        let [b, _, d] = cls.dims();
+        norm(&self.norm, self.eps, cls.reshape([b, d])) // [b, d]
     }
 }
 
