@@ -143,25 +143,23 @@ pub fn score_frames(
     Scored { scores, errors, warnings }
 }
 
-/// Scores images already in memory (e.g. face crops of a video), named by their first element,
-/// in batches.
+/// Class probabilities of images already in memory (e.g. the face crops of a video), one row
+/// per image, in batches.
 pub fn score_images(
     detector: &Detector,
     device: &Device,
-    images: &[(String, image::RgbImage)],
+    images: &[&image::RgbImage],
     batch_size: usize,
-) -> Vec<FrameScore> {
+) -> Vec<Vec<f32>> {
     let cfg = &detector.backbone.pixels;
     let [h, w] = cfg.crop_size;
-    let mut scores = Vec::with_capacity(images.len());
+    let mut probs = Vec::with_capacity(images.len());
     for chunk in images.chunks(batch_size.max(1)) {
-        let pixels: Vec<f32> = chunk.par_iter().flat_map_iter(|(_, img)| pixel_values(img, cfg)).collect();
+        let pixels: Vec<f32> = chunk.par_iter().flat_map_iter(|img| pixel_values(img, cfg)).collect();
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), device);
-        for ((name, _), probs) in chunk.iter().zip(detector.probabilities(x)) {
-            scores.push(FrameScore::new(name.clone(), probs));
-        }
+        probs.extend(detector.probabilities(x));
     }
-    scores
+    probs
 }
 
 /// What scoring a test split produced.

@@ -95,10 +95,7 @@ pub struct ServeArgs {
     /// How uploaded videos are turned into face crops (`max_frames` / `stride` per request).
     #[command(flatten)]
     pub video: VideoArgs,
-    /// Find faces in uploaded still images by default (per request: `detect=true|false`).
-    #[arg(long)]
-    pub detect_faces: bool,
-    /// Faces per frame by default (per request: `max_faces=N`).
+    /// Photos and faces per frame, the defaults of requests' `detect` and `max_faces`.
     #[command(flatten)]
     pub faces: FacesArgs,
     /// Minutes annotated media and face crops are kept after their request.
@@ -145,10 +142,6 @@ pub struct PredictArgs {
     /// How video inputs are turned into face crops.
     #[command(flatten)]
     pub video: VideoArgs,
-    /// Find and align the faces of still images as of video frames (for photos), instead of
-    /// scoring each image as an aligned face crop.
-    #[arg(long)]
-    pub detect_faces: bool,
     #[command(flatten)]
     pub faces: FacesArgs,
     /// Draw a box per face coloured by p(fake), its number and the running video score, and
@@ -162,9 +155,13 @@ pub struct PredictArgs {
     pub annotate_all: bool,
 }
 
-/// How many faces of a frame are scored.
+/// Which faces are scored: in photos too, and how many per frame.
 #[derive(Debug, clap::Args)]
 pub struct FacesArgs {
+    /// Find and align the faces of still images as of video frames (for photos), instead of
+    /// scoring each image as an aligned face crop.
+    #[arg(long)]
+    pub detect_faces: bool,
     /// Faces scored per video frame or photo, largest first; a frame scores as its most likely
     /// forged face (1: the largest face only, as the reference).
     #[arg(long, default_value_t = 1, value_name = "N")]

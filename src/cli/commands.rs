@@ -83,12 +83,9 @@ fn face_settings(v: &VideoArgs) -> Result<FaceSettings> {
 pub fn predict(args: PredictArgs) -> Result<Ended> {
     set_threads(args.model.threads)?;
     let ModelArgs { weights, backbone, dtype, .. } = &args.model;
-    let faces = face_settings(&args.video)?;
+    let mut settings = predict_settings(args.batch_size, &args.video, &args.faces)?;
     let device = Device::flex();
     let detector = detector(weights, backbone.as_deref(), *dtype, &device)?;
-    let mut settings = PredictSettings::new(args.batch_size, faces);
-    settings.max_faces = max_faces(&args.faces)?;
-    settings.detect_stills = args.detect_faces;
     settings.annotate = match &args.annotate {
         None => None,
         Some(out) => {
@@ -137,11 +134,15 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     Ok(Ended::Partial)
 }
 
-fn max_faces(args: &FacesArgs) -> Result<usize> {
-    if !(1..=64).contains(&args.max_faces) {
-        anyhow::bail!("--max-faces {}: 1 to 64", args.max_faces);
+/// How `predict` and `serve` score: batch size, faces in videos and photos.
+fn predict_settings(batch_size: usize, video: &VideoArgs, faces: &FacesArgs) -> Result<PredictSettings> {
+    if !(1..=64).contains(&faces.max_faces) {
+        anyhow::bail!("--max-faces {}: 1 to 64", faces.max_faces);
     }
-    Ok(args.max_faces)
+    let mut settings = PredictSettings::new(batch_size, face_settings(video)?);
+    settings.max_faces = faces.max_faces;
+    settings.detect_stills = faces.detect_faces;
+    Ok(settings)
 }
 
 /// `--annotate PATH`: the output file for one image or video input (its extension checked
@@ -452,13 +453,10 @@ pub fn serve(args: ServeArgs) -> Result<Ended> {
     check(args.max_upload_mb >= 1, "--max-upload-mb: at least 1")?;
     check(args.timeout_s >= 1, "--timeout-s: at least 1")?;
     check((1..=1024).contains(&args.batch_size), "--batch-size: 1 to 1024")?;
-    let faces = face_settings(&args.video)?;
+    check((1..=10_000).contains(&args.keep_media_jobs), "--keep-media-jobs: 1 to 10000")?;
+    let settings = predict_settings(args.batch_size, &args.video, &args.faces)?;
     let device = Device::flex();
     let detector = detector(weights, backbone.as_deref(), *dtype, &device)?;
-    let mut settings = PredictSettings::new(args.batch_size, faces);
-    settings.max_faces = max_faces(&args.faces)?;
-    settings.detect_stills = args.detect_faces;
-    check((1..=10_000).contains(&args.keep_media_jobs), "--keep-media-jobs: 1 to 10000")?;
     let server = dfdet::serve::Server {
         detector,
         weights: weights.clone(),

@@ -27,6 +27,14 @@ pub struct FaceSettings {
 }
 
 impl FaceSettings {
+    /// The face detector's name as the options spell it (`retinaface`, `dlib`).
+    pub fn detector_name(&self) -> String {
+        serde_json::to_value(self.backend)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{:?}", self.backend))
+    }
+
     /// Loads the face detector.
     pub fn detector(&self) -> Result<Box<dyn FaceDetector>> {
         load_backend(self.backend, self.models.as_deref())

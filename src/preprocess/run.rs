@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::align::{TemplateKind, align};
 use super::faces::{Face, FaceChooser, FaceDetector};
-use super::video::{Sampling, decode_sampled};
+use super::video::{Sampling, VideoInfo, decode_sampled};
 use crate::{Error, Result};
 
 /// The marker that makes a video folder finished.
@@ -369,6 +369,16 @@ pub struct FrameFaces {
     pub faces: Vec<(Face, RgbImage)>,
 }
 
+/// What [`faces_in_memory`] found in one video.
+pub struct VideoFaces {
+    /// The sampled frames with at least one face.
+    pub frames: Vec<FrameFaces>,
+    /// Frames skipped, with reasons (frame `None`: the whole video).
+    pub skipped: Skipped,
+    /// What the container says about the video; none when it could not be opened.
+    pub info: Option<VideoInfo>,
+}
+
 /// Faces of one video in memory (for `dfdet predict VIDEO`): up to `max_faces` per sampled frame
 /// ([`crop_faces`]), and the skipped frames with reasons.
 pub fn faces_in_memory(
@@ -377,13 +387,15 @@ pub fn faces_in_memory(
     detector: &dyn FaceDetector,
     max_faces: usize,
     config: &CropConfig,
-) -> (Vec<FrameFaces>, Skipped) {
+) -> VideoFaces {
     let mut frames = Vec::new();
     let mut skipped = Vec::new();
-    match decode_sampled(video, sampling, |index, frame| match crop_faces(&frame, detector, max_faces, config) {
-        Ok(faces) => frames.push(FrameFaces { index, faces }),
-        Err(r) => skipped.push((Some(index), r)),
-    }) {
+    let decoded =
+        decode_sampled(video, sampling, |index, frame| match crop_faces(&frame, detector, max_faces, config) {
+            Ok(faces) => frames.push(FrameFaces { index, faces }),
+            Err(r) => skipped.push((Some(index), r)),
+        });
+    let info = match decoded {
         Ok((info, summary)) => {
             if info.frame_count == 0 || summary.decoded == 0 {
                 skipped.push((None, "no decodable frames".into()));
@@ -391,10 +403,14 @@ pub fn faces_in_memory(
             for i in summary.missing.iter().filter(|_| summary.decoded > 0) {
                 skipped.push((Some(*i), "not decoded".into()));
             }
+            Some(info)
         }
-        Err(e) => skipped.push((None, e.reason())),
-    }
-    (frames, skipped)
+        Err(e) => {
+            skipped.push((None, e.reason()));
+            None
+        }
+    };
+    VideoFaces { frames, skipped, info }
 }
 
 #[cfg(test)]

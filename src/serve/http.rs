@@ -227,7 +227,7 @@ async fn model(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
                 "dtype": s.dtype,
                 "kernels": crate::model::fused::products::kernels().name(),
                 "threads": rayon::current_num_threads(),
-                "face_detector": About::new(&s.weights, d, &s.dtype, &s.settings).face_detector,
+                "face_detector": s.settings.faces.detector_name(),
                 "max_faces": s.settings.max_faces,
                 "detect_faces": s.settings.detect_stills,
                 "limits": {"max_upload_bytes": s.limits.max_upload, "workers": s.limits.workers,

@@ -20,7 +20,7 @@ use crate::preprocess::draw;
 use crate::preprocess::encode::VideoWriter;
 use crate::preprocess::pixels::load_rgb;
 use crate::preprocess::run::FrameFaces;
-use crate::preprocess::video::{Sampling, decode_sampled, probe};
+use crate::preprocess::video::{Sampling, decode_sampled};
 use crate::score::FrameScore;
 
 /// Where annotated media go and what they show.
@@ -165,27 +165,18 @@ impl Annotator<'_> {
         }
     }
 
-    /// A video: its sampled frames (or all frames) with the faces of `frames` (scored at the
-    /// frame indices `scored_at`) and the running score; `faceless` are sampled frames without
-    /// a face.
+    /// A video shown at `fps`: its sampled frames (or all frames) with the faces of the
+    /// `sampled` frames (index, and its scores where a face was found, in any order) and the
+    /// running score.
     pub(super) fn video(
         &mut self,
         input: &Path,
+        fps: f64,
         sampling: Sampling,
-        frames: &[FrameScore],
-        scored_at: &[usize],
-        faceless: &[usize],
+        mut sampled: Vec<(usize, Option<&FrameScore>)>,
         out: &mut Predictions,
     ) {
         let path = self.target(input, "mp4");
-        let fps = match probe(input) {
-            Ok(info) => info.fps,
-            Err(e) => return Self::failed(out, input, e.reason()),
-        };
-        // Sampled frames in order, each with its scored frame if it has one.
-        let mut sampled: Vec<(usize, Option<&FrameScore>)> =
-            scored_at.iter().zip(frames).map(|(&i, f)| (i, Some(f))).collect();
-        sampled.extend(faceless.iter().map(|&i| (i, None)));
         sampled.sort_by_key(|(i, _)| *i);
         let mut writer: Option<VideoWriter> = None;
         let mut error: Option<String> = None;

@@ -21,11 +21,11 @@ use crate::data::{InputError, expand_inputs, video_of};
 use crate::model::Detector;
 use crate::preprocess::faces::Face;
 use crate::preprocess::pixels::load_rgb_lenient;
-use crate::preprocess::run::{FrameFaces, crop_faces, faces_in_memory};
+use crate::preprocess::run::{FrameFaces, VideoFaces, crop_faces, faces_in_memory};
 use crate::preprocess::video::Sampling;
 use crate::progress::Observer;
 use crate::score::{
-    FaceScore, FrameScore, Scored, VideoScore, partly_decoded, score_frames, score_images, video_scores,
+    FaceScore, FrameScore, Scored, VideoScore, p_fake_of, partly_decoded, score_frames, score_images, video_scores,
 };
 pub use annotate::{Annotate, Media};
 
@@ -82,10 +82,7 @@ impl About {
                 Sampling::Linspace(n) => format!("linspace:{n}"),
                 Sampling::Stride(k) => format!("stride:{k}"),
             },
-            face_detector: serde_json::to_value(faces.backend)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{:?}", faces.backend)),
+            face_detector: faces.detector_name(),
             max_faces: settings.max_faces,
             detect_faces: settings.detect_stills,
         }
@@ -195,7 +192,7 @@ pub fn predict(
         for video in videos {
             let name = video.display().to_string();
             obs.status(&name);
-            let (found, skipped) =
+            let VideoFaces { frames: found, skipped, info } =
                 faces_in_memory(video, faces.sampling, face_detector.as_ref(), settings.max_faces, &faces.crop);
             // A video that could not be read at all is one error, not two.
             let unreadable = skipped.iter().any(|(frame, _)| frame.is_none());
@@ -208,12 +205,15 @@ pub fn predict(
             }
             // Each frame is named `<video>/<frame:03>`, so that the video is the frames' "folder".
             let mut scored = score_faces(detector, device, &name, false, &found, settings.batch_size);
-            if let Some(a) = annotator.as_mut() {
+            // A video that could not be opened is named above once; there is nothing to draw on.
+            if let (Some(a), Some(info)) = (annotator.as_mut(), info) {
                 a.keep_crops(video, false, &found, &mut scored, &mut out);
-                let scored_at: Vec<usize> = found.iter().map(|f| f.index).collect();
+                // Every sampled frame: those scored, and those without a face.
+                let with_faces = found.iter().map(|f| f.index).zip(scored.iter().map(Some));
+                let faceless = skipped.iter().filter_map(|(f, _)| f.map(|i| (i, None)));
+                let sampled = with_faces.chain(faceless).collect();
                 drop(found);
-                let faceless: Vec<usize> = skipped.iter().filter_map(|(f, _)| *f).collect();
-                a.video(video, faces.sampling, &scored, &scored_at, &faceless, &mut out);
+                a.video(video, info.fps, faces.sampling, sampled, &mut out);
             }
             out.frames.extend(scored);
             obs.advance(1);
@@ -233,30 +233,36 @@ fn score_faces(
     frames: &[FrameFaces],
     batch_size: usize,
 ) -> Vec<FrameScore> {
-    let crops: Vec<(String, image::RgbImage)> =
-        frames.iter().flat_map(|f| f.faces.iter().map(|(_, crop)| (String::new(), crop.clone()))).collect();
-    let mut scores = score_images(detector, device, &crops, batch_size).into_iter();
+    let crops: Vec<&image::RgbImage> = frames.iter().flat_map(|f| f.faces.iter().map(|(_, crop)| crop)).collect();
+    let mut probs = score_images(detector, device, &crops, batch_size).into_iter();
     frames
         .iter()
         .map(|frame| {
             let path = if still { name.to_string() } else { format!("{name}/{:03}", frame.index) };
-            let scored: Vec<(&Face, FrameScore)> =
-                frame.faces.iter().map(|(face, _)| (face, scores.next().expect("one score per crop"))).collect();
+            let scored: Vec<(&Face, Vec<f32>, f32)> = frame
+                .faces
+                .iter()
+                .map(|(face, _)| {
+                    let p = probs.next().expect("one row per crop");
+                    let p_fake = p_fake_of(&p);
+                    (face, p, p_fake)
+                })
+                .collect();
             // The first of the largest p(fake): with one face, that face.
             let best = (0..scored.len())
-                .reduce(|a, b| if scored[b].1.p_fake > scored[a].1.p_fake { b } else { a })
+                .reduce(|a, b| if scored[b].2 > scored[a].2 { b } else { a })
                 .expect("a frame holds at least one face");
             let faces = scored
                 .iter()
-                .map(|(face, s)| FaceScore {
+                .map(|(face, _, p_fake)| FaceScore {
                     bbox: face.bbox,
                     score: face.score,
                     landmarks: face.landmarks,
-                    p_fake: s.p_fake,
+                    p_fake: *p_fake,
                     crop: None,
                 })
                 .collect();
-            FrameScore { path, p_fake: scored[best].1.p_fake, probs: scored[best].1.probs.clone(), faces }
+            FrameScore { path, p_fake: scored[best].2, probs: scored[best].1.clone(), faces }
         })
         .collect()
 }
