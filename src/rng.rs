@@ -16,6 +16,8 @@ pub enum Stream {
     Dropout = 4,
     Init = 5,
     Subset = 6,
+    /// DINOv3's rotary coordinates in training mode.
+    Rope = 7,
 }
 
 impl Rng {

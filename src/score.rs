@@ -16,7 +16,7 @@ use crate::data::sets::Split;
 use crate::eval;
 use crate::eval::report::{Predictions, Report, evaluate_sets, write_report};
 use crate::model::Detector;
-use crate::preprocess::pixels::{load_rgb_lenient, pixel_values};
+use crate::preprocess::pixels::load_rgb_lenient;
 use crate::progress::Observer;
 use crate::{Error, Result};
 
@@ -111,13 +111,13 @@ pub fn score_frames(
     obs: &mut dyn Observer,
 ) -> Scored {
     let cfg = &detector.backbone.pixels;
-    let [h, w] = cfg.crop_size;
+    let [h, w] = cfg.size();
     let mut warnings = Vec::new();
     let mut scores = Vec::with_capacity(frames.len());
     let mut errors = Vec::new();
     for chunk in frames.chunks(batch_size.max(1)) {
         let decoded: Vec<_> =
-            chunk.par_iter().map(|p| load_rgb_lenient(p).map(|(img, w)| (pixel_values(&img, cfg), w))).collect();
+            chunk.par_iter().map(|p| load_rgb_lenient(p).map(|(img, w)| (cfg.values(&img), w))).collect();
         let mut ok_paths = Vec::new();
         let mut pixels = Vec::with_capacity(chunk.len() * 3 * h * w);
         for (path, result) in chunk.iter().zip(decoded) {
@@ -152,10 +152,10 @@ pub fn score_images(
     batch_size: usize,
 ) -> Vec<Vec<f32>> {
     let cfg = &detector.backbone.pixels;
-    let [h, w] = cfg.crop_size;
+    let [h, w] = cfg.size();
     let mut probs = Vec::with_capacity(images.len());
     for chunk in images.chunks(batch_size.max(1)) {
-        let pixels: Vec<f32> = chunk.par_iter().flat_map_iter(|img| pixel_values(img, cfg)).collect();
+        let pixels: Vec<f32> = chunk.par_iter().flat_map_iter(|img| cfg.values(img)).collect();
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), device);
         probs.extend(detector.probabilities(x));
     }

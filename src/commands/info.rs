@@ -45,13 +45,14 @@ pub fn describe(detector: &Detector, path: &Path) -> String {
     line(
         "encoder",
         format!(
-            "hidden {}, {} layers, {} heads, MLP {}, patch {}, image {}",
-            enc.hidden_size,
-            enc.num_hidden_layers,
-            enc.num_attention_heads,
-            enc.intermediate_size,
-            enc.patch_size,
-            enc.image_size
+            "{}, hidden {}, {} layers, {} heads, MLP {}, patch {}, image {}",
+            enc.family(),
+            enc.hidden_size(),
+            enc.num_layers(),
+            enc.num_heads(),
+            enc.intermediate_size(),
+            enc.patch_size(),
+            detector.backbone.pixels.size()[0]
         ),
     );
     line("head", format!("{:?}, {} classes", spec.head, spec.num_classes));

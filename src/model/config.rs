@@ -7,7 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::preprocess::pixels::{CLIP_MEAN, CLIP_STD, PixelConfig};
+use super::dinov3::Dinov3Config;
+pub use crate::preprocess::antialias::Dinov3Pixels;
+pub use crate::preprocess::pixels::{CLIP_MEAN, CLIP_STD, PixelConfig, Pixels};
 use crate::{Error, Result};
 
 /// The CLIP vision transformer's shape (HF `CLIPVisionConfig` field names and defaults).
@@ -117,44 +119,154 @@ impl EncoderConfig {
     }
 }
 
+/// The encoder of a backbone: its family and shape. Serialised with a `family` tag
+/// (`"clip"`, `"dinov3"`); a dfdet.json written before there was more than one family has
+/// none, and reads as CLIP.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Architecture {
+    Clip(EncoderConfig),
+    Dinov3(Dinov3Config),
+}
+
+impl<'de> Deserialize<'de> for Architecture {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "family", rename_all = "snake_case")]
+        enum Tagged {
+            Clip(EncoderConfig),
+            Dinov3(Dinov3Config),
+        }
+        let mut value = serde_json::Value::deserialize(d)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.entry("family").or_insert_with(|| "clip".into());
+        }
+        Ok(match serde_json::from_value(value).map_err(serde::de::Error::custom)? {
+            Tagged::Clip(c) => Self::Clip(c),
+            Tagged::Dinov3(c) => Self::Dinov3(c),
+        })
+    }
+}
+
+impl Architecture {
+    /// The family's name, as users know it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::Clip(_) => "CLIP",
+            Self::Dinov3(_) => "DINOv3",
+        }
+    }
+    /// Width of the feature the head reads.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Clip(c) => c.hidden_size,
+            Self::Dinov3(c) => c.hidden_size,
+        }
+    }
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Self::Clip(c) => c.num_hidden_layers,
+            Self::Dinov3(c) => c.num_hidden_layers,
+        }
+    }
+    pub fn num_heads(&self) -> usize {
+        match self {
+            Self::Clip(c) => c.num_attention_heads,
+            Self::Dinov3(c) => c.num_attention_heads,
+        }
+    }
+    pub fn intermediate_size(&self) -> usize {
+        match self {
+            Self::Clip(c) => c.intermediate_size,
+            Self::Dinov3(c) => c.intermediate_size,
+        }
+    }
+    pub fn patch_size(&self) -> usize {
+        match self {
+            Self::Clip(c) => c.patch_size,
+            Self::Dinov3(c) => c.patch_size,
+        }
+    }
+    /// Tokens per image of `side` x `side` pixels: the patches and the tokens before them
+    /// (the class token, and DINOv3's registers).
+    pub fn num_tokens(&self, side: usize) -> usize {
+        let grid = side / self.patch_size();
+        grid * grid
+            + match self {
+                Self::Clip(_) => 1,
+                Self::Dinov3(c) => c.prefix_tokens(),
+            }
+    }
+    /// The CLIP config, for what only CLIP has (LoRA, the fused training kernels).
+    pub fn as_clip(&self) -> Option<&EncoderConfig> {
+        match self {
+            Self::Clip(c) => Some(c),
+            _ => None,
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Clip(c) => c.validate(),
+            Self::Dinov3(c) => c.validate(),
+        }
+    }
+}
+
 /// The encoder and pixel settings of a backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Backbone {
     /// The name it was given by (preset, folder or hub id).
     pub name: String,
-    pub encoder: EncoderConfig,
-    pub pixels: PixelConfig,
+    pub encoder: Architecture,
+    pub pixels: Pixels,
 }
 
 /// The presets dfdet knows by name.
-pub const PRESETS: [&str; 4] = [
+pub const PRESETS: [&str; 6] = [
     "openai/clip-vit-base-patch16",
     "openai/clip-vit-base-patch32",
     "openai/clip-vit-large-patch14",
     "openai/clip-vit-large-patch14-336",
+    "facebook/dinov3-vitb16-pretrain-lvd1689m",
+    "facebook/dinov3-vitl16-pretrain-lvd1689m",
 ];
 
 impl Backbone {
     /// A named preset, matched case-insensitively as the reference does (`backbone.lower()`).
     pub fn preset(name: &str) -> Option<Self> {
-        let encoder = match name.to_ascii_lowercase().as_str() {
+        let lower = name.to_ascii_lowercase();
+        if let Some(cfg) = Dinov3Config::preset(&lower) {
+            // GenD's processor: the image resized to 224 x 224.
+            let pixels = Pixels::Dinov3(Dinov3Pixels::new(cfg.image_size));
+            return Some(Self { name: name.to_string(), encoder: Architecture::Dinov3(cfg), pixels });
+        }
+        let encoder = match lower.as_str() {
             "openai/clip-vit-base-patch16" => EncoderConfig::clip_vit_base_patch16(),
             "openai/clip-vit-base-patch32" => EncoderConfig::clip_vit_base_patch32(),
             "openai/clip-vit-large-patch14" => EncoderConfig::clip_vit_large_patch14(),
             "openai/clip-vit-large-patch14-336" => EncoderConfig::clip_vit_large_patch14_336(),
             _ => return None,
         };
-        let pixels = PixelConfig::clip(encoder.image_size);
-        Some(Self { name: name.to_string(), encoder, pixels })
+        let pixels = Pixels::Clip(PixelConfig::clip(encoder.image_size));
+        Some(Self { name: name.to_string(), encoder: Architecture::Clip(encoder), pixels })
     }
 
-    /// A local HF folder with `config.json` and, optionally, `preprocessor_config.json`.
+    /// A local HF folder with `config.json` and, optionally, `preprocessor_config.json`: a
+    /// CLIP model (or its vision tower) or a DINOv3 model (`model_type` `dinov3_vit`).
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let encoder = EncoderConfig::from_hf_config(&dir.join("config.json"))?;
+        let config = dir.join("config.json");
         let pre = dir.join("preprocessor_config.json");
+        let name = dir.display().to_string();
+        if model_type(&config)?.as_deref() == Some("dinov3_vit") {
+            let encoder = Dinov3Config::from_hf_config(&config)?;
+            let pixels =
+                if pre.is_file() { Dinov3Pixels::from_hf_config(&pre)? } else { Dinov3Pixels::new(encoder.image_size) };
+            return Ok(Self { name, encoder: Architecture::Dinov3(encoder), pixels: Pixels::Dinov3(pixels) });
+        }
+        let encoder = EncoderConfig::from_hf_config(&config)?;
         let pixels =
             if pre.is_file() { PixelConfig::from_hf_config(&pre)? } else { PixelConfig::clip(encoder.image_size) };
-        Ok(Self { name: dir.display().to_string(), encoder, pixels })
+        Ok(Self { name, encoder: Architecture::Clip(encoder), pixels: Pixels::Clip(pixels) })
     }
 
     /// A preset name or a local folder.
@@ -162,7 +274,7 @@ impl Backbone {
         if let Some(b) = Self::preset(name) {
             return Ok(b);
         }
-        if let Some(family) = non_clip_family(name) {
+        if let Some(family) = unsupported_family(name) {
             return Err(Error::Invalid(not_yet(name, family)));
         }
         let dir = Path::new(name);
@@ -173,24 +285,25 @@ impl Backbone {
     }
 }
 
-/// The family of GenD's backbones that are not CLIP (GenD `src/config.py`): DINOv3 through
-/// transformers, the Perception Encoder through timm.
-pub fn non_clip_family(name: &str) -> Option<&'static str> {
-    let name = name.to_ascii_lowercase();
-    if name.starts_with("facebook/dinov3-") {
-        Some("DINOv3")
-    } else if name.starts_with("vit_pe_core_") {
-        Some("Perception Encoder")
-    } else {
-        None
-    }
+/// `model_type` of a HF `config.json`, if it names one.
+fn model_type(path: &Path) -> Result<Option<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+    Ok(value.get("model_type").and_then(|v| v.as_str()).map(str::to_string))
+}
+
+/// The family of a GenD backbone dfdet cannot build yet (GenD `src/config.py`): the
+/// Perception Encoder, through timm.
+pub fn unsupported_family(name: &str) -> Option<&'static str> {
+    name.to_ascii_lowercase().starts_with("vit_pe_core_").then_some("Perception Encoder")
 }
 
 /// Why a GenD detector on `family` cannot be loaded yet.
 pub fn not_yet(name: &str, family: &str) -> String {
     format!(
         "`{name}` is GenD's {family} backbone, and dfdet cannot build a detector on it yet (GenD's CLIP \
-         detectors, e.g. yermandy/GenD_CLIP_L_14, and yermandy/deepfake-detection work)"
+         and DINOv3 detectors, e.g. yermandy/GenD_CLIP_L_14 and yermandy/GenD_DINOv3_L, work)"
     )
 }
 
@@ -207,15 +320,33 @@ mod tests {
     }
 
     #[test]
-    fn gend_s_other_backbones_are_named() {
-        for (name, family) in [
-            ("facebook/dinov3-vitl16-pretrain-lvd1689m", "DINOv3"),
-            ("vit_pe_core_large_patch14_336", "Perception Encoder"),
-        ] {
-            let err = Backbone::resolve(name).unwrap_err().to_string();
-            assert!(err.contains(family) && err.contains("GenD_CLIP_L_14"), "{err}");
+    fn gend_s_perception_encoder_is_named() {
+        let err = Backbone::resolve("vit_pe_core_large_patch14_336").unwrap_err().to_string();
+        assert!(err.contains("Perception Encoder") && err.contains("GenD_DINOv3_L"), "{err}");
+        assert_eq!(unsupported_family("openai/clip-vit-large-patch14"), None);
+    }
+
+    #[test]
+    fn dinov3_presets_resolve() {
+        let b = Backbone::resolve("facebook/dinov3-vitl16-pretrain-lvd1689m").unwrap();
+        assert_eq!((b.encoder.family(), b.encoder.hidden_size(), b.encoder.num_layers()), ("DINOv3", 1024, 24));
+        assert_eq!(b.pixels.size(), [224, 224]);
+        assert!(b.encoder.embedding_shapes().iter().all(|(n, _)| n.starts_with("backbone.embeddings.")));
+        assert_eq!(b.encoder.layer_index("backbone.layer.23.norm1.weight"), Some(23));
+    }
+
+    #[test]
+    fn architecture_round_trips_and_reads_untagged_clip() {
+        for name in ["openai/clip-vit-base-patch16", "facebook/dinov3-vitb16-pretrain-lvd1689m"] {
+            let b = Backbone::preset(name).unwrap();
+            let json = serde_json::to_value(&b).unwrap();
+            assert_eq!(serde_json::from_value::<Backbone>(json).unwrap(), b);
         }
-        assert_eq!(non_clip_family("openai/clip-vit-large-patch14"), None);
+        // A dfdet.json written when CLIP was the only family: no tag.
+        let mut old = serde_json::to_value(Backbone::preset("openai/clip-vit-base-patch16").unwrap()).unwrap();
+        old["encoder"].as_object_mut().unwrap().remove("family");
+        let read: Backbone = serde_json::from_value(old).unwrap();
+        assert_eq!(read.encoder.as_clip().unwrap().patch_size, 16);
     }
 
     #[test]

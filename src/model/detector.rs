@@ -5,18 +5,18 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use super::checkpoint::Checkpoint;
-use super::clip::VisionTransformer;
 use super::config::Backbone;
+use super::encoder::Encoder;
 use super::head::{Head, HeadOutput};
 use super::lora::Lora;
 use super::params::{Entry, Loader, Selection, Visit};
 use super::spec::{ModelSpec, Tuning};
 use crate::Result;
 
-/// A CLIP vision encoder and a linear head, ready for inference.
+/// An encoder (CLIP or DINOv3) and a linear head, ready for inference.
 #[derive(Debug)]
 pub struct Detector {
-    pub encoder: VisionTransformer,
+    pub encoder: Encoder,
     pub head: Head,
     pub spec: ModelSpec,
     pub backbone: Backbone,
@@ -29,8 +29,8 @@ impl Detector {
     pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, dtype: FloatDType) -> Result<Self> {
         let Checkpoint { spec, backbone, mut tensors, .. } = ckpt;
         let ld = Loader { device: device.clone(), dtype };
-        let encoder = VisionTransformer::load(&ld, &mut tensors, &backbone.encoder)?;
-        let head = Head::load(&ld, &mut tensors, spec.head, backbone.encoder.hidden_size, spec.num_classes)?;
+        let encoder = Encoder::load(&ld, &mut tensors, &backbone.encoder)?;
+        let head = Head::load(&ld, &mut tensors, spec.head, backbone.encoder.hidden_size(), spec.num_classes)?;
         tensors.finish()?;
         Ok(Self { encoder, head, spec, backbone, dtype })
     }
@@ -64,9 +64,9 @@ impl Detector {
     /// Calls `visit` on every parameter of encoder and head in checkpoint order: its HF name,
     /// PyTorch shape and slot (see [`super::params`]).
     pub fn visit_params(&mut self, visit: &mut Visit<'_>) -> Result<()> {
-        let cfg = &self.backbone.encoder;
-        self.encoder.visit_params(cfg, visit)?;
-        self.head.visit_params(cfg.hidden_size, self.spec.num_classes, visit)
+        let arch = &self.backbone.encoder;
+        self.encoder.visit_params(arch, visit)?;
+        self.head.visit_params(arch.hidden_size(), self.spec.num_classes, visit)
     }
 
     /// [`Self::visit_params`] with a visitor that cannot fail.
@@ -92,12 +92,12 @@ fn num_trainable(backbone: &Backbone, spec: &ModelSpec) -> usize {
 /// Every parameter of a detector of `spec` on `backbone` while it trains, with its checkpoint
 /// shape: LoRA adapters included, on the projections the tuning targets.
 fn training_shapes(backbone: &Backbone, spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
-    let cfg = &backbone.encoder;
+    let arch = &backbone.encoder;
     let device = Device::flex();
-    let mut encoder = VisionTransformer::skeleton(cfg, &device);
-    if let Tuning::Lora { rank, alpha, target_modules, .. } = &spec.tuning {
-        let d = cfg.hidden_size;
-        encoder.add_adapters(target_modules, || Lora {
+    let mut encoder = Encoder::skeleton(arch, &device);
+    if let (Tuning::Lora { rank, alpha, target_modules, .. }, Some(clip)) = (&spec.tuning, encoder.as_clip_mut()) {
+        let d = arch.hidden_size();
+        clip.add_adapters(target_modules, || Lora {
             lora_a: Param::from_tensor(Tensor::zeros([d, *rank], &device)),
             lora_b: Param::from_tensor(Tensor::zeros([*rank, d], &device)),
             scaling: alpha / *rank as f64,
@@ -110,8 +110,8 @@ fn training_shapes(backbone: &Backbone, spec: &ModelSpec) -> Vec<(String, Vec<us
         out.push((entry.name.to_string(), entry.shape.to_vec()));
         Ok(())
     };
-    encoder.visit_params(cfg, &mut record).expect("recording names cannot fail");
-    head.visit_params(cfg.hidden_size, spec.num_classes, &mut record).expect("recording names cannot fail");
+    encoder.visit_params(arch, &mut record).expect("recording names cannot fail");
+    head.visit_params(arch.hidden_size(), spec.num_classes, &mut record).expect("recording names cannot fail");
     out
 }
 
@@ -133,8 +133,7 @@ mod tests {
             precision: None,
             run_name: None,
         };
-        let all: usize =
-            super::super::clip::tensor_shapes(&backbone.encoder).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let all: usize = backbone.encoder.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         let lora = Tuning::Lora {
             rank: 4,
             alpha: 8.0,
@@ -151,5 +150,21 @@ mod tests {
         ] {
             assert_eq!(num_trainable(&backbone, &spec(tuning.clone())), expected, "{tuning:?}");
         }
+    }
+
+    #[test]
+    fn dinov3_ln_tuning_trains_every_norm() {
+        let backbone = Backbone::preset("facebook/dinov3-vitb16-pretrain-lvd1689m").unwrap();
+        let spec = ModelSpec {
+            backbone: backbone.name.clone(),
+            head: HeadKind::LinearNorm,
+            num_classes: 2,
+            tuning: Tuning::LnTuning,
+            precision: None,
+            run_name: None,
+        };
+        // GenD's `unfreeze_layers` ["norm1", "norm2", "norm"]: two per layer and the final one.
+        let (d, layers) = (768, 12);
+        assert_eq!(num_trainable(&backbone, &spec), (2 * layers + 1) * 2 * d + 2 * d + 2);
     }
 }

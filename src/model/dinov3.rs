@@ -41,7 +41,17 @@ pub struct Dinov3Config {
     pub mlp_bias: bool,
     pub use_gated_mlp: bool,
     pub num_register_tokens: usize,
+    /// Training only: the patch coordinates are shifted by `U(-shift, shift)` per axis...
+    pub pos_embed_shift: Option<f64>,
+    /// ... multiplied by a log-uniform factor in `[1/jitter, jitter]` per axis ...
+    pub pos_embed_jitter: Option<f64>,
+    /// ... and by one log-uniform factor in `[1/rescale, rescale]`, drawn anew each forward.
+    pub pos_embed_rescale: Option<f64>,
 }
+
+/// Where a detector's DINOv3 tensors sit in GenD's checkpoints
+/// (`feature_extractor.backbone.*`, `feature_extractor.` dropped as for CLIP).
+pub const ROOT: &str = "backbone";
 
 /// The MLP's activation (HF `hidden_act`; DINOv3 uses these two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +84,9 @@ impl Default for Dinov3Config {
             mlp_bias: true,
             use_gated_mlp: false,
             num_register_tokens: 0,
+            pos_embed_shift: None,
+            pos_embed_jitter: None,
+            pos_embed_rescale: Some(2.0),
         }
     }
 }
@@ -157,7 +170,7 @@ impl Dinov3Config {
 /// patches: patch centres in [-1, 1] (row-major, `y` then `x`), angles `2π · coord · f` for
 /// the `head_dim / 4` frequencies `f_k = θ^(-4k / head_dim)`, laid out `[y·f, x·f, y·f, x·f]`.
 /// Computed in f32 as the reference computes them (it turns autocast off for this).
-pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64, coords: &Coords) -> (Vec<f32>, Vec<f32>) {
     let quarter = head_dim / 4;
     // torch: 1 / base ** arange(0, 1, 4 / head_dim), all in f32.
     let step = 4.0f32 / head_dim as f32;
@@ -167,7 +180,7 @@ pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64) -> (Vec<f3
     let (mut cos, mut sin) = (Vec::with_capacity(gh * gw * head_dim), Vec::with_capacity(gh * gw * head_dim));
     for i in 0..gh {
         for j in 0..gw {
-            let (y, x) = (centre(i, gh), centre(j, gw));
+            let (y, x) = coords.apply(centre(i, gh), centre(j, gw));
             let half: Vec<f32> = [y, x].iter().flat_map(|&c| freqs.iter().map(move |&f| two_pi * c * f)).collect();
             for _ in 0..2 {
                 cos.extend(half.iter().map(|a| a.cos()));
@@ -176,6 +189,45 @@ pub fn rope_tables(gh: usize, gw: usize, head_dim: usize, theta: f64) -> (Vec<f3
         }
     }
     (cos, sin)
+}
+
+/// How the patch coordinates are moved before the rotary angles are taken: the identity in
+/// eval mode; in training mode, drawn per forward pass from the config's
+/// `pos_embed_{shift,jitter,rescale}` (`augment_patches_coords` in transformers):
+/// `(c + shift) · jitter · rescale`, per axis `(y, x)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coords {
+    pub shift: [f32; 2],
+    pub jitter: [f32; 2],
+    pub rescale: f32,
+}
+
+impl Coords {
+    /// Eval mode: the coordinates as they are.
+    pub const IDENTITY: Self = Self { shift: [0.0; 2], jitter: [1.0; 2], rescale: 1.0 };
+
+    /// A training forward pass's draw, `uniform` giving numbers in `[0, 1)`.
+    pub fn draw(cfg: &Dinov3Config, mut uniform: impl FnMut() -> f64) -> Self {
+        let mut c = Self::IDENTITY;
+        let mut between = |lo: f64, hi: f64| lo + (hi - lo) * uniform();
+        if let Some(shift) = cfg.pos_embed_shift {
+            c.shift = [between(-shift, shift) as f32, between(-shift, shift) as f32];
+        }
+        if let Some(jitter) = cfg.pos_embed_jitter {
+            let r = jitter.ln();
+            c.jitter = [between(-r, r).exp() as f32, between(-r, r).exp() as f32];
+        }
+        if let Some(rescale) = cfg.pos_embed_rescale {
+            let r = rescale.ln();
+            c.rescale = between(-r, r).exp() as f32;
+        }
+        c
+    }
+
+    fn apply(&self, y: f32, x: f32) -> (f32, f32) {
+        let f = |v: f32, k: usize| (v + self.shift[k]) * self.jitter[k] * self.rescale;
+        (f(y, 0), f(x, 1))
+    }
 }
 
 /// `DINOv3ViTEmbeddings`: patch convolution (with bias), class token, register tokens.
@@ -471,12 +523,16 @@ pub struct Dinov3 {
     rope_theta: f64,
     #[module(skip)]
     patch_size: usize,
+    /// The rotary coordinates' transform for the next forward pass ([`Coords::IDENTITY`]
+    /// except while training).
+    #[module(skip)]
+    pub coords: Coords,
     eps: f64,
 }
 
 impl Dinov3 {
-    /// Takes the model's tensors out of `map` (HF `DINOv3ViTModel` names under `prefix`, e.g.
-    /// `""` for a hub folder), checking every shape.
+    /// Takes the model's tensors out of `map` (HF `DINOv3ViTModel` names under `prefix`: `""`
+    /// for a hub folder, [`ROOT`] in a detector), checking every shape.
     pub fn load(ld: &Loader, map: &mut TensorMap, cfg: &Dinov3Config, prefix: &str) -> Result<Self> {
         cfg.validate()?;
         let mut model = Self::skeleton(cfg, &ld.device);
@@ -484,7 +540,7 @@ impl Dinov3 {
         Ok(model)
     }
 
-    fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
+    pub(crate) fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
         Self {
             embeddings: Embeddings::skeleton(cfg, device),
             layer: (0..cfg.num_hidden_layers).map(|_| Layer::skeleton(cfg, device)).collect(),
@@ -492,6 +548,7 @@ impl Dinov3 {
             head_dim: cfg.head_dim(),
             rope_theta: cfg.rope_theta,
             patch_size: cfg.patch_size,
+            coords: Coords::IDENTITY,
             eps: cfg.layer_norm_eps,
         }
     }
@@ -511,7 +568,7 @@ impl Dinov3 {
     fn rope(&self, pixels: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [_, _, h, w] = pixels.dims();
         let (gh, gw) = (h / self.patch_size, w / self.patch_size);
-        let (cos, sin) = rope_tables(gh, gw, self.head_dim, self.rope_theta);
+        let (cos, sin) = rope_tables(gh, gw, self.head_dim, self.rope_theta, &self.coords);
         let device = pixels.device();
         let table = |v: Vec<f32>| {
             let t = Tensor::<4>::from_data(TensorData::new(v, [1, 1, gh * gw, self.head_dim]), &device);
@@ -548,18 +605,24 @@ impl Dinov3 {
     }
 }
 
-/// Every tensor the model loads (names with no prefix), with its PyTorch shape, in checkpoint
+/// Every tensor the model loads, named under `prefix`, with its PyTorch shape, in checkpoint
 /// order.
-pub fn tensor_shapes(cfg: &Dinov3Config) -> Vec<(String, Vec<usize>)> {
+pub fn tensor_shapes(cfg: &Dinov3Config, prefix: &str) -> Vec<(String, Vec<usize>)> {
     let mut model = Dinov3::skeleton(cfg, &Device::flex());
     let mut out = Vec::new();
     model
-        .visit_params(cfg, "", &mut |entry| {
+        .visit_params(cfg, prefix, &mut |entry| {
             out.push((entry.name.to_string(), entry.shape.to_vec()));
             Ok(())
         })
         .expect("recording names cannot fail");
     out
+}
+
+/// The layer a detector's tensor name belongs to (`backbone.layer.{i}.*`).
+pub fn layer_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix(ROOT)?.strip_prefix(".layer.")?;
+    rest.split('.').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -569,11 +632,11 @@ mod tests {
     #[test]
     fn rope_tables_follow_the_reference_layout() {
         // One patch: its centre is (0, 0), so every angle is 0.
-        let (cos, sin) = rope_tables(1, 1, 8, 100.0);
+        let (cos, sin) = rope_tables(1, 1, 8, 100.0, &Coords::IDENTITY);
         assert!(cos.iter().all(|&c| c == 1.0) && sin.iter().all(|&s| s == 0.0));
         // 2 x 2 patches, head width 8: frequencies 1 and 100^-0.5 = 0.1; the first patch is at
         // (y, x) = (-0.5, -0.5), laid out [y f0, y f1, x f0, x f1] twice.
-        let (cos, sin) = rope_tables(2, 2, 8, 100.0);
+        let (cos, sin) = rope_tables(2, 2, 8, 100.0, &Coords::IDENTITY);
         let a = |c: f32, f: f32| 2.0 * std::f32::consts::PI * c * f;
         let want = [a(-0.5, 1.0), a(-0.5, 0.1), a(-0.5, 1.0), a(-0.5, 0.1)];
         for (k, angle) in want.iter().chain(&want).enumerate() {
@@ -587,7 +650,7 @@ mod tests {
     #[test]
     fn tensor_shapes_follow_the_reference_names() {
         let cfg = Dinov3Config { num_hidden_layers: 1, ..Dinov3Config::vitl16() };
-        let shapes = tensor_shapes(&cfg);
+        let shapes = tensor_shapes(&cfg, "");
         assert_eq!(shapes[0], ("embeddings.cls_token".into(), vec![1, 1, 1024]));
         assert_eq!(shapes[2], ("embeddings.register_tokens".into(), vec![1, 4, 1024]));
         assert_eq!(shapes[3], ("embeddings.patch_embeddings.weight".into(), vec![1024, 3, 16, 16]));
@@ -597,6 +660,32 @@ mod tests {
         // 5 embedding tensors, 17 per layer (2 norms x 2, q/v/o with bias, k without, 2 scales,
         // up/down with bias), 2 for the final norm.
         assert_eq!(shapes.len(), 5 + 17 + 2);
+        let named = tensor_shapes(&cfg, ROOT);
+        assert_eq!(named[3].0, "backbone.embeddings.patch_embeddings.weight");
+        assert_eq!(layer_index("backbone.layer.0.mlp.up_proj.bias"), Some(0));
+        assert_eq!(layer_index("backbone.norm.weight"), None);
+    }
+
+    #[test]
+    fn training_coordinates_follow_the_reference_transform() {
+        // The default config rescales only: one factor for both axes, in [1/2, 2].
+        let cfg = Dinov3Config::default();
+        let mut draws = [0.0, 1.0].into_iter();
+        let low = Coords::draw(&cfg, || draws.next().unwrap());
+        assert_eq!((low.shift, low.jitter), ([0.0; 2], [1.0; 2]));
+        assert!((low.rescale - 0.5).abs() < 1e-6, "{low:?}");
+        assert!((Coords::draw(&cfg, || 1.0).rescale - 2.0).abs() < 1e-6);
+        // Shift, then jitter, then rescale.
+        let all = Dinov3Config { pos_embed_shift: Some(0.5), pos_embed_jitter: Some(2.0), ..cfg };
+        let c = Coords::draw(&all, || 1.0);
+        let (y, x) = c.apply(0.25, -0.25);
+        assert!((y - (0.25 + 0.5) * 2.0 * 2.0).abs() < 1e-5 && (x - (-0.25 + 0.5) * 4.0).abs() < 1e-5);
+        // The tables move with the coordinates: one patch at the centre, rescaled, stays at 0.
+        let (_, sin) = rope_tables(1, 1, 8, 100.0, &low);
+        assert!(sin.iter().all(|&s| s == 0.0));
+        let (_, sin) = rope_tables(2, 2, 8, 100.0, &c);
+        let (_, plain) = rope_tables(2, 2, 8, 100.0, &Coords::IDENTITY);
+        assert_ne!(sin, plain);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The detector: CLIP vision encoder + linear head ([`spec`] describes it), and the checkpoint
+//! The detector: a CLIP or DINOv3 vision encoder + linear head ([`spec`] describes it), and the checkpoint
 //! formats it loads from ([`checkpoint`]).
 
 pub mod checkpoint;
@@ -7,11 +7,13 @@ pub mod config;
 pub mod detector;
 pub mod dinov3;
 pub mod dtype;
+pub mod encoder;
 pub mod fused;
 pub mod head;
 pub mod hub;
 pub mod lora;
 pub mod params;
+pub mod pe;
 pub mod spec;
 pub mod tensors;
 

@@ -34,6 +34,33 @@ pub struct PixelConfig {
     pub rescale_factor: f32,
 }
 
+/// The pixel pipeline of a backbone: CLIP's processor, or DINOv3's (a whole-image
+/// antialiased resize, [`crate::preprocess::antialias`]). Serialised untagged: the two have
+/// different fields, and a dfdet.json written before DINOv3 holds a bare CLIP one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Pixels {
+    Clip(PixelConfig),
+    Dinov3(crate::preprocess::antialias::Dinov3Pixels),
+}
+
+impl Pixels {
+    /// `pixel_values` of one image: `[3, h, w]` f32, channel-major.
+    pub fn values(&self, img: &RgbImage) -> Vec<f32> {
+        match self {
+            Self::Clip(cfg) => pixel_values(img, cfg),
+            Self::Dinov3(cfg) => cfg.pixel_values(img),
+        }
+    }
+    /// The encoder's input `[height, width]`.
+    pub fn size(&self) -> [usize; 2] {
+        match self {
+            Self::Clip(cfg) => cfg.crop_size,
+            Self::Dinov3(cfg) => cfg.size,
+        }
+    }
+}
+
 /// OpenAI CLIP's normalisation constants.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP's normalisation constants.
@@ -497,9 +524,106 @@ pub fn pixel_values(img: &RgbImage, cfg: &PixelConfig) -> Vec<f32> {
     out
 }
 
+/// timm's eval transform (`timm.data.create_transform(**data_config, is_training=False)`,
+/// timm 1.0 / torchvision 0.23) for a square `input_size` and `crop_mode` "center", as GenD
+/// builds it for its timm backbones (the Perception Encoder, [`crate::model::pe`]):
+/// `Resize(floor(input_size / crop_pct))` on the shortest edge with Pillow's bicubic,
+/// `CenterCrop(input_size)`, `ToTensor` (`x / 255` in f32), `Normalize(mean, std)`.
+///
+/// The resize is the one [`resize_and_crop`] runs for CLIP (the same Pillow call and output
+/// size); the crop is not: torchvision starts it at `int(round((orig - crop) / 2))`, Python
+/// rounding half to even, where HF's CLIP processor takes `(orig - crop) // 2` (they differ
+/// when `orig - crop` is 3 mod 4), and pads by `(crop - orig) // 2` before (HF: rounded up).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimmPixels {
+    /// The crop's side (GenD sets `input_size` to (3, 224, 224)).
+    pub input_size: usize,
+    /// The resize's shortest edge is `floor(input_size / crop_pct)`.
+    pub crop_pct: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl TimmPixels {
+    /// The Perception Encoder's data config (timm `_pe_cfg`: crop_pct 1, bicubic, mean and
+    /// std 0.5) at `size` pixels.
+    pub fn pe(size: usize) -> Self {
+        Self { input_size: size, crop_pct: 1.0, mean: [0.5; 3], std: [0.5; 3] }
+    }
+
+    /// The side the shortest edge is resized to.
+    pub fn scale_size(&self) -> usize {
+        (self.input_size as f64 / self.crop_pct).floor() as usize
+    }
+
+    /// `pixel_values` of one image: `[3, input_size, input_size]` f32, channel-major.
+    pub fn pixel_values(&self, img: &RgbImage) -> Vec<f32> {
+        let (w, h) = resize_output_size(img.width(), img.height(), self.scale_size());
+        let resized = resize_bicubic(img, w, h);
+        let img = center_crop_torchvision(&resized, self.input_size, self.input_size);
+        let plane = img.width() as usize * img.height() as usize;
+        let mut out = vec![0f32; 3 * plane];
+        for c in 0..3 {
+            let (mean, std) = (self.mean[c], self.std[c]);
+            let lut: Vec<f32> = (0..=255u8).map(|v| (f32::from(v) / 255.0 - mean) / std).collect();
+            for (o, p) in out[c * plane..(c + 1) * plane].iter_mut().zip(img.pixels()) {
+                *o = lut[p.0[c] as usize];
+            }
+        }
+        out
+    }
+}
+
+/// torchvision's `center_crop` to `crop_h` x `crop_w` on a Pillow image: where the image is
+/// smaller than the crop it is zero-padded by `(crop - orig) // 2` before; otherwise the crop
+/// starts at `int(round((orig - crop) / 2))` (half to even).
+pub fn center_crop_torchvision(img: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
+    let offset = |orig: i64, crop: i64| -> i64 {
+        if crop > orig {
+            return -((crop - orig) / 2);
+        }
+        let n = orig - crop;
+        let half = n / 2;
+        // n / 2 = half + 0.5 when n is odd: Python's round goes to the even neighbour.
+        if n % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
+    };
+    let (orig_h, orig_w) = (img.height() as i64, img.width() as i64);
+    let (top, left) = (offset(orig_h, crop_h as i64), offset(orig_w, crop_w as i64));
+    let src = img.as_raw();
+    let mut out = RgbImage::new(crop_w as u32, crop_h as u32);
+    for (y, row) in out.chunks_exact_mut(crop_w * 3).enumerate() {
+        let sy = top + y as i64;
+        if !(0..orig_h).contains(&sy) {
+            continue;
+        }
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let sx = left + x as i64;
+            if (0..orig_w).contains(&sx) {
+                let i = (sy * orig_w + sx) as usize * 3;
+                px.copy_from_slice(&src[i..i + 3]);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torchvision_center_crop_rounds_half_to_even() {
+        // A 1-pixel-wide column per x: the crop's first column tells its offset.
+        let img = RgbImage::from_fn(12, 1, |x, _| image::Rgb([x as u8, 0, 0]));
+        // orig - crop = 1, 3, 5, 7: round(0.5) = 0, round(1.5) = 2, round(2.5) = 2, round(3.5) = 4.
+        for (crop, first) in [(11, 0), (9, 2), (7, 2), (5, 4), (12, 0)] {
+            assert_eq!(center_crop_torchvision(&img, 1, crop).get_pixel(0, 0).0[0], first, "crop {crop}");
+        }
+        // A larger crop pads (crop - orig) // 2 zeros before: 3 for 12 -> 19.
+        let padded = center_crop_torchvision(&img, 1, 19);
+        assert_eq!((padded.get_pixel(2, 0).0[0], padded.get_pixel(4, 0).0[0]), (0, 1));
+        assert_eq!(TimmPixels { crop_pct: 0.875, ..TimmPixels::pe(224) }.scale_size(), 256);
+    }
 
     fn gradient(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]))

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 use super::augment::augment;
 use crate::data::InputError;
 use crate::data::sets::Split;
-use crate::model::config::PixelConfig;
-use crate::preprocess::pixels::{load_rgb_lenient, pixel_values};
+use crate::model::config::Pixels;
+use crate::preprocess::pixels::load_rgb_lenient;
 use crate::rng::{Rng, Stream};
 
 /// The order of a split's frames in `epoch` (PyTorch's `shuffle=True`, dfdet's stream).
@@ -38,11 +38,11 @@ pub struct Batch {
 pub fn load_batch(
     split: &Split,
     index: &[usize],
-    pixels: &PixelConfig,
+    pixels: &Pixels,
     augment_with: Option<(u64, usize)>,
     device: &Device,
 ) -> Batch {
-    let [h, w] = pixels.crop_size;
+    let [h, w] = pixels.size();
     let decoded: Vec<_> = index
         .par_iter()
         .map(|&i| {
@@ -54,7 +54,7 @@ pub fn load_batch(
                     }
                     None => img,
                 };
-                (pixel_values(&img, pixels), partly)
+                (pixels.values(&img), partly)
             })
         })
         .collect();

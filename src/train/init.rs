@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::checkpoint::{Checkpoint, HostTensor, TensorMap, random_checkpoint};
-use crate::model::config::{Backbone, PRESETS};
+use crate::model::config::{Architecture, Backbone, PRESETS};
+use crate::model::dinov3;
 use crate::model::hub::Hub;
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::{Error, Result};
@@ -14,11 +15,11 @@ use crate::rng::{Rng, Stream};
 /// Prefix of a backbone name that asks for random weights: `random:<preset>`.
 pub const RANDOM_PREFIX: &str = "random:";
 
-/// A base CLIP: the encoder's `vision_model.*` tensors from `name` (a local HF folder with
+/// A base encoder (CLIP or DINOv3): its tensors from `name` (a local HF folder with
 /// `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through the HF
 /// cache; `random:<preset>` draws random weights of that architecture, for cost estimates), and
 /// a head drawn as PyTorch's `nn.Linear` default (uniform in `±1/√d`, seeded).
-pub fn base_clip(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning, seed: u64) -> Result<Checkpoint> {
+pub fn base_encoder(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning, seed: u64) -> Result<Checkpoint> {
     let dir = Path::new(name);
     let (backbone, weights) = if let Some(preset) = name.strip_prefix(RANDOM_PREFIX) {
         let backbone = Backbone::preset(preset).ok_or_else(|| {
@@ -49,7 +50,7 @@ pub fn base_clip(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning,
         };
         (backbone, Hub::from_env().file(name, "model.safetensors")?)
     };
-    let tensors = vision_tensors(&weights)?;
+    let tensors = encoder_tensors(&weights, &backbone.encoder)?;
     let mut ckpt = head_on(backbone, tensors, head, num_classes, tuning, seed);
     ckpt.path = weights;
     Ok(ckpt)
@@ -64,7 +65,7 @@ fn head_on(
     tuning: Tuning,
     seed: u64,
 ) -> Checkpoint {
-    let d = backbone.encoder.hidden_size;
+    let d = backbone.encoder.hidden_size();
     let mut rng = Rng::derive(seed, Stream::Init, &[0]);
     let bound = 1.0 / (d as f64).sqrt();
     let mut draw = |n: usize| (0..n).map(|_| rng.range(-bound, bound) as f32).collect::<Vec<_>>();
@@ -81,17 +82,22 @@ fn head_on(
     Checkpoint { path: PathBuf::new(), spec, backbone, tensors }
 }
 
-/// The `vision_model.*` tensors of a CLIP `model.safetensors` (f32, f16 or bf16), as f32.
-pub fn vision_tensors(path: &Path) -> Result<TensorMap> {
+/// The encoder tensors of a backbone's `model.safetensors` (f32, f16 or bf16), as f32, under
+/// the names a detector uses: a CLIP model's `vision_model.*` (the text tower left out), or
+/// a DINOv3 model's tensors under `backbone.` (as GenD's checkpoints hold them).
+pub fn encoder_tensors(path: &Path, arch: &Architecture) -> Result<TensorMap> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
     let mut map = TensorMap::new(PathBuf::from(path));
     for (name, view) in st.tensors() {
         let name = name.strip_prefix("feature_extractor.").unwrap_or(&name).to_string();
-        if !name.starts_with("vision_model.") || name.ends_with("position_ids") {
-            continue;
-        }
+        let name = match arch {
+            Architecture::Clip(_) if name.starts_with("vision_model.") && !name.ends_with("position_ids") => name,
+            Architecture::Clip(_) => continue,
+            Architecture::Dinov3(_) if name.starts_with("backbone.") => name,
+            Architecture::Dinov3(_) => format!("{}.{name}", dinov3::ROOT),
+        };
         let data: Vec<f32> = match view.dtype() {
             safetensors::Dtype::F32 => {
                 view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
@@ -107,7 +113,7 @@ pub fn vision_tensors(path: &Path) -> Result<TensorMap> {
         map.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     if map.is_empty() {
-        return Err(Error::format(path, "no `vision_model.*` tensors: not a CLIP checkpoint"));
+        return Err(Error::format(path, format!("no `{}.*` tensors: not a {} checkpoint", arch.root(), arch.family())));
     }
     Ok(map)
 }

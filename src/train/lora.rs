@@ -61,11 +61,18 @@ impl LoraConfig {
 pub fn attach(detector: &mut Detector, config: &LoraConfig, seed: u64) -> Result<()> {
     config.validate()?;
     let device = detector.head.linear.weight.val().device();
-    let d = detector.backbone.encoder.hidden_size;
+    let d = detector.backbone.encoder.hidden_size();
+    let family = detector.backbone.encoder.family();
+    let Some(encoder) = detector.encoder.as_clip_mut() else {
+        return Err(Error::config(
+            "peft.lora",
+            format!("LoRA is implemented for CLIP encoders; this backbone is {family} (use LN-tuning)"),
+        ));
+    };
     let r = config.rank;
     let mut rng = Rng::derive(seed, Stream::Init, &[1]);
     let bound = 1.0 / (d as f64).sqrt();
-    detector.encoder.add_adapters(&config.target_modules, || {
+    encoder.add_adapters(&config.target_modules, || {
         // peft's A weight is [r, in]; drawn row-major there, stored transposed here.
         let a_rows: Vec<f32> = (0..r * d).map(|_| rng.range(-bound, bound) as f32).collect();
         let a = crate::model::tensors::transpose(&a_rows, r, d); // [in, r]
@@ -83,7 +90,8 @@ pub fn attach(detector: &mut Detector, config: &LoraConfig, seed: u64) -> Result
 /// clears them (`p = 0`, or `rng = None` for evaluation).
 pub fn set_dropout(detector: &mut Detector, p: f64, shape: [usize; 3], rng: Option<&mut Rng>, device: &Device) {
     let mut rng = rng;
-    for adapter in detector.encoder.adapters_mut() {
+    let Some(encoder) = detector.encoder.as_clip_mut() else { return };
+    for adapter in encoder.adapters_mut() {
         adapter.dropout_mask = match rng.as_deref_mut() {
             Some(rng) if p > 0.0 => {
                 let n = shape.iter().product();

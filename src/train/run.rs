@@ -12,7 +12,7 @@ use burn::tensor::FloatDType;
 use super::config::TrainConfig;
 use super::data::{FeatureCache, epoch_order, load_batch};
 use super::forward::{Encoded, HeadPass, encode, head_pass};
-use super::init::base_clip;
+use super::init::base_encoder;
 use super::lora;
 use super::loss::LossValues;
 use super::optim::{AdamW, AdamWConfig};
@@ -154,7 +154,7 @@ impl Trainer {
                 c.spec.tuning = config.tuning();
                 c
             }
-            None => base_clip(&config.backbone, config.head, config.num_classes, config.tuning(), config.seed)?,
+            None => base_encoder(&config.backbone, config.head, config.num_classes, config.tuning(), config.seed)?,
         };
         let store = match (&config.feature_cache_dir, config.cache_features) {
             (Some(root), true) => Some(FeatureStore::open(root, &ckpt.backbone, &ckpt.tensors)?),
@@ -396,8 +396,10 @@ impl Trainer {
         let lora = self.config.lora().map(|l| l.dropout);
         let device = self.device.clone();
         let before_forward = |detector: &mut Detector, b: usize| {
-            if let Some(dropout) = lora {
-                let cfg = &detector.backbone.encoder;
+            // Training mode: what the encoder draws per forward pass.
+            let mut rng = Rng::derive(seed, Stream::Rope, &[epoch as u64, mb]);
+            detector.encoder.set_training(&detector.backbone.encoder, Some(&mut || rng.uniform()));
+            if let (Some(dropout), Some(cfg)) = (lora, detector.backbone.encoder.as_clip()) {
                 let mut rng = Rng::derive(seed, Stream::Dropout, &[epoch as u64, mb]);
                 let shape = [b, cfg.num_positions(), cfg.hidden_size];
                 lora::set_dropout(detector, dropout, shape, Some(&mut rng), &device);
@@ -406,6 +408,8 @@ impl Trainer {
         let cache = self.cache.as_ref().map(|(trn, _)| trn);
         let Encoded { index: ok, pooled, errors, warnings } =
             encode(&mut self.detector, &self.trn, &index, cache, augment, &self.device, before_forward);
+        // Back to eval mode for whatever runs next (validation, checkpoints).
+        self.detector.encoder.set_training(&self.detector.backbone.encoder, None);
         // A partly decoded frame is used (as the reference uses it), and said once per run.
         for w in warnings {
             if self.warned.insert(w.path.clone()) {
@@ -441,7 +445,7 @@ impl Trainer {
         let split = if training { &self.trn } else { &self.val };
         let name = if training { "caching trn features" } else { "caching val features" };
         obs.phase(name, split.files.len(), 0);
-        let mut cache = FeatureCache { dim: self.detector.backbone.encoder.hidden_size, rows: Default::default() };
+        let mut cache = FeatureCache { dim: self.detector.backbone.encoder.hidden_size(), rows: Default::default() };
         // Frames the feature store already holds are read from it; the others are encoded in
         // mini-batches and stored.
         let mut index = Vec::new();
@@ -607,7 +611,7 @@ fn score_through_store(
     obs: &mut dyn Observer,
 ) -> Result<(Vec<FrameScore>, Vec<InputError>, Vec<InputError>)> {
     let device = Device::flex();
-    let d = detector.backbone.encoder.hidden_size;
+    let d = detector.backbone.encoder.hidden_size();
     let mut scores = Vec::with_capacity(split.files.len());
     let mut errors = Vec::new();
     let mut warnings = Vec::new();

@@ -51,13 +51,13 @@ impl FeatureStore {
         if !about.exists() {
             let text = serde_json::json!({
                 "backbone": backbone.name,
-                "hidden_size": backbone.encoder.hidden_size,
-                "layers": backbone.encoder.num_hidden_layers,
-                "image_size": backbone.encoder.image_size,
+                "hidden_size": backbone.encoder.hidden_size(),
+                "layers": backbone.encoder.num_layers(),
+                "image_size": backbone.pixels.size()[0],
             });
             write_atomic(&about, format!("{text:#}\n").as_bytes())?;
         }
-        Ok(Self { dir, dim: backbone.encoder.hidden_size })
+        Ok(Self { dir, dim: backbone.encoder.hidden_size() })
     }
 
     /// The feature of `frame` if stored (and whole).
@@ -123,7 +123,7 @@ mod tests {
         let b = backbone();
         let store = FeatureStore::open(tmp.path(), &b, &tensors(0.5)).unwrap();
         assert_eq!(store.get(frame), None);
-        let feature: Vec<f32> = (0..b.encoder.hidden_size).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let feature: Vec<f32> = (0..b.encoder.hidden_size()).map(|i| i as f32 * 0.25 - 3.0).collect();
         store.put(frame, &feature).unwrap();
         assert_eq!(store.get(frame).as_deref(), Some(&feature[..]));
 

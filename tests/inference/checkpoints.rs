@@ -80,10 +80,10 @@ fn ln_tuning_linearnorm_checkpoint() {
     assert_eq!(ckpt.spec.run_name.as_deref(), Some("tiny-ln-linearnorm"));
     // Resolved relative to the checkpoint's folder.
     assert!(ckpt.backbone.name.ends_with("tiny-clip-p14"), "{}", ckpt.backbone.name);
-    assert_eq!(ckpt.backbone.encoder.hidden_size, 32);
-    assert_eq!(ckpt.backbone.encoder.patch_size, 14);
-    assert_eq!(ckpt.backbone.encoder.num_positions(), 257);
-    assert_eq!(ckpt.backbone.pixels.shortest_edge, 224);
+    assert_eq!(ckpt.backbone.encoder.hidden_size(), 32);
+    assert_eq!(ckpt.backbone.encoder.patch_size(), 14);
+    assert_eq!(ckpt.backbone.encoder.as_clip().unwrap().num_positions(), 257);
+    assert_eq!(ckpt.backbone.pixels.size()[0], 224);
 
     // 3 embeddings + pre LN + 2 layers x 12 + post LN + head; every LN once (tuned copy).
     assert_eq!(ckpt.tensors.len(), 3 + 2 + 2 * 16 + 2 + 2);
@@ -111,9 +111,9 @@ fn linear_checkpoint_without_peft() {
     assert_eq!(ckpt.spec.head, HeadKind::Linear);
     assert_eq!(ckpt.spec.tuning, Tuning::LinearProbe);
     assert_eq!(ckpt.spec.backbone, "tiny-clip-p32");
-    assert_eq!(ckpt.backbone.encoder.hidden_size, 48);
-    assert_eq!(ckpt.backbone.encoder.num_hidden_layers, 3);
-    assert_eq!(ckpt.backbone.encoder.num_positions(), 50);
+    assert_eq!(ckpt.backbone.encoder.hidden_size(), 48);
+    assert_eq!(ckpt.backbone.encoder.num_layers(), 3);
+    assert_eq!(ckpt.backbone.encoder.as_clip().unwrap().num_positions(), 50);
     assert_eq!(ckpt.tensors.len(), 3 + 2 + 3 * 16 + 2 + 2);
     assert_eq!(ckpt.tensors.get("model.linear.weight").unwrap().shape, [2, 48]);
 
@@ -161,7 +161,7 @@ fn gend_folder() {
     assert_eq!(ckpt.spec.head, HeadKind::LinearNorm);
     assert_eq!(ckpt.spec.backbone, "tiny-clip-p14");
     assert_eq!(ckpt.spec.num_classes, 2);
-    assert_eq!(ckpt.backbone.encoder.hidden_size, 32);
+    assert_eq!(ckpt.backbone.encoder.hidden_size(), 32);
     // visual_projection is dropped.
     assert!(ckpt.tensors.keys().all(|k| !k.contains("visual_projection")));
     let raw_keys = values()["gend-tiny"]["raw"]["num_keys"].as_u64().unwrap() as usize;
@@ -214,7 +214,7 @@ fn backbone_override() {
     let p14 = fixture("tiny-clip-p14");
     let ckpt = load_checkpoint_with(&fixture("ckpt-ln-linearnorm.ckpt"), Some(&p14), &hub).unwrap();
     assert_eq!(ckpt.spec.backbone, p14);
-    assert_eq!(ckpt.backbone.encoder.patch_size, 14);
+    assert_eq!(ckpt.backbone.encoder.patch_size(), 14);
 
     // The wrong backbone is caught before the encoder is built, naming key and both shapes.
     let err = load_checkpoint_with(&fixture("ckpt-linear.ckpt"), Some(&p14), &hub).unwrap_err().to_string();
@@ -351,7 +351,7 @@ fn hub_ids_resolve_from_the_cache() {
     let ckpt = load_checkpoint_with("tiny-org/GenD_tiny", None, &hub).unwrap();
     assert_eq!(ckpt.spec.backbone, "tiny-org/tiny-clip-p14");
     assert_eq!(ckpt.backbone.name, "tiny-org/tiny-clip-p14");
-    assert_eq!(ckpt.backbone.encoder.hidden_size, 32);
+    assert_eq!(ckpt.backbone.encoder.hidden_size(), 32);
     check_against_script("gend-tiny", &ckpt.tensors, 0.0);
 
     // The Lightning repo's backbone ("tiny-clip-p32", relative) is not in the snapshot: override it.

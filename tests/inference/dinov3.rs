@@ -168,3 +168,50 @@ fn dinov3_layer_norm_gradients_match_pytorch() {
     assert!(worst.0 <= 1e-4, "largest relative gradient error {:e} at {}", worst.0, worst.1);
     eprintln!("DINOv3 LayerNorm gradients: largest relative error {:e} ({})", worst.0, worst.1);
 }
+
+/// A GenD detector on DINOv3, saved by GenD's own class as `yermandy/GenD_DINOv3_L` is
+/// (`config.json` naming the backbone, `feature_extractor.backbone.*` tensors), scored by
+/// `dfdet predict` on all 32 sample crops: GenD's probabilities, through its own pixels.
+#[test]
+fn gend_dinov3_folder_scores_like_gend() {
+    let weights = fixtures().join("gend-dinov3-tiny");
+    let datasets = crate::common::samples().join("datasets");
+    let out = crate::common::dfdet()
+        .args(["predict", "--weights", weights.to_str().unwrap(), "--format", "json", datasets.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = read_json("gend_dinov3_probs.json");
+    let frames = json["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 32);
+    let root = crate::common::samples().display().to_string();
+    let mut worst = 0.0f64;
+    for f in frames {
+        let path = f["path"].as_str().unwrap();
+        let key = path.strip_prefix(&root).unwrap().trim_start_matches('/');
+        let p = want[key][1].as_f64().unwrap_or_else(|| panic!("{key} not in the reference"));
+        worst = worst.max((f["p_fake"].as_f64().unwrap() - p).abs());
+    }
+    assert!(worst <= 1e-4, "max |Δp(fake)| = {worst:e}");
+    eprintln!("GenD DINOv3 detector: max |Δp(fake)| = {worst:.2e} on 32 crops");
+
+    // `info` names the family and counts what LN-tuning trains: 2 norms a layer and the final
+    // one (GenD's `unfreeze_layers` norm1, norm2, norm), plus the head.
+    let out = crate::common::dfdet().args(["info", weights.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("DINOv3, hidden 32, 2 layers"), "{text}");
+    let (d, layers) = (32, 2);
+    let trainable = (2 * layers + 1) * 2 * d + 2 * d + 2;
+    assert!(text.contains(&format!("trainable    {trainable} (")), "{text}");
+}
+
+/// A DINOv3 checkpoint given a CLIP backbone is refused, naming both.
+#[test]
+fn a_dinov3_checkpoint_on_a_clip_backbone_is_refused() {
+    let weights = fixtures().join("gend-dinov3-tiny");
+    let clip = fixtures().join("tiny-clip-p14");
+    let err =
+        dfdet::model::load_checkpoint(weights.to_str().unwrap(), Some(clip.to_str().unwrap())).unwrap_err().to_string();
+    assert!(err.contains("CLIP") && err.contains("backbone.embeddings.cls_token"), "{err}");
+}

@@ -460,7 +460,7 @@ fn cases() -> Vec<Case> {
             &["--annotate", "good.png/annotated"],
         ),
         case(
-            "GenD DINOv3 folder",
+            "GenD folder of CLIP weights naming DINOv3",
             |d| {
                 let gend = gend_copy(d);
                 let config = r#"{"backbone": "facebook/dinov3-vitl16-pretrain-lvd1689m", "head": "LinearNorm"}"#;
@@ -468,7 +468,18 @@ fn cases() -> Vec<Case> {
                 args(&["info", gend.to_str().unwrap()])
             },
             2,
-            &["config.json", "DINOv3", "GenD_CLIP_L_14"],
+            &["model.safetensors", "DINOv3", "backbone.*", "vision_model.embeddings"],
+        ),
+        case(
+            "GenD Perception Encoder folder",
+            |d| {
+                let gend = gend_copy(d);
+                let config = r#"{"backbone": "vit_pe_core_large_patch14_336", "head": "LinearNorm"}"#;
+                std::fs::write(gend.join("config.json"), config).unwrap();
+                args(&["info", gend.to_str().unwrap()])
+            },
+            2,
+            &["config.json", "Perception Encoder", "GenD_DINOv3_L"],
         ),
         // Videos: broken ones named, the rest scored; videos in folders and lists are videos.
         case(

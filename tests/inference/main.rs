@@ -17,5 +17,6 @@ mod dinov3;
 mod hostile;
 mod parity;
 mod parsers;
+mod pe;
 mod pixels;
 mod serve;

@@ -11,7 +11,7 @@ use dfdet::model::clip::VisionTransformer;
 use dfdet::model::config::Backbone;
 use dfdet::model::params::Loader;
 use dfdet::model::{Detector, load_checkpoint};
-use dfdet::preprocess::pixels::{load_rgb, pixel_values};
+use dfdet::preprocess::pixels::load_rgb;
 
 use crate::common::{fixtures, read_json, samples};
 
@@ -32,10 +32,10 @@ fn vision_tensors(dir: &Path) -> TensorMap {
 }
 
 fn batch(paths: &[PathBuf], backbone: &Backbone, device: &Device) -> Tensor<4> {
-    let [h, w] = backbone.pixels.crop_size;
+    let [h, w] = backbone.pixels.size();
     let mut data = Vec::new();
     for p in paths {
-        data.extend(pixel_values(&load_rgb(p).unwrap(), &backbone.pixels));
+        data.extend(backbone.pixels.values(&load_rgb(p).unwrap()));
     }
     Tensor::from_data(TensorData::new(data, [paths.len(), 3, h, w]), device)
 }
@@ -54,7 +54,7 @@ fn encoder_pooler_output_matches_transformers() {
         let backbone = Backbone::from_dir(&dir).unwrap();
         let mut map = vision_tensors(&dir);
         let ld = Loader { device: device.clone(), dtype: FloatDType::F32 };
-        let encoder = VisionTransformer::load(&ld, &mut map, &backbone.encoder).unwrap();
+        let encoder = VisionTransformer::load(&ld, &mut map, backbone.encoder.as_clip().unwrap()).unwrap();
         map.finish().unwrap();
 
         let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[key].clone()).unwrap();
@@ -62,7 +62,7 @@ fn encoder_pooler_output_matches_transformers() {
         let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
         let out: Vec<f32> =
             encoder.forward(batch(&paths, &backbone, &device)).into_data().try_into_vec::<f32>().unwrap();
-        let d = backbone.encoder.hidden_size;
+        let d = backbone.encoder.hidden_size();
         for (i, (name, want)) in cases.iter().enumerate() {
             let diff = max_abs_diff(&out[i * d..(i + 1) * d], want);
             assert!(diff <= 1e-4, "{folder} {name}: max |Δ| = {diff:e}");

@@ -9,8 +9,8 @@ use burn::tensor::FloatDType;
 use dfdet::model::Detector;
 use dfdet::model::checkpoint::HostTensor;
 use dfdet::model::spec::{HeadKind, Tuning};
-use dfdet::preprocess::pixels::{load_rgb, pixel_values};
-use dfdet::train::init::base_clip;
+use dfdet::preprocess::pixels::load_rgb;
+use dfdet::train::init::base_encoder;
 use dfdet::train::lora::{LoraConfig, attach};
 use dfdet::train::loss::{LossConfig, compute};
 use dfdet::train::params::{LN_TARGETS, Selection, Trainable};
@@ -41,7 +41,7 @@ struct Setup {
 fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
     let tiny = tiny_clip();
     let head = HeadKind::from_name(head).unwrap();
-    let mut ckpt = base_clip(tiny.to_str().unwrap(), head, 2, Tuning::LnTuning, 0).unwrap();
+    let mut ckpt = base_encoder(tiny.to_str().unwrap(), head, 2, Tuning::LnTuning, 0).unwrap();
     ckpt.tensors.insert("model.linear.weight".into(), HostTensor::new(vec![2, 32], f32s(&fx["head"]["weight"])));
     ckpt.tensors.insert("model.linear.bias".into(), HostTensor::new(vec![2], f32s(&fx["head"]["bias"])));
     if tuning == "ln" {
@@ -81,12 +81,12 @@ fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
     assert!(trainable.backward_through_frozen_projections());
     detector.encoder.keep_transposed_weights(transposed);
     let samples = samples();
-    let [h, w] = backbone.pixels.crop_size;
+    let [h, w] = backbone.pixels.size();
     let images: Vec<String> =
         fx["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let mut data = Vec::new();
     for p in &images {
-        data.extend(pixel_values(&load_rgb(&samples.join(p)).unwrap(), &backbone.pixels));
+        data.extend(backbone.pixels.values(&load_rgb(&samples.join(p)).unwrap()));
     }
     let pixels = Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), &device);
     let labels = fx["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();

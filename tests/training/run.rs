@@ -7,6 +7,7 @@ use std::time::Instant;
 use dfdet::progress::Silent;
 use dfdet::train::{TrainConfig, train};
 
+use crate::common::fixtures;
 use crate::support::*;
 
 fn config(dir: &std::path::Path, sets: &[&str]) -> TrainConfig {
@@ -92,7 +93,8 @@ fn lora_and_augmentations_train_and_export_merged_weights() {
     // the others do not, and the checkpoint loads as a plain detector.
     let ckpt = dfdet::model::load_checkpoint(out.run_dir.join("checkpoints/last").to_str().unwrap(), None).unwrap();
     assert!(matches!(ckpt.spec.tuning, dfdet::model::Tuning::Lora { rank: 2, .. }));
-    let base = dfdet::train::init::vision_tensors(&tiny_clip().join("model.safetensors")).unwrap();
+    let arch = dfdet::model::config::Backbone::from_dir(&tiny_clip()).unwrap().encoder;
+    let base = dfdet::train::init::encoder_tensors(&tiny_clip().join("model.safetensors"), &arch).unwrap();
     let changed = |key: &str| ckpt.tensors.get(key).unwrap().data != base.get(key).unwrap().data;
     assert!(changed("vision_model.encoder.layers.0.self_attn.q_proj.weight"));
     assert!(changed("vision_model.encoder.layers.1.self_attn.out_proj.weight"));
@@ -101,4 +103,35 @@ fn lora_and_augmentations_train_and_export_merged_weights() {
     assert!(!changed("vision_model.encoder.layers.0.self_attn.q_proj.bias"));
     let names = metrics(&out.run_dir);
     assert!(names.iter().any(|r| r.2 == "val/mAP_video"));
+}
+
+/// LN-tuning on GenD's DINOv3 encoder (the tiny reference-made one): only the LayerNorms
+/// (`norm1`, `norm2`, `norm`) and the head move, the rotary coordinates are rescaled at random
+/// in training mode only, it learns the manipulation, and the run's checkpoint scores as a
+/// detector.
+#[test]
+fn dinov3_ln_tuning_trains_the_norms_and_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    derived_dataset(tmp.path(), None);
+    let backbone = format!("backbone=\"{}\"", fixtures().join("tiny-dinov3").display());
+    let cfg = config(tmp.path(), &[&backbone, "max_epochs=5", "lr=1e-2"]);
+    let out = train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap();
+    let auroc = last_metric(&out.run_dir, "val/auroc_frame").unwrap();
+    assert!(auroc >= 0.95, "AUROC {auroc}");
+
+    let ckpt = dfdet::model::load_checkpoint(out.run_dir.join("checkpoints/last").to_str().unwrap(), None).unwrap();
+    assert_eq!(ckpt.backbone.encoder.family(), "DINOv3");
+    let arch = ckpt.backbone.encoder.clone();
+    let base = dfdet::train::init::encoder_tensors(&fixtures().join("tiny-dinov3/model.safetensors"), &arch).unwrap();
+    let mut moved = Vec::new();
+    for (name, t) in base.tensors() {
+        if ckpt.tensors.get(name).unwrap().data != t.data {
+            moved.push(name.clone());
+        }
+    }
+    let norms = |n: &String| n.contains(".norm1.") || n.contains(".norm2.") || n.starts_with("backbone.norm.");
+    assert!(moved.iter().all(norms), "only LayerNorms train: {moved:?}");
+    assert_eq!(moved.len(), 2 * (2 * 2 + 1), "every norm's weight and bias moved: {moved:?}");
+    let test = out.test.unwrap();
+    assert!(test.report["D"].frame.auroc.unwrap() >= 0.95);
 }

@@ -17,10 +17,7 @@ use crate::cpu::CpuInfo;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
 pub use crate::model::checkpoint::random_checkpoint;
 use crate::model::config::Backbone;
-use crate::model::dinov3::{Dinov3, Dinov3Config, tensor_shapes};
 use crate::model::fused::products::kernels;
-use crate::model::params::Loader;
-use crate::model::tensors::{HostTensor, TensorMap};
 use crate::progress::Observer;
 
 use crate::model::{Detector, Dtype};
@@ -60,7 +57,7 @@ fn check_batches(batches: &[usize]) -> Result<()> {
 
 /// Random pixels of a batch of `b` images.
 fn random_pixels(backbone: &Backbone, b: usize, device: &Device) -> Tensor<4> {
-    let [h, w] = backbone.pixels.crop_size;
+    let [h, w] = backbone.pixels.size();
     let mut rng = Rng::new(1);
     let pixels: Vec<f32> = (0..b * 3 * h * w).map(|_| rng.normal() as f32).collect();
     Tensor::<4>::from_data(TensorData::new(pixels, [b, 3, h, w]), device)
@@ -88,9 +85,6 @@ pub fn inference(
     obs: &mut dyn Observer,
 ) -> Result<Vec<BenchRow>> {
     check_batches(batches)?;
-    if let Some(cfg) = Dinov3Config::preset(backbone) {
-        return dinov3_inference(backbone, &cfg, batches, dtypes, iters, obs);
-    }
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
     let threads = rayon::current_num_threads();
@@ -120,60 +114,6 @@ pub fn inference(
                 peak_rss_mib: peak_rss_mib(),
             });
         }
-    }
-    Ok(rows)
-}
-
-/// [`inference`] of a DINOv3 encoder (GenD's third backbone), f32 only: its forward pass to
-/// `pooler_output` with random weights (the head, a 1024 x 2 product, is left out).
-fn dinov3_inference(
-    name: &str,
-    cfg: &Dinov3Config,
-    batches: &[usize],
-    dtypes: &[Dtype],
-    iters: usize,
-    obs: &mut dyn Observer,
-) -> Result<Vec<BenchRow>> {
-    if dtypes.iter().any(|d| d.resolve() != Dtype::F32) {
-        obs.message("DINOv3 is measured in f32 only (dfdet has no native bf16 products yet)");
-    }
-    let device = Device::flex();
-    let cpu = CpuInfo::detect();
-    reset_peak_rss();
-    obs.message(&format!("{name}: drawing random f32 weights"));
-    let mut rng = Rng::new(0);
-    let mut map = TensorMap::new(std::path::PathBuf::from("<random>"));
-    for (key, shape) in tensor_shapes(cfg) {
-        let n = shape.iter().product();
-        let data = (0..n).map(|_| 0.02 * rng.normal() as f32).collect();
-        map.insert(key, HostTensor { shape, data });
-    }
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
-    let model = Dinov3::load(&loader, &mut map, cfg, "")?;
-    let mut rows = Vec::new();
-    for &b in batches {
-        obs.message(&format!("f32, batch {b}: 1 warm-up + {iters} timed forward passes"));
-        let mut rng = Rng::new(1);
-        let side = cfg.image_size;
-        let pixels: Vec<f32> = (0..b * 3 * side * side).map(|_| rng.normal() as f32).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [b, 3, side, side]), &device);
-        let run = || {
-            let _ = model.forward(x.clone()).into_data();
-        };
-        run();
-        let s_per_img = median_seconds(iters, run) / b as f64;
-        rows.push(BenchRow {
-            cpu: cpu.model.clone(),
-            isa: cpu.isa.join(" "),
-            backbone: name.to_string(),
-            dtype: "f32".into(),
-            kernels: kernels().name().into(),
-            batch: b,
-            threads: rayon::current_num_threads(),
-            s_per_img,
-            img_per_s: 1.0 / s_per_img,
-            peak_rss_mib: peak_rss_mib(),
-        });
     }
     Ok(rows)
 }

@@ -36,13 +36,14 @@ pub struct ProductRow {
 /// The products of one encoder layer at `batch` images: `(op, m, n, k, transposed)`.
 fn shapes(backbone: &Backbone, batch: usize) -> Vec<(String, usize, usize, usize, bool)> {
     let e = &backbone.encoder;
-    let (d, mlp) = (e.hidden_size, e.intermediate_size);
-    let tokens = (e.image_size / e.patch_size).pow(2) + 1;
+    let (d, mlp) = (e.hidden_size(), e.intermediate_size());
+    let tokens = e.num_tokens(backbone.pixels.size()[0]);
     let t = tokens * batch;
-    let head = d / e.num_attention_heads;
-    let patch = 3 * e.patch_size * e.patch_size;
+    let head = d / e.num_heads();
+    let patch = 3 * e.patch_size() * e.patch_size();
+    let prefix = tokens - (backbone.pixels.size()[0] / e.patch_size()).pow(2);
     vec![
-        ("patch embedding".into(), t - batch, d, patch, false),
+        ("patch embedding".into(), t - prefix * batch, d, patch, false),
         ("q/k/v/out projection; its input gradient".into(), t, d, d, false),
         ("mlp up (fc1); fc2's input gradient".into(), t, mlp, d, false),
         ("mlp down (fc2); fc1's input gradient".into(), t, d, mlp, false),

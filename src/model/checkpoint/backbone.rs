@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use super::TensorMap;
-use crate::model::clip;
 use crate::model::config::{Backbone, PRESETS};
 use crate::model::hub::{self, Hub, Lookup};
 use crate::{Error, Result};
@@ -50,29 +49,42 @@ pub fn resolve_backbone(name: &str, bases: &[&Path], hub: &Hub) -> Result<Backbo
 /// Checks the encoder tensors against the backbone's shape, so that a wrong `--backbone`
 /// is reported as such rather than as a missing tensor deep inside the encoder.
 pub(super) fn check_backbone(tensors: &TensorMap, backbone: &Backbone) -> Result<()> {
-    let cfg = &backbone.encoder;
-    let (d, p) = (cfg.hidden_size, cfg.patch_size);
-    for (key, shape) in clip::embedding_shapes(cfg) {
+    let arch = &backbone.encoder;
+    let (d, p, family) = (arch.hidden_size(), arch.patch_size(), arch.family());
+    let root = format!("{}.", arch.root());
+    if !tensors.keys().any(|k| k.starts_with(&root)) {
+        let found = tensors.keys().find(|k| !k.starts_with("model.")).map_or("none".to_string(), |k| format!("`{k}`"));
+        return Err(Error::format(
+            tensors.path(),
+            format!(
+                "backbone `{}` is {family}, whose tensors are named `{root}*`, but the checkpoint has none (the \
+                 first encoder tensor is {found}); pass the matching --backbone",
+                backbone.name
+            ),
+        ));
+    }
+    for (key, shape) in arch.embedding_shapes() {
         if let Some(t) = tensors.get(&key)
             && t.shape != shape
         {
             return Err(Error::format(
                 tensors.path(),
                 format!(
-                    "tensor `{key}` has shape {:?} but backbone `{}` (hidden {d}, patch {p}, image {}) \
+                    "tensor `{key}` has shape {:?} but backbone `{}` ({family}, hidden {d}, patch {p}) \
                      expects {shape:?}; pass the matching --backbone",
-                    t.shape, backbone.name, cfg.image_size
+                    t.shape, backbone.name
                 ),
             ));
         }
     }
-    let layers = tensors.keys().filter_map(|k| clip::layer_index(k)).max().map_or(0, |i| i + 1);
-    if layers != 0 && layers != cfg.num_hidden_layers {
+    let layers = tensors.keys().filter_map(|k| arch.layer_index(k)).max().map_or(0, |i| i + 1);
+    if layers != 0 && layers != arch.num_layers() {
         return Err(Error::format(
             tensors.path(),
             format!(
                 "the checkpoint has {layers} encoder layers but backbone `{}` has {}; pass the matching --backbone",
-                backbone.name, cfg.num_hidden_layers
+                backbone.name,
+                arch.num_layers()
             ),
         ));
     }

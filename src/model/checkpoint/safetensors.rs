@@ -70,7 +70,7 @@ pub(super) fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) 
         }
     };
     // Before the hub is asked for the backbone's files: a clear answer, offline or not.
-    if let Some(family) = crate::model::config::non_clip_family(&backbone) {
+    if let Some(family) = crate::model::config::unsupported_family(&backbone) {
         return Err(Error::format(&config_path, crate::model::config::not_yet(&backbone, family)));
     }
     let head = match field("head") {

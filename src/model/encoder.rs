@@ -1,0 +1,127 @@
+//! The detector's encoder, whichever family its backbone is: CLIP's vision transformer
+//! ([`super::clip`]) or DINOv3 ([`super::dinov3`]). Both turn `[b, 3, h, w]` pixels into the
+//! `[b, d]` feature the head reads, and name their parameters as checkpoints do.
+
+use burn::prelude::*;
+
+use super::clip::{self, VisionTransformer};
+use super::config::Architecture;
+use super::dinov3::{self, Coords, Dinov3};
+use super::params::{Loader, Visit};
+use super::tensors::TensorMap;
+use crate::Result;
+
+#[derive(Debug)]
+pub enum Encoder {
+    Clip(VisionTransformer),
+    Dinov3(Dinov3),
+}
+
+impl Encoder {
+    /// Takes the encoder's tensors out of `map` (checkpoint names, see
+    /// [`Architecture::tensor_shapes`]), checking every shape.
+    pub fn load(ld: &Loader, map: &mut TensorMap, arch: &Architecture) -> Result<Self> {
+        Ok(match arch {
+            Architecture::Clip(cfg) => Self::Clip(VisionTransformer::load(ld, map, cfg)?),
+            Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::load(ld, map, cfg, super::dinov3::ROOT)?),
+        })
+    }
+
+    /// The encoder's structure, its parameters empty until a walk fills them.
+    pub(crate) fn skeleton(arch: &Architecture, device: &Device) -> Self {
+        match arch {
+            Architecture::Clip(cfg) => Self::Clip(VisionTransformer::skeleton(cfg, device)),
+            Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::skeleton(cfg, device)),
+        }
+    }
+
+    /// The feature of each image: `[b, 3, h, w]` -> `[b, d]` (CLIP's and DINOv3's
+    /// `pooler_output`).
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::Clip(e) => e.forward(pixels),
+            Self::Dinov3(e) => e.forward(pixels),
+        }
+    }
+
+    /// Calls `visit` on every parameter, in checkpoint order, under its checkpoint name.
+    pub fn visit_params(&mut self, arch: &Architecture, visit: &mut Visit<'_>) -> Result<()> {
+        match (self, arch) {
+            (Self::Clip(e), Architecture::Clip(cfg)) => e.visit_params(cfg, visit),
+            (Self::Dinov3(e), Architecture::Dinov3(cfg)) => e.visit_params(cfg, super::dinov3::ROOT, visit),
+            (_, arch) => unreachable!("an encoder is always walked with its own architecture ({})", arch.family()),
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        match self {
+            Self::Clip(e) => e.num_params(),
+            Self::Dinov3(e) => e.num_params(),
+        }
+    }
+
+    /// CLIP's encoder, for what only it has (LoRA adapters, kept transposed weights).
+    pub fn as_clip_mut(&mut self) -> Option<&mut VisionTransformer> {
+        match self {
+            Self::Clip(e) => Some(e),
+            Self::Dinov3(_) => None,
+        }
+    }
+
+    /// Keeps transposed copies of frozen projection weights for the backward pass (see
+    /// [`VisionTransformer::keep_transposed_weights`]); DINOv3's projections have none.
+    pub fn keep_transposed_weights(&mut self, keep: bool) {
+        if let Self::Clip(e) = self {
+            e.keep_transposed_weights(keep);
+        }
+    }
+
+    /// Training mode for the next forward pass: DINOv3 moves its rotary coordinates by a
+    /// draw from `uniform` (`pos_embed_*` of its config); CLIP has nothing random in
+    /// training mode besides dropout, which is not used. `None`: eval mode.
+    pub fn set_training(&mut self, arch: &Architecture, uniform: Option<&mut dyn FnMut() -> f64>) {
+        if let (Self::Dinov3(e), Architecture::Dinov3(cfg)) = (self, arch) {
+            e.coords = match uniform {
+                Some(u) => Coords::draw(cfg, u),
+                None => Coords::IDENTITY,
+            };
+        }
+    }
+}
+
+/// What an architecture's checkpoints hold (here rather than in [`super::config`], which the
+/// encoders' own files read).
+impl Architecture {
+    /// Every encoder tensor, named as checkpoints carry it, with its PyTorch shape.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Self::Clip(c) => clip::tensor_shapes(c),
+            Self::Dinov3(c) => dinov3::tensor_shapes(c, dinov3::ROOT),
+        }
+    }
+    /// The embedding tensors that tell backbones of a family apart (width, patch size,
+    /// image size), with their shapes.
+    pub fn embedding_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Self::Clip(c) => clip::embedding_shapes(c),
+            Self::Dinov3(c) => dinov3::tensor_shapes(c, dinov3::ROOT)
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(&format!("{}.embeddings.", dinov3::ROOT)))
+                .collect(),
+        }
+    }
+    /// The layer a checkpoint tensor name belongs to, for a family's names.
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        match self {
+            Self::Clip(_) => clip::layer_index(name),
+            Self::Dinov3(_) => dinov3::layer_index(name),
+        }
+    }
+    /// The prefix all this family's encoder tensors share in a checkpoint.
+    pub fn root(&self) -> &'static str {
+        match self {
+            Self::Clip(_) => clip::ROOT,
+            Self::Dinov3(_) => dinov3::ROOT,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The Perception Encoder (GenD's `GenD_PE_L` backbone) against timm 1.0.20's `Eva`: a tiny
+//! random model with the `vit_pe_core_large_patch14_336` architecture, run at a grid smaller
+//! than its native one (so that the position embedding is resampled, as at GenD's 224 pixels),
+//! and its outputs on six sample crops, made by scripts/fixtures/make_pe_fixtures.py with GenD's
+//! pinned stack. The encoder tests take the reference transform's pixels, so that they check the
+//! encoder alone; the pixel test checks dfdet's pipeline against those pixels.
+
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use dfdet::model::params::Loader;
+use dfdet::model::pe::{GridIndexing, Pe, PeConfig, rope_tables};
+use dfdet::model::tensors::{HostTensor, TensorMap};
+
+use crate::common::{fixtures, read_json};
+
+/// Every tensor of a safetensors file, as f32.
+fn read(path: &std::path::Path) -> TensorMap {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut map = TensorMap::new(path.to_path_buf());
+    for (name, view) in st.iter() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        map.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
+    }
+    map
+}
+
+fn numbers(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array().unwrap().iter().map(numbers).collect()
+}
+
+fn max_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn tiny() -> (PeConfig, std::path::PathBuf) {
+    let dir = fixtures().join("tiny-pe");
+    (PeConfig::from_json(&dir.join("config.json")).unwrap(), dir)
+}
+
+fn pixels(dir: &std::path::Path, device: &Device) -> Tensor<4> {
+    let x = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
+    let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    Tensor::<4>::from_data(TensorData::new(x.data, shape), device)
+}
+
+#[test]
+fn pe_matches_timm() {
+    let (cfg, dir) = tiny();
+    let want = read_json("pe_outputs.json");
+    // The tiny model's architecture is the one timm built (its config as the script read it).
+    assert_eq!(serde_json::to_value(&cfg).unwrap(), want["config"]);
+    assert!(cfg.native_grid() > cfg.grid(), "the fixture exercises the position embedding's resampling");
+    let device = Device::flex();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut weights = read(&dir.join("model.safetensors"));
+    let model = Pe::load(&loader, &mut weights, &cfg, "").unwrap();
+    weights.finish().expect("every tensor of the checkpoint is used");
+    let x = pixels(&dir, &device);
+    let [b, _, h, w] = x.dims();
+    assert_eq!([h, w], [cfg.image_size; 2]);
+    let (g, d) = (cfg.grid(), cfg.embed_dim);
+
+    // timm's resample_abs_pos_embed to the run grid (class token's row first).
+    let pos = values(model.pos_embed_for(g, g));
+    let pos_diff = max_diff(&pos, &rows(&want["pos_embed_resampled"]).concat());
+    assert!(pos_diff <= 1e-6, "resampled position embedding: max |diff| {pos_diff}");
+
+    // RotaryEmbeddingCat.get_embed((g, g)): [sin | cos] per patch.
+    let rope_diff = |gh: usize, gw: usize, reference: &serde_json::Value| {
+        let (sin, cos) = rope_tables(gh, gw, &cfg);
+        let hd = cfg.head_dim();
+        let ours: Vec<f32> = (0..gh * gw)
+            .flat_map(|r| sin[r * hd..(r + 1) * hd].iter().chain(&cos[r * hd..(r + 1) * hd]))
+            .copied()
+            .collect();
+        max_diff(&ours, &rows(reference).concat())
+    };
+    let rope = rope_diff(g, g, &want["rope"]);
+    assert!(rope <= 1e-5, "rotary table: max |diff| {rope}");
+
+    let tokens = model.forward_features(x.clone());
+    let t = tokens.dims()[1];
+    assert_eq!(t, 1 + g * g);
+    let first = values(tokens.slice([0..1, 0..t, 0..d]));
+    let tokens_diff = max_diff(&first, &rows(&want["forward_features_0"]).concat());
+    assert!(tokens_diff <= 1e-4, "forward_features of crop 0: max |diff| {tokens_diff}");
+
+    let features = model.forward(x.clone());
+    assert_eq!(features.dims(), [b, d]);
+    let features_diff = max_diff(&values(features), &rows(&want["features"]).concat());
+    assert!(features_diff <= 1e-4, "features: max |diff| {features_diff}");
+
+    // A rectangular input: crop 0 with crop 1's first patch column beside it (a 3 x 4 grid).
+    let p = cfg.patch_size;
+    let rect = Tensor::cat(vec![x.clone().slice([0..1, 0..3, 0..h, 0..w]), x.slice([1..2, 0..3, 0..h, 0..p])], 3);
+    let rect_rope = rope_diff(g, g + 1, &want["rect"]["rope"]);
+    assert!(rect_rope <= 1e-5, "rotary table of the rectangular grid: max |diff| {rect_rope}");
+    let rect_diff = max_diff(&values(model.forward(rect)), &rows(&want["rect"]["features"]).concat());
+    assert!(rect_diff <= 1e-4, "features of the rectangular input: max |diff| {rect_diff}");
+    eprintln!(
+        "PE: max |diff| features {features_diff:e}, tokens {tokens_diff:e}, rectangular {rect_diff:e}, \
+         position embedding {pos_diff:e}, rotary tables {:e}",
+        rope.max(rect_rope)
+    );
+}
+
+#[test]
+fn pe_pixels_match_timm_s_transform() {
+    use dfdet::preprocess::pixels::{TimmPixels, load_rgb};
+    let want = read_json("pe_outputs.json");
+    let reference = read(&fixtures().join("tiny-pe/pixels.safetensors")).remove("pixel_values").unwrap();
+    let size = reference.shape[2];
+    // The transform the script ran, as timm describes it: GenD's data config at `size` pixels.
+    let config = &want["data_config"];
+    assert_eq!(config["input_size"], serde_json::json!([3, size, size]));
+    assert_eq!((config["interpolation"].as_str(), config["crop_mode"].as_str()), (Some("bicubic"), Some("center")));
+    let ours = TimmPixels::pe(size);
+    assert_eq!(config["crop_pct"].as_f64(), Some(ours.crop_pct));
+    assert_eq!((numbers(&config["mean"]), numbers(&config["std"])), (ours.mean.to_vec(), ours.std.to_vec()));
+    let transform = want["transform"].as_str().unwrap();
+    for step in [
+        format!("Resize(size={size}, interpolation=bicubic"),
+        format!("CenterCrop(size=({size}, {size}))"),
+        "MaybeToTensor()".into(),
+        "Normalize(mean=tensor([0.5000, 0.5000, 0.5000]), std=tensor([0.5000, 0.5000, 0.5000]))".into(),
+    ] {
+        assert!(transform.contains(&step), "{step} in {transform}");
+    }
+
+    let images: Vec<_> = want["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| load_rgb(&crate::common::samples().join(name.as_str().unwrap())).unwrap())
+        .collect();
+    let plane = 3 * size * size;
+    let mut worst = 0f32;
+    for (k, img) in images.iter().enumerate() {
+        worst = worst.max(max_diff(&ours.pixel_values(img), &reference.data[k * plane..(k + 1) * plane]));
+    }
+    // Spot checks: 300 values and the channel sums of each image.
+    let mut spot = |got: &[f32], check: &serde_json::Value, k: usize, side: usize| {
+        let indices: Vec<usize> =
+            check["indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let picked: Vec<f32> = indices.iter().map(|&i| got[i]).collect();
+        worst = worst.max(max_diff(&picked, &rows(&check["values"])[k]));
+        for (c, want_sum) in check["channel_sums"][k].as_array().unwrap().iter().enumerate() {
+            let sum: f64 = got[c * side * side..(c + 1) * side * side].iter().map(|&v| f64::from(v)).sum();
+            assert!((sum - want_sum.as_f64().unwrap()).abs() < 1e-2, "channel {c} of image {k}: {sum} vs {want_sum}");
+        }
+    };
+    // GenD's own size (the released L/14-336 preset's data config at 224).
+    let at224 = &want["pixels_224"];
+    assert!(at224["transform"].as_str().unwrap().contains("Resize(size=224, interpolation=bicubic"));
+    let big = TimmPixels::pe(224);
+    for (k, img) in images.iter().take(2).enumerate() {
+        spot(&big.pixel_values(img), at224, k, 224);
+    }
+    // A taller-than-wide image, whose crop starts where torchvision rounds half to even.
+    let tall = &want["pixels_tall"];
+    let b: Vec<u32> = tall["box"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let cut = image::imageops::crop_imm(&images[0], b[0], b[1], b[2] - b[0], b[3] - b[1]).to_image();
+    spot(&ours.pixel_values(&cut), tall, 0, size);
+    // Pillow's bicubic is ported bit-exactly and the rescale is f32 as torchvision's: the same
+    // values, up to the last bit of the division.
+    assert!(worst <= 1e-6, "max |diff| {worst}");
+    eprintln!("PE pixels: max |diff| {worst:e} over {} crops and the spot checks", images.len());
+}
+
+/// LN-tuning's gradients: the loss `sum(features * V)` differentiated to every parameter GenD's
+/// rule selects (a name containing `norm_pre`, `norm1`, `norm2` or `norm`), against PyTorch in
+/// float64, eval mode.
+#[test]
+fn pe_layer_norm_gradients_match_pytorch() {
+    use burn::module::Param;
+    use dfdet::model::params::Slot;
+    let (cfg, dir) = tiny();
+    let device = Device::flex().autodiff();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+    let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
+    model
+        .visit_params(&cfg, "", &mut |entry| {
+            if ["norm_pre", "norm1", "norm2", "norm"].iter().any(|k| entry.name.contains(k)) {
+                let Slot::Vector(param) = entry.slot else { panic!("{} is not a vector", entry.name) };
+                let t = param.val().require_grad();
+                tracked.push((entry.name.to_string(), t.clone()));
+                *param = Param::from_tensor(t);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let want = &read_json("pe_outputs.json")["ln_grad"];
+    let selected: Vec<&str> = want["selected"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let ours: Vec<&str> = tracked.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(ours, selected, "the parameters GenD's rule selects, in timm's order");
+
+    let v = rows(&want["v"]);
+    let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [v.len(), v[0].len()]), &device);
+    let loss = (model.forward(pixels(&dir, &device)) * v).sum();
+    let value = values(loss.clone())[0];
+    let want_loss = want["loss"].as_f64().unwrap() as f32;
+    assert!((value - want_loss).abs() <= 1e-4 * want_loss.abs().max(1.0), "loss {value} vs {want_loss}");
+    let grads = loss.backward();
+    let mut worst = (0f64, String::new());
+    for (name, t) in &tracked {
+        let got = values(t.grad(&grads).unwrap_or_else(|| panic!("no gradient for {name}")));
+        let reference: Vec<f64> = want["grads"][name].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let scale = reference.iter().fold(0f64, |m, r| m.max(r.abs()));
+        let diff = got.iter().zip(&reference).fold(0f64, |m, (g, r)| m.max((f64::from(*g) - r).abs()));
+        let rel = if scale == 0.0 { diff } else { diff / scale };
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+    }
+    // f32 against float64 through two blocks and the pool.
+    assert!(worst.0 <= 1e-4, "largest relative gradient error {:e} at {}", worst.0, worst.1);
+    eprintln!("PE LayerNorm gradients: largest relative error {:e} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn pe_presets_match_timm() {
+    let presets = &read_json("pe_outputs.json")["presets"];
+    assert_eq!(presets.as_object().unwrap().len(), 3);
+    for (name, timm) in presets.as_object().unwrap() {
+        let ours = PeConfig::preset(name).unwrap_or_else(|| panic!("no preset {name}"));
+        let mut theirs = timm.as_object().unwrap().clone();
+        assert_eq!(theirs.remove("num_features").and_then(|v| v.as_u64()), Some(ours.num_features() as u64), "{name}");
+        // GenD's data config: 224 pixels, the size the presets run at.
+        let data_config = theirs.remove("data_config").unwrap();
+        assert_eq!(data_config["input_size"], serde_json::json!([3, ours.image_size, ours.image_size]), "{name}");
+        for key in ["num_classes_of_the_released_head", "transform"] {
+            theirs.remove(key);
+        }
+        assert_eq!(serde_json::to_value(&ours).unwrap(), serde_json::Value::Object(theirs), "{name}");
+        assert_eq!(ours.rope_grid_indexing, GridIndexing::Xy);
+        ours.validate().unwrap();
+    }
+}
