@@ -8,8 +8,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::dinov3::Dinov3Config;
+use super::pe::PeConfig;
 pub use crate::preprocess::antialias::Dinov3Pixels;
-pub use crate::preprocess::pixels::{CLIP_MEAN, CLIP_STD, PixelConfig, Pixels};
+pub use crate::preprocess::pixels::{CLIP_MEAN, CLIP_STD, PixelConfig, Pixels, TimmPixels};
 use crate::{Error, Result};
 
 /// The CLIP vision transformer's shape (HF `CLIPVisionConfig` field names and defaults).
@@ -127,6 +128,8 @@ impl EncoderConfig {
 pub enum Architecture {
     Clip(EncoderConfig),
     Dinov3(Dinov3Config),
+    /// The Perception Encoder (timm's `Eva`, `vit_pe_core_*`).
+    Pe(PeConfig),
 }
 
 impl<'de> Deserialize<'de> for Architecture {
@@ -136,6 +139,7 @@ impl<'de> Deserialize<'de> for Architecture {
         enum Tagged {
             Clip(EncoderConfig),
             Dinov3(Dinov3Config),
+            Pe(PeConfig),
         }
         let mut value = serde_json::Value::deserialize(d)?;
         if let Some(obj) = value.as_object_mut() {
@@ -144,6 +148,7 @@ impl<'de> Deserialize<'de> for Architecture {
         Ok(match serde_json::from_value(value).map_err(serde::de::Error::custom)? {
             Tagged::Clip(c) => Self::Clip(c),
             Tagged::Dinov3(c) => Self::Dinov3(c),
+            Tagged::Pe(c) => Self::Pe(c),
         })
     }
 }
@@ -154,6 +159,7 @@ impl Architecture {
         match self {
             Self::Clip(_) => "CLIP",
             Self::Dinov3(_) => "DINOv3",
+            Self::Pe(_) => "Perception Encoder",
         }
     }
     /// Width of the feature the head reads.
@@ -161,30 +167,35 @@ impl Architecture {
         match self {
             Self::Clip(c) => c.hidden_size,
             Self::Dinov3(c) => c.hidden_size,
+            Self::Pe(c) => c.embed_dim,
         }
     }
     pub fn num_layers(&self) -> usize {
         match self {
             Self::Clip(c) => c.num_hidden_layers,
             Self::Dinov3(c) => c.num_hidden_layers,
+            Self::Pe(c) => c.depth,
         }
     }
     pub fn num_heads(&self) -> usize {
         match self {
             Self::Clip(c) => c.num_attention_heads,
             Self::Dinov3(c) => c.num_attention_heads,
+            Self::Pe(c) => c.num_heads,
         }
     }
     pub fn intermediate_size(&self) -> usize {
         match self {
             Self::Clip(c) => c.intermediate_size,
             Self::Dinov3(c) => c.intermediate_size,
+            Self::Pe(c) => c.mlp_dim,
         }
     }
     pub fn patch_size(&self) -> usize {
         match self {
             Self::Clip(c) => c.patch_size,
             Self::Dinov3(c) => c.patch_size,
+            Self::Pe(c) => c.patch_size,
         }
     }
     /// Tokens per image of `side` x `side` pixels: the patches and the tokens before them
@@ -195,6 +206,7 @@ impl Architecture {
             + match self {
                 Self::Clip(_) => 1,
                 Self::Dinov3(c) => c.prefix_tokens(),
+                Self::Pe(c) => c.prefix_tokens(),
             }
     }
     /// The CLIP config, for what only CLIP has (LoRA, the fused training kernels).
@@ -208,6 +220,7 @@ impl Architecture {
         match self {
             Self::Clip(c) => c.validate(),
             Self::Dinov3(c) => c.validate(),
+            Self::Pe(c) => c.validate(),
         }
     }
 }
@@ -222,13 +235,16 @@ pub struct Backbone {
 }
 
 /// The presets dfdet knows by name.
-pub const PRESETS: [&str; 6] = [
+pub const PRESETS: [&str; 9] = [
     "openai/clip-vit-base-patch16",
     "openai/clip-vit-base-patch32",
     "openai/clip-vit-large-patch14",
     "openai/clip-vit-large-patch14-336",
     "facebook/dinov3-vitb16-pretrain-lvd1689m",
     "facebook/dinov3-vitl16-pretrain-lvd1689m",
+    "vit_pe_core_base_patch16_224",
+    "vit_pe_core_large_patch14_336",
+    "vit_pe_core_gigantic_patch14_448",
 ];
 
 impl Backbone {
@@ -239,6 +255,11 @@ impl Backbone {
             // GenD's processor: the image resized to 224 x 224.
             let pixels = Pixels::Dinov3(Dinov3Pixels::new(cfg.image_size));
             return Some(Self { name: name.to_string(), encoder: Architecture::Dinov3(cfg), pixels });
+        }
+        if let Some(cfg) = PeConfig::preset(&lower) {
+            // GenD's: timm's data config with `input_size` (3, 224, 224).
+            let pixels = Pixels::Timm(TimmPixels::pe(cfg.image_size));
+            return Some(Self { name: name.to_string(), encoder: Architecture::Pe(cfg), pixels });
         }
         let encoder = match lower.as_str() {
             "openai/clip-vit-base-patch16" => EncoderConfig::clip_vit_base_patch16(),
@@ -252,12 +273,29 @@ impl Backbone {
     }
 
     /// A local HF folder with `config.json` and, optionally, `preprocessor_config.json`: a
-    /// CLIP model (or its vision tower) or a DINOv3 model (`model_type` `dinov3_vit`).
+    /// CLIP model (or its vision tower), a DINOv3 model (`model_type` `dinov3_vit`), a timm
+    /// Perception Encoder (`architecture` `vit_pe_core_*`, as timm's hub folders name it, run
+    /// at GenD's 224 pixels), or dfdet's own Perception Encoder config (the fields of
+    /// [`PeConfig`], `"family": "pe"`).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let config = dir.join("config.json");
         let pre = dir.join("preprocessor_config.json");
         let name = dir.display().to_string();
-        if model_type(&config)?.as_deref() == Some("dinov3_vit") {
+        let value = read_config(&config)?;
+        let field = |key: &str| value.get(key).and_then(|v| v.as_str());
+        if let Some(arch) = field("architecture").filter(|a| a.starts_with("vit_pe_core_")) {
+            let cfg = PeConfig::preset(arch).ok_or_else(|| {
+                Error::format(&config, format!("timm architecture `{arch}` is not one of GenD's Perception Encoders"))
+            })?;
+            let pixels = Pixels::Timm(TimmPixels::pe(cfg.image_size));
+            return Ok(Self { name, encoder: Architecture::Pe(cfg), pixels });
+        }
+        if field("family") == Some("pe") {
+            let cfg = PeConfig::from_json(&config)?;
+            let pixels = Pixels::Timm(TimmPixels::pe(cfg.image_size));
+            return Ok(Self { name, encoder: Architecture::Pe(cfg), pixels });
+        }
+        if field("model_type") == Some("dinov3_vit") {
             let encoder = Dinov3Config::from_hf_config(&config)?;
             let pixels =
                 if pre.is_file() { Dinov3Pixels::from_hf_config(&pre)? } else { Dinov3Pixels::new(encoder.image_size) };
@@ -274,9 +312,6 @@ impl Backbone {
         if let Some(b) = Self::preset(name) {
             return Ok(b);
         }
-        if let Some(family) = unsupported_family(name) {
-            return Err(Error::Invalid(not_yet(name, family)));
-        }
         let dir = Path::new(name);
         if dir.is_dir() {
             return Self::from_dir(dir);
@@ -285,26 +320,10 @@ impl Backbone {
     }
 }
 
-/// `model_type` of a HF `config.json`, if it names one.
-fn model_type(path: &Path) -> Result<Option<String>> {
+/// A `config.json`, as JSON.
+fn read_config(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
-    Ok(value.get("model_type").and_then(|v| v.as_str()).map(str::to_string))
-}
-
-/// The family of a GenD backbone dfdet cannot build yet (GenD `src/config.py`): the
-/// Perception Encoder, through timm.
-pub fn unsupported_family(name: &str) -> Option<&'static str> {
-    name.to_ascii_lowercase().starts_with("vit_pe_core_").then_some("Perception Encoder")
-}
-
-/// Why a GenD detector on `family` cannot be loaded yet.
-pub fn not_yet(name: &str, family: &str) -> String {
-    format!(
-        "`{name}` is GenD's {family} backbone, and dfdet cannot build a detector on it yet (GenD's CLIP \
-         and DINOv3 detectors, e.g. yermandy/GenD_CLIP_L_14 and yermandy/GenD_DINOv3_L, work)"
-    )
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -320,10 +339,19 @@ mod tests {
     }
 
     #[test]
-    fn gend_s_perception_encoder_is_named() {
-        let err = Backbone::resolve("vit_pe_core_large_patch14_336").unwrap_err().to_string();
-        assert!(err.contains("Perception Encoder") && err.contains("GenD_DINOv3_L"), "{err}");
-        assert_eq!(unsupported_family("openai/clip-vit-large-patch14"), None);
+    fn perception_encoder_presets_run_at_gend_s_224() {
+        let b = Backbone::resolve("vit_pe_core_large_patch14_336").unwrap();
+        assert_eq!(
+            (b.encoder.family(), b.encoder.hidden_size(), b.encoder.num_layers()),
+            ("Perception Encoder", 1024, 24)
+        );
+        assert_eq!(b.pixels.size(), [224, 224]);
+        // 16 x 16 patches and the class token.
+        assert_eq!(b.encoder.num_tokens(224), 257);
+        assert_eq!(b.encoder.layer_index("backbone.blocks.3.attn.qkv.weight"), Some(3));
+        let json = serde_json::to_value(&b).unwrap();
+        assert_eq!(json["encoder"]["family"], "pe");
+        assert_eq!(serde_json::from_value::<Backbone>(json).unwrap(), b);
     }
 
     #[test]

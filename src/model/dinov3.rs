@@ -49,7 +49,7 @@ pub struct Dinov3Config {
     pub pos_embed_rescale: Option<f64>,
 }
 
-/// Where a detector's DINOv3 tensors sit in GenD's checkpoints
+/// Where a detector's DINOv3 (and Perception Encoder) tensors sit in GenD's checkpoints
 /// (`feature_extractor.backbone.*`, `feature_extractor.` dropped as for CLIP).
 pub const ROOT: &str = "backbone";
 

@@ -1,5 +1,5 @@
 //! The detector's encoder, whichever family its backbone is: CLIP's vision transformer
-//! ([`super::clip`]) or DINOv3 ([`super::dinov3`]). Both turn `[b, 3, h, w]` pixels into the
+//! ([`super::clip`]), DINOv3 ([`super::dinov3`]) or the Perception Encoder ([`super::pe`]). Both turn `[b, 3, h, w]` pixels into the
 //! `[b, d]` feature the head reads, and name their parameters as checkpoints do.
 
 use burn::prelude::*;
@@ -8,6 +8,7 @@ use super::clip::{self, VisionTransformer};
 use super::config::Architecture;
 use super::dinov3::{self, Coords, Dinov3};
 use super::params::{Loader, Visit};
+use super::pe::{self, Pe};
 use super::tensors::TensorMap;
 use crate::Result;
 
@@ -15,6 +16,7 @@ use crate::Result;
 pub enum Encoder {
     Clip(VisionTransformer),
     Dinov3(Dinov3),
+    Pe(Pe),
 }
 
 impl Encoder {
@@ -23,7 +25,8 @@ impl Encoder {
     pub fn load(ld: &Loader, map: &mut TensorMap, arch: &Architecture) -> Result<Self> {
         Ok(match arch {
             Architecture::Clip(cfg) => Self::Clip(VisionTransformer::load(ld, map, cfg)?),
-            Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::load(ld, map, cfg, super::dinov3::ROOT)?),
+            Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::load(ld, map, cfg, dinov3::ROOT)?),
+            Architecture::Pe(cfg) => Self::Pe(Pe::load(ld, map, cfg, dinov3::ROOT)?),
         })
     }
 
@@ -32,6 +35,7 @@ impl Encoder {
         match arch {
             Architecture::Clip(cfg) => Self::Clip(VisionTransformer::skeleton(cfg, device)),
             Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::skeleton(cfg, device)),
+            Architecture::Pe(cfg) => Self::Pe(Pe::skeleton(cfg, device)),
         }
     }
 
@@ -41,6 +45,7 @@ impl Encoder {
         match self {
             Self::Clip(e) => e.forward(pixels),
             Self::Dinov3(e) => e.forward(pixels),
+            Self::Pe(e) => e.forward(pixels),
         }
     }
 
@@ -48,7 +53,8 @@ impl Encoder {
     pub fn visit_params(&mut self, arch: &Architecture, visit: &mut Visit<'_>) -> Result<()> {
         match (self, arch) {
             (Self::Clip(e), Architecture::Clip(cfg)) => e.visit_params(cfg, visit),
-            (Self::Dinov3(e), Architecture::Dinov3(cfg)) => e.visit_params(cfg, super::dinov3::ROOT, visit),
+            (Self::Dinov3(e), Architecture::Dinov3(cfg)) => e.visit_params(cfg, dinov3::ROOT, visit),
+            (Self::Pe(e), Architecture::Pe(cfg)) => e.visit_params(cfg, dinov3::ROOT, visit),
             (_, arch) => unreachable!("an encoder is always walked with its own architecture ({})", arch.family()),
         }
     }
@@ -57,6 +63,7 @@ impl Encoder {
         match self {
             Self::Clip(e) => e.num_params(),
             Self::Dinov3(e) => e.num_params(),
+            Self::Pe(e) => e.num_params(),
         }
     }
 
@@ -64,7 +71,7 @@ impl Encoder {
     pub fn as_clip_mut(&mut self) -> Option<&mut VisionTransformer> {
         match self {
             Self::Clip(e) => Some(e),
-            Self::Dinov3(_) => None,
+            Self::Dinov3(_) | Self::Pe(_) => None,
         }
     }
 
@@ -97,6 +104,7 @@ impl Architecture {
         match self {
             Self::Clip(c) => clip::tensor_shapes(c),
             Self::Dinov3(c) => dinov3::tensor_shapes(c, dinov3::ROOT),
+            Self::Pe(c) => pe::tensor_shapes(c, dinov3::ROOT),
         }
     }
     /// The embedding tensors that tell backbones of a family apart (width, patch size,
@@ -108,6 +116,11 @@ impl Architecture {
                 .into_iter()
                 .filter(|(n, _)| n.starts_with(&format!("{}.embeddings.", dinov3::ROOT)))
                 .collect(),
+            Self::Pe(c) => {
+                let embeddings =
+                    ["cls_token", "pos_embed", "patch_embed.proj.weight"].map(|n| format!("{}.{n}", dinov3::ROOT));
+                pe::tensor_shapes(c, dinov3::ROOT).into_iter().filter(|(n, _)| embeddings.contains(n)).collect()
+            }
         }
     }
     /// The layer a checkpoint tensor name belongs to, for a family's names.
@@ -115,13 +128,14 @@ impl Architecture {
         match self {
             Self::Clip(_) => clip::layer_index(name),
             Self::Dinov3(_) => dinov3::layer_index(name),
+            Self::Pe(_) => pe::layer_index(name),
         }
     }
     /// The prefix all this family's encoder tensors share in a checkpoint.
     pub fn root(&self) -> &'static str {
         match self {
             Self::Clip(_) => clip::ROOT,
-            Self::Dinov3(_) => dinov3::ROOT,
+            Self::Dinov3(_) | Self::Pe(_) => dinov3::ROOT,
         }
     }
 }

@@ -224,10 +224,11 @@ impl Loader {
 }
 
 /// The LayerNorm modules of the encoders, by their name's last component: CLIP's vision
-/// tower (peft LN-tuning's targets in the original), then DINOv3's (GenD's `unfreeze_layers`
-/// for it, `norm1`, `norm2`, `norm`, which as substrings of its names select exactly these).
-pub const LN_TARGETS: [&str; 8] =
-    ["pre_layrnorm", "layer_norm1", "layer_norm2", "post_layernorm", "layernorm", "norm1", "norm2", "norm"];
+/// tower (peft LN-tuning's targets in the original), then DINOv3's and the Perception
+/// Encoder's (GenD's `unfreeze_layers` for them, `norm_pre`, `norm1`, `norm2`, `norm`, which as
+/// substrings of their names select exactly these, the attention pool's `norm` included).
+pub const LN_TARGETS: [&str; 9] =
+    ["pre_layrnorm", "layer_norm1", "layer_norm2", "post_layernorm", "layernorm", "norm_pre", "norm1", "norm2", "norm"];
 
 /// Which parameters train (docs/method.md §4).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -491,7 +491,7 @@ impl Pe {
         Ok(model)
     }
 
-    fn skeleton(cfg: &PeConfig, device: &Device) -> Self {
+    pub(crate) fn skeleton(cfg: &PeConfig, device: &Device) -> Self {
         Self {
             cls_token: cfg.class_token.then(|| empty(device)),
             pos_embed: empty(device),
@@ -607,18 +607,24 @@ impl Pe {
     }
 }
 
-/// Every tensor the model loads (timm names, no prefix), with its PyTorch shape, in state-dict
-/// order.
-pub fn tensor_shapes(cfg: &PeConfig) -> Vec<(String, Vec<usize>)> {
+/// Every tensor the model loads (timm names under `prefix`), with its PyTorch shape, in
+/// state-dict order.
+pub fn tensor_shapes(cfg: &PeConfig, prefix: &str) -> Vec<(String, Vec<usize>)> {
     let mut model = Pe::skeleton(cfg, &Device::flex());
     let mut out = Vec::new();
     model
-        .visit_params(cfg, "", &mut |entry| {
+        .visit_params(cfg, prefix, &mut |entry| {
             out.push((entry.name.to_string(), entry.shape.to_vec()));
             Ok(())
         })
         .expect("recording names cannot fail");
     out
+}
+
+/// The block a detector's tensor name belongs to (`backbone.blocks.{i}.*`).
+pub fn layer_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix(super::dinov3::ROOT)?.strip_prefix(".blocks.")?;
+    rest.split('.').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -647,7 +653,7 @@ mod tests {
     #[test]
     fn tensor_shapes_follow_timm_s_names() {
         let cfg = PeConfig { depth: 1, ..PeConfig::large() };
-        let shapes = tensor_shapes(&cfg);
+        let shapes = tensor_shapes(&cfg, "");
         assert_eq!(shapes[0], ("cls_token".into(), vec![1, 1, 1024]));
         assert_eq!(shapes[1], ("pos_embed".into(), vec![1, 577, 1024]));
         assert_eq!(shapes[2], ("patch_embed.proj.weight".into(), vec![1024, 3, 14, 14]));
@@ -657,7 +663,7 @@ mod tests {
         // 3 embedding tensors, norm_pre, 12 per block, the final norm, 13 for the pool (the
         // latent and six weight-and-bias pairs): timm's state dict less the released `head`.
         assert_eq!(shapes.len(), 3 + 2 + 12 + 2 + 13);
-        let g = tensor_shapes(&PeConfig { depth: 1, ..PeConfig::gigantic() });
+        let g = tensor_shapes(&PeConfig { depth: 1, ..PeConfig::gigantic() }, "");
         assert_eq!(g[0], ("pos_embed".into(), vec![1, 1024, 1536]), "no class token");
     }
 

@@ -34,14 +34,17 @@ pub struct PixelConfig {
     pub rescale_factor: f32,
 }
 
-/// The pixel pipeline of a backbone: CLIP's processor, or DINOv3's (a whole-image
-/// antialiased resize, [`crate::preprocess::antialias`]). Serialised untagged: the two have
-/// different fields, and a dfdet.json written before DINOv3 holds a bare CLIP one.
+/// The pixel pipeline of a backbone: CLIP's processor, DINOv3's (a whole-image antialiased
+/// resize, [`crate::preprocess::antialias`]) or timm's (the Perception Encoder's). Serialised
+/// untagged: each has its own fields, and a dfdet.json written before DINOv3 holds a bare
+/// CLIP one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Pixels {
     Clip(PixelConfig),
     Dinov3(crate::preprocess::antialias::Dinov3Pixels),
+    /// timm's eval transform (the Perception Encoder's).
+    Timm(TimmPixels),
 }
 
 impl Pixels {
@@ -50,6 +53,7 @@ impl Pixels {
         match self {
             Self::Clip(cfg) => pixel_values(img, cfg),
             Self::Dinov3(cfg) => cfg.pixel_values(img),
+            Self::Timm(cfg) => cfg.pixel_values(img),
         }
     }
     /// The encoder's input `[height, width]`.
@@ -57,6 +61,7 @@ impl Pixels {
         match self {
             Self::Clip(cfg) => cfg.crop_size,
             Self::Dinov3(cfg) => cfg.size,
+            Self::Timm(cfg) => [cfg.input_size; 2],
         }
     }
 }

@@ -95,8 +95,8 @@ pub fn encoder_tensors(path: &Path, arch: &Architecture) -> Result<TensorMap> {
         let name = match arch {
             Architecture::Clip(_) if name.starts_with("vision_model.") && !name.ends_with("position_ids") => name,
             Architecture::Clip(_) => continue,
-            Architecture::Dinov3(_) if name.starts_with("backbone.") => name,
-            Architecture::Dinov3(_) => format!("{}.{name}", dinov3::ROOT),
+            Architecture::Dinov3(_) | Architecture::Pe(_) if name.starts_with("backbone.") => name,
+            Architecture::Dinov3(_) | Architecture::Pe(_) => format!("{}.{name}", dinov3::ROOT),
         };
         let data: Vec<f32> = match view.dtype() {
             safetensors::Dtype::F32 => {

@@ -169,12 +169,10 @@ fn dinov3_layer_norm_gradients_match_pytorch() {
     eprintln!("DINOv3 LayerNorm gradients: largest relative error {:e} ({})", worst.0, worst.1);
 }
 
-/// A GenD detector on DINOv3, saved by GenD's own class as `yermandy/GenD_DINOv3_L` is
-/// (`config.json` naming the backbone, `feature_extractor.backbone.*` tensors), scored by
-/// `dfdet predict` on all 32 sample crops: GenD's probabilities, through its own pixels.
-#[test]
-fn gend_dinov3_folder_scores_like_gend() {
-    let weights = fixtures().join("gend-dinov3-tiny");
+/// Scores the 32 sample crops with `dfdet predict --weights <weights>` and checks p(fake)
+/// against the reference's `[p_real, p_fake]` per crop in `probs` (a fixture file); returns
+/// the largest difference.
+pub fn assert_predict_matches(weights: &std::path::Path, probs: &str) -> f64 {
     let datasets = crate::common::samples().join("datasets");
     let out = crate::common::dfdet()
         .args(["predict", "--weights", weights.to_str().unwrap(), "--format", "json", datasets.to_str().unwrap()])
@@ -182,7 +180,7 @@ fn gend_dinov3_folder_scores_like_gend() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let want = read_json("gend_dinov3_probs.json");
+    let want = read_json(probs);
     let frames = json["frames"].as_array().unwrap();
     assert_eq!(frames.len(), 32);
     let root = crate::common::samples().display().to_string();
@@ -193,17 +191,30 @@ fn gend_dinov3_folder_scores_like_gend() {
         let p = want[key][1].as_f64().unwrap_or_else(|| panic!("{key} not in the reference"));
         worst = worst.max((f["p_fake"].as_f64().unwrap() - p).abs());
     }
-    assert!(worst <= 1e-4, "max |Δp(fake)| = {worst:e}");
-    eprintln!("GenD DINOv3 detector: max |Δp(fake)| = {worst:.2e} on 32 crops");
+    assert!(worst <= 1e-4, "{}: max |Δp(fake)| = {worst:e}", weights.display());
+    eprintln!("{}: max |Δp(fake)| = {worst:.2e} on 32 crops", weights.display());
+    worst
+}
 
-    // `info` names the family and counts what LN-tuning trains: 2 norms a layer and the final
-    // one (GenD's `unfreeze_layers` norm1, norm2, norm), plus the head.
+/// `dfdet info <weights>`, checked to name the encoder and count what LN-tuning trains.
+pub fn assert_info(weights: &std::path::Path, encoder: &str, trainable: usize) {
     let out = crate::common::dfdet().args(["info", weights.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("DINOv3, hidden 32, 2 layers"), "{text}");
-    let (d, layers) = (32, 2);
-    let trainable = (2 * layers + 1) * 2 * d + 2 * d + 2;
+    assert!(out.status.success() && text.contains(encoder), "{text}");
     assert!(text.contains(&format!("trainable    {trainable} (")), "{text}");
+}
+
+/// A GenD detector on DINOv3, saved by GenD's own class as `yermandy/GenD_DINOv3_L` is
+/// (`config.json` naming the backbone, `feature_extractor.backbone.*` tensors), scored by
+/// `dfdet predict` on all 32 sample crops: GenD's probabilities, through its own pixels.
+#[test]
+fn gend_dinov3_folder_scores_like_gend() {
+    let weights = fixtures().join("gend-dinov3-tiny");
+    assert_predict_matches(&weights, "gend_dinov3_probs.json");
+    // LN-tuning trains 2 norms a layer and the final one (GenD's `unfreeze_layers` norm1,
+    // norm2, norm), plus the head.
+    let (d, layers) = (32, 2);
+    assert_info(&weights, "DINOv3, hidden 32, 2 layers", (2 * layers + 1) * 2 * d + 2 * d + 2);
 }
 
 /// A DINOv3 checkpoint given a CLIP backbone is refused, naming both.

@@ -471,7 +471,7 @@ fn cases() -> Vec<Case> {
             &["model.safetensors", "DINOv3", "backbone.*", "vision_model.embeddings"],
         ),
         case(
-            "GenD Perception Encoder folder",
+            "GenD folder of CLIP weights naming the Perception Encoder",
             |d| {
                 let gend = gend_copy(d);
                 let config = r#"{"backbone": "vit_pe_core_large_patch14_336", "head": "LinearNorm"}"#;
@@ -479,7 +479,7 @@ fn cases() -> Vec<Case> {
                 args(&["info", gend.to_str().unwrap()])
             },
             2,
-            &["config.json", "Perception Encoder", "GenD_DINOv3_L"],
+            &["model.safetensors", "Perception Encoder", "backbone.*", "vit_pe_core_large_patch14_336"],
         ),
         // Videos: broken ones named, the rest scored; videos in folders and lists are videos.
         case(

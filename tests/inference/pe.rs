@@ -12,6 +12,7 @@ use dfdet::model::pe::{GridIndexing, Pe, PeConfig, rope_tables};
 use dfdet::model::tensors::{HostTensor, TensorMap};
 
 use crate::common::{fixtures, read_json};
+use crate::dinov3::assert_info;
 
 /// Every tensor of a safetensors file, as f32.
 fn read(path: &std::path::Path) -> TensorMap {
@@ -58,8 +59,11 @@ fn pixels(dir: &std::path::Path, device: &Device) -> Tensor<4> {
 fn pe_matches_timm() {
     let (cfg, dir) = tiny();
     let want = read_json("pe_outputs.json");
-    // The tiny model's architecture is the one timm built (its config as the script read it).
-    assert_eq!(serde_json::to_value(&cfg).unwrap(), want["config"]);
+    // The tiny model's architecture is the one timm built (its config as the script read it;
+    // `family` tags the folder as a Perception Encoder's).
+    let mut built = want["config"].as_object().unwrap().clone();
+    assert_eq!(built.remove("family"), Some("pe".into()));
+    assert_eq!(serde_json::to_value(&cfg).unwrap(), serde_json::Value::Object(built));
     assert!(cfg.native_grid() > cfg.grid(), "the fixture exercises the position embedding's resampling");
     let device = Device::flex();
     let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
@@ -240,11 +244,25 @@ fn pe_presets_match_timm() {
         // GenD's data config: 224 pixels, the size the presets run at.
         let data_config = theirs.remove("data_config").unwrap();
         assert_eq!(data_config["input_size"], serde_json::json!([3, ours.image_size, ours.image_size]), "{name}");
-        for key in ["num_classes_of_the_released_head", "transform"] {
+        for key in ["num_classes_of_the_released_head", "transform", "family"] {
             theirs.remove(key);
         }
         assert_eq!(serde_json::to_value(&ours).unwrap(), serde_json::Value::Object(theirs), "{name}");
         assert_eq!(ours.rope_grid_indexing, GridIndexing::Xy);
         ours.validate().unwrap();
     }
+}
+
+/// A GenD detector on the Perception Encoder, saved by GenD's own class as `yermandy/GenD_PE_L`
+/// is, scored by `dfdet predict` on all 32 sample crops at GenD's 224 pixels (the tiny model's
+/// 5 x 5 position embedding resampled up to 16 x 16, where the released one goes down from
+/// 24 x 24): GenD's probabilities, through its own pixels.
+#[test]
+fn gend_pe_folder_scores_like_gend() {
+    let weights = fixtures().join("gend-pe-tiny");
+    crate::dinov3::assert_predict_matches(&weights, "gend_pe_probs.json");
+    // LN-tuning (GenD's `unfreeze_layers` norm_pre, norm1, norm2, norm): norm_pre, 2 norms a
+    // block, the final norm and the attention pool's, plus the head.
+    let (d, blocks) = (16, 2);
+    assert_info(&weights, "Perception Encoder, hidden 16, 2 layers", (2 * blocks + 3) * 2 * d + 2 * d + 2);
 }

@@ -105,33 +105,65 @@ fn lora_and_augmentations_train_and_export_merged_weights() {
     assert!(names.iter().any(|r| r.2 == "val/mAP_video"));
 }
 
-/// LN-tuning on GenD's DINOv3 encoder (the tiny reference-made one): only the LayerNorms
-/// (`norm1`, `norm2`, `norm`) and the head move, the rotary coordinates are rescaled at random
-/// in training mode only, it learns the manipulation, and the run's checkpoint scores as a
-/// detector.
-#[test]
-fn dinov3_ln_tuning_trains_the_norms_and_learns() {
+/// LN-tuning on one of GenD's other encoders, set up by `sets_given` (a tiny reference-made backbone
+/// or GenD detector): it learns the manipulation, only tensors `trains` names move from `base`
+/// (all of them), and the run's checkpoint reads back as a detector of that family.
+fn ln_tuning_on(
+    sets_given: &[&str],
+    base: &dfdet::model::tensors::TensorMap,
+    family: &str,
+    trains: impl Fn(&str) -> bool,
+    count: usize,
+) {
     let tmp = tempfile::tempdir().unwrap();
     derived_dataset(tmp.path(), None);
-    let backbone = format!("backbone=\"{}\"", fixtures().join("tiny-dinov3").display());
-    let cfg = config(tmp.path(), &[&backbone, "max_epochs=5", "lr=1e-2"]);
+    let mut sets = ["max_epochs=5", "lr=1e-2"].to_vec();
+    sets.extend(sets_given);
+    let cfg = config(tmp.path(), &sets);
     let out = train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap();
     let auroc = last_metric(&out.run_dir, "val/auroc_frame").unwrap();
-    assert!(auroc >= 0.95, "AUROC {auroc}");
+    assert!(auroc >= 0.95, "{family}: AUROC {auroc}");
 
     let ckpt = dfdet::model::load_checkpoint(out.run_dir.join("checkpoints/last").to_str().unwrap(), None).unwrap();
-    assert_eq!(ckpt.backbone.encoder.family(), "DINOv3");
-    let arch = ckpt.backbone.encoder.clone();
-    let base = dfdet::train::init::encoder_tensors(&fixtures().join("tiny-dinov3/model.safetensors"), &arch).unwrap();
-    let mut moved = Vec::new();
-    for (name, t) in base.tensors() {
-        if ckpt.tensors.get(name).unwrap().data != t.data {
-            moved.push(name.clone());
-        }
-    }
-    let norms = |n: &String| n.contains(".norm1.") || n.contains(".norm2.") || n.starts_with("backbone.norm.");
-    assert!(moved.iter().all(norms), "only LayerNorms train: {moved:?}");
-    assert_eq!(moved.len(), 2 * (2 * 2 + 1), "every norm's weight and bias moved: {moved:?}");
+    assert_eq!(ckpt.backbone.encoder.family(), family);
+    let moved: Vec<&String> = base
+        .tensors()
+        .iter()
+        .filter(|(name, t)| !name.starts_with("model.") && ckpt.tensors.get(name).unwrap().data != t.data)
+        .map(|(n, _)| n)
+        .collect();
+    assert!(moved.iter().all(|n| trains(n)), "{family}: only LayerNorms train: {moved:?}");
+    assert_eq!(moved.len(), count, "{family}: every norm's weight and bias moved: {moved:?}");
     let test = out.test.unwrap();
     assert!(test.report["D"].frame.auroc.unwrap() >= 0.95);
+}
+
+/// DINOv3 from its backbone folder: `norm1`, `norm2` and the final `norm` train (GenD's
+/// `unfreeze_layers`); the rotary coordinates are rescaled at random in training mode only.
+#[test]
+fn dinov3_ln_tuning_trains_the_norms_and_learns() {
+    let folder = fixtures().join("tiny-dinov3");
+    let arch = dfdet::model::config::Backbone::from_dir(&folder).unwrap().encoder;
+    let base = dfdet::train::init::encoder_tensors(&folder.join("model.safetensors"), &arch).unwrap();
+    let backbone = format!("backbone=\"{}\"", folder.display());
+    let norms = |n: &str| n.contains(".norm1.") || n.contains(".norm2.") || n.starts_with("backbone.norm.");
+    ln_tuning_on(&[&backbone], &base, "DINOv3", norms, 2 * (2 * 2 + 1));
+}
+
+/// The Perception Encoder, fine-tuning a GenD detector (at GenD's 224 pixels): `norm_pre`,
+/// `norm1`, `norm2`, the final `norm` and the attention pool's `norm` train (GenD's
+/// `unfreeze_layers`, substrings of timm's names).
+#[test]
+fn pe_ln_tuning_trains_the_norms_and_learns() {
+    let gend = fixtures().join("gend-pe-tiny");
+    let base = dfdet::model::load_checkpoint(gend.to_str().unwrap(), None).unwrap().tensors;
+    let checkpoint = format!("checkpoint=\"{}\"", gend.display());
+    let norms = |n: &str| {
+        n.starts_with("backbone.norm_pre.")
+            || n.contains(".norm1.")
+            || n.contains(".norm2.")
+            || n.starts_with("backbone.norm.")
+            || n.starts_with("backbone.attn_pool.norm.")
+    };
+    ln_tuning_on(&[&checkpoint, "max_epochs=10", "lr=3e-2"], &base, "Perception Encoder", norms, 2 * (1 + 2 * 2 + 2));
 }

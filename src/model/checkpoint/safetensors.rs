@@ -10,14 +10,18 @@ use ::safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use super::peft::normalise;
-use super::{ByteOrder, Checkpoint, Float, HostTensor, RawTensor, TensorMap, finish_checkpoint, read_json};
+use super::{
+    ByteOrder, Checkpoint, Float, HostTensor, RawTensor, TensorMap, finish_checkpoint, read_json, resolve_backbone,
+};
 use crate::files::write_atomic;
-use crate::model::config::Backbone;
+use crate::model::config::{Architecture, Backbone, Pixels, TimmPixels};
 use crate::model::hub::Hub;
 use crate::model::spec::{HeadKind, ModelSpec, Tuning};
 use crate::{Error, Result};
 
 pub(super) const SAFETENSORS: &str = "model.safetensors";
+/// The image side GenD's released model class gives its Perception Encoder.
+const GEND_PE_SIZE: usize = 224;
 pub(super) const DFDET_JSON: &str = "dfdet.json";
 const DFDET_FORMAT: &str = "dfdet";
 const DFDET_VERSION: u32 = 1;
@@ -69,10 +73,6 @@ pub(super) fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) 
             ));
         }
     };
-    // Before the hub is asked for the backbone's files: a clear answer, offline or not.
-    if let Some(family) = crate::model::config::unsupported_family(&backbone) {
-        return Err(Error::format(&config_path, crate::model::config::not_yet(&backbone, family)));
-    }
     let head = match field("head") {
         Some(h) => HeadKind::from_name(h).ok_or_else(|| {
             Error::format(&config_path, format!("head `{h}` is not supported (dfdet implements linear and LinearNorm)"))
@@ -88,7 +88,20 @@ pub(super) fn load_gend(dir: &Path, backbone_override: Option<&str>, hub: &Hub) 
     let spec = ModelSpec { backbone, head, num_classes, tuning, precision: None, run_name: None };
     // Relative to the folder itself, or to the folder holding it (a backbone beside it).
     let bases: Vec<&Path> = std::iter::once(dir).chain(dir.parent()).collect();
-    finish_checkpoint(weights, spec, &bases, None, backbone_override, tensors, hub)
+    let embedded = match backbone_override {
+        Some(_) => None,
+        None => {
+            let mut b = resolve_backbone(&spec.backbone, &bases, hub)?;
+            if let Architecture::Pe(cfg) = &mut b.encoder {
+                // GenD's released class runs its Perception Encoder at 224 pixels, whatever the
+                // preset's own size (`data_config["input_size"] = (3, 224, 224)`).
+                cfg.image_size = GEND_PE_SIZE;
+                b.pixels = Pixels::Timm(TimmPixels::pe(GEND_PE_SIZE));
+            }
+            Some(b)
+        }
+    };
+    finish_checkpoint(weights, spec, &bases, embedded, backbone_override, tensors, hub)
 }
 
 #[derive(Serialize, Deserialize)]
