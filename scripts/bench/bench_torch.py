@@ -3,8 +3,9 @@ a LinearNorm head, same batch sizes and dtypes, timed the same way (median of N 
 one warm-up), peak RSS per setting.
 
 Pinned: torch==2.6.0 transformers==4.50.0 (see scripts/fixtures/requirements.txt). The DINOv3
-backbones (`--backbone facebook/dinov3-vitl16-pretrain-lvd1689m`: the encoder alone, as dfdet
-times it) need GenD's stack, scripts/fixtures/requirements-gend.txt.
+backbones (`--backbone facebook/dinov3-vitl16-pretrain-lvd1689m`: the encoder alone) and the
+Perception Encoders (`--backbone vit_pe_core_large_patch14_336`: timm's model with its head
+removed, at 224 pixels, as GenD runs it) need GenD's stack, scripts/fixtures/requirements-gend.txt.
 Usage: python scripts/bench/bench_torch.py --batch 1,8 --dtype f32,bf16 --iters 3 --threads 2
 Prints JSON rows with the fields of dfdet's BenchRow.
 """
@@ -57,6 +58,38 @@ def dinov3(args):
     return rows
 
 
+PE = ["vit_pe_core_base_patch16_224", "vit_pe_core_large_patch14_336", "vit_pe_core_gigantic_patch14_448"]
+
+
+def pe(args):
+    """The Perception Encoder (timm, random weights) as GenD builds it (head removed, dynamic
+    image size) at GenD's 224 pixels, to its feature, f32."""
+    import timm
+
+    model = timm.create_model(args.backbone, pretrained=False, dynamic_img_size=True).eval()
+    model.head = torch.nn.Identity()
+    return timed(args, model, lambda m, x: m(x), 224)
+
+
+def timed(args, model, forward, side):
+    rows = []
+    reset_peak_rss()
+    for b in [int(x) for x in args.batch.split(",")]:
+        x = torch.randn(b, 3, side, side)
+        with torch.inference_mode():
+            forward(model, x)
+            times = []
+            for _ in range(max(args.iters, 1)):
+                t = time.perf_counter()
+                forward(model, x)
+                times.append(time.perf_counter() - t)
+        times.sort()
+        s = times[len(times) // 2] / b
+        rows.append(dict(backbone=args.backbone, dtype="f32", batch=b, threads=torch.get_num_threads(),
+                         s_per_img=s, img_per_s=1 / s, peak_rss_mib=peak_rss_mib()))
+    return rows
+
+
 def reset_peak_rss():
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -86,6 +119,9 @@ def main():
     torch.manual_seed(0)
     if args.backbone in DINOV3:
         print(json.dumps(dinov3(args), indent=2))
+        return
+    if args.backbone in PE:
+        print(json.dumps(pe(args), indent=2))
         return
     cfg = CLIPVisionConfig(**PRESETS[args.backbone], attn_implementation="sdpa")
     rows = []

@@ -16,7 +16,8 @@ use crate::Result;
 pub enum Encoder {
     Clip(VisionTransformer),
     Dinov3(Dinov3),
-    Pe(Pe),
+    /// Boxed: its attention pool makes it several times the others' size.
+    Pe(Box<Pe>),
 }
 
 impl Encoder {
@@ -26,7 +27,7 @@ impl Encoder {
         Ok(match arch {
             Architecture::Clip(cfg) => Self::Clip(VisionTransformer::load(ld, map, cfg)?),
             Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::load(ld, map, cfg, dinov3::ROOT)?),
-            Architecture::Pe(cfg) => Self::Pe(Pe::load(ld, map, cfg, dinov3::ROOT)?),
+            Architecture::Pe(cfg) => Self::Pe(Box::new(Pe::load(ld, map, cfg, dinov3::ROOT)?)),
         })
     }
 
@@ -35,7 +36,7 @@ impl Encoder {
         match arch {
             Architecture::Clip(cfg) => Self::Clip(VisionTransformer::skeleton(cfg, device)),
             Architecture::Dinov3(cfg) => Self::Dinov3(Dinov3::skeleton(cfg, device)),
-            Architecture::Pe(cfg) => Self::Pe(Pe::skeleton(cfg, device)),
+            Architecture::Pe(cfg) => Self::Pe(Box::new(Pe::skeleton(cfg, device))),
         }
     }
 

@@ -266,3 +266,22 @@ fn gend_pe_folder_scores_like_gend() {
     let (d, blocks) = (16, 2);
     assert_info(&weights, "Perception Encoder, hidden 16, 2 layers", (2 * blocks + 3) * 2 * d + 2 * d + 2);
 }
+
+/// `dfdet convert` of GenD's PE and DINOv3 folders: self-contained dfdet folders (the backbone,
+/// its family and GenD's 224 pixels embedded) that score as the originals, with no backbone
+/// folder beside them.
+#[test]
+fn converted_gend_folders_score_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, probs) in [("gend-pe-tiny", "gend_pe_probs.json"), ("gend-dinov3-tiny", "gend_dinov3_probs.json")] {
+        let out = tmp.path().join(name);
+        let status = crate::common::dfdet()
+            .args(["convert", fixtures().join(name).to_str().unwrap(), out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let json = read_json(out.join("dfdet.json"));
+        assert!(["pe", "dinov3"].contains(&json["backbone"]["encoder"]["family"].as_str().unwrap()), "{json}");
+        crate::dinov3::assert_predict_matches(&out, probs);
+    }
+}
