@@ -15,9 +15,9 @@ use crate::rng::{Rng, Stream};
 /// Prefix of a backbone name that asks for random weights: `random:<preset>`.
 pub const RANDOM_PREFIX: &str = "random:";
 
-/// A base encoder (CLIP or DINOv3): its tensors from `name` (a local HF folder with
-/// `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through the HF
-/// cache; `random:<preset>` draws random weights of that architecture, for cost estimates), and
+/// A base encoder (CLIP, DINOv3 or Perception Encoder): its tensors from `name` (a local folder
+/// with `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through
+/// the HF cache, see [`weights_repo`]; `random:<preset>` draws random weights of that architecture, for cost estimates), and
 /// a head drawn as PyTorch's `nn.Linear` default (uniform in `±1/√d`, seeded).
 pub fn base_encoder(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning, seed: u64) -> Result<Checkpoint> {
     let dir = Path::new(name);
@@ -48,12 +48,23 @@ pub fn base_encoder(name: &str, head: HeadKind, num_classes: usize, tuning: Tuni
                 b
             }
         };
-        (backbone, Hub::from_env().file(name, "model.safetensors")?)
+        let repo = weights_repo(name, &backbone);
+        (backbone, Hub::from_env().file(&repo, "model.safetensors")?)
     };
     let tensors = encoder_tensors(&weights, &backbone.encoder)?;
     let mut ckpt = head_on(backbone, tensors, head, num_classes, tuning, seed);
     ckpt.path = weights;
     Ok(ckpt)
+}
+
+/// The Hugging Face repo holding a backbone's weights: the name itself, except the Perception
+/// Encoders' timm names (`vit_pe_core_large_patch14_336`, GenD's), which timm publishes as
+/// `timm/<name>.fb`.
+pub fn weights_repo(name: &str, backbone: &Backbone) -> String {
+    match backbone.encoder {
+        Architecture::Pe(_) if !name.contains('/') => format!("timm/{}.fb", name.trim_end_matches(".fb")),
+        _ => name.to_string(),
+    }
 }
 
 /// `tensors` of an encoder with a fresh head.
@@ -83,8 +94,9 @@ fn head_on(
 }
 
 /// The encoder tensors of a backbone's `model.safetensors` (f32, f16 or bf16), as f32, under
-/// the names a detector uses: a CLIP model's `vision_model.*` (the text tower left out), or
-/// a DINOv3 model's tensors under `backbone.` (as GenD's checkpoints hold them).
+/// the names a detector uses: a CLIP model's `vision_model.*` (the text tower left out), or a
+/// DINOv3 or Perception Encoder model's tensors under `backbone.` (as GenD's checkpoints hold
+/// them; timm's released projection `head.*`, which GenD replaces by the identity, left out).
 pub fn encoder_tensors(path: &Path, arch: &Architecture) -> Result<TensorMap> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -95,6 +107,7 @@ pub fn encoder_tensors(path: &Path, arch: &Architecture) -> Result<TensorMap> {
         let name = match arch {
             Architecture::Clip(_) if name.starts_with("vision_model.") && !name.ends_with("position_ids") => name,
             Architecture::Clip(_) => continue,
+            Architecture::Pe(_) if name.starts_with("head.") || name.starts_with("backbone.head.") => continue,
             Architecture::Dinov3(_) | Architecture::Pe(_) if name.starts_with("backbone.") => name,
             Architecture::Dinov3(_) | Architecture::Pe(_) => format!("{}.{name}", dinov3::ROOT),
         };

@@ -285,3 +285,41 @@ fn converted_gend_folders_score_alike() {
         crate::dinov3::assert_predict_matches(&out, probs);
     }
 }
+
+/// A base Perception Encoder as timm publishes it (`timm/vit_pe_core_*.fb`: its state dict with
+/// the released projection `head.*`) starts a GenD detector without that head, under GenD's
+/// names; the bare timm names GenD uses are fetched from timm's repos.
+#[test]
+fn timm_weights_start_a_detector_without_their_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors: std::collections::BTreeMap<String, safetensors::tensor::TensorView<'_>> = Default::default();
+    let bytes = std::fs::read(fixtures().join("tiny-pe/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in st.tensors() {
+        tensors.insert(name, view);
+    }
+    let head = vec![0u8; 16 * 16 * 4];
+    tensors.insert(
+        "head.weight".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16, 16], &head).unwrap(),
+    );
+    let path = tmp.path().join("model.safetensors");
+    safetensors::serialize_to_file(tensors, None, &path).unwrap();
+    let backbone = dfdet::model::config::Backbone::from_dir(&fixtures().join("tiny-pe")).unwrap();
+    let map = dfdet::train::init::encoder_tensors(&path, &backbone.encoder).unwrap();
+    assert!(
+        map.keys().all(|k| k.starts_with("backbone.") && !k.contains("head")),
+        "{:?}",
+        map.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(map.keys().count(), st.len());
+    let large = dfdet::model::config::Backbone::preset("vit_pe_core_large_patch14_336").unwrap();
+    assert_eq!(
+        dfdet::train::init::weights_repo("vit_pe_core_large_patch14_336", &large),
+        "timm/vit_pe_core_large_patch14_336.fb"
+    );
+    assert_eq!(
+        dfdet::train::init::weights_repo("timm/vit_pe_core_large_patch14_336.fb", &large),
+        "timm/vit_pe_core_large_patch14_336.fb"
+    );
+}
