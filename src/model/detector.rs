@@ -95,11 +95,10 @@ fn training_shapes(backbone: &Backbone, spec: &ModelSpec) -> Vec<(String, Vec<us
     let arch = &backbone.encoder;
     let device = Device::flex();
     let mut encoder = Encoder::skeleton(arch, &device);
-    if let (Tuning::Lora { rank, alpha, target_modules, .. }, Some(clip)) = (&spec.tuning, encoder.as_clip_mut()) {
-        let d = arch.hidden_size();
-        clip.add_adapters(target_modules, || Lora {
-            lora_a: Param::from_tensor(Tensor::zeros([d, *rank], &device)),
-            lora_b: Param::from_tensor(Tensor::zeros([*rank, d], &device)),
+    if let Tuning::Lora { rank, alpha, target_modules, .. } = &spec.tuning {
+        encoder.add_adapters(arch, target_modules, |d_in, d_out| Lora {
+            lora_a: Param::from_tensor(Tensor::zeros([d_in, *rank], &device)),
+            lora_b: Param::from_tensor(Tensor::zeros([*rank, d_out], &device)),
             scaling: alpha / *rank as f64,
             dropout_mask: None,
         });
@@ -150,6 +149,38 @@ mod tests {
         ] {
             assert_eq!(num_trainable(&backbone, &spec(tuning.clone())), expected, "{tuning:?}");
         }
+    }
+
+    #[test]
+    fn lora_counts_the_adapters_peft_would_add() {
+        let spec = |backbone: &Backbone, targets: &[&str], rank: usize| ModelSpec {
+            backbone: backbone.name.clone(),
+            head: HeadKind::LinearNorm,
+            num_classes: 2,
+            tuning: Tuning::Lora {
+                rank,
+                alpha: 8.0,
+                dropout: 0.1,
+                target_modules: targets.iter().map(|t| t.to_string()).collect(),
+            },
+            precision: None,
+            run_name: None,
+        };
+        // DINOv3 ViT-B: q_proj and v_proj [d, d], up_proj [d, m], in every layer.
+        let dino = Backbone::preset("facebook/dinov3-vitb16-pretrain-lvd1689m").unwrap();
+        let (d, m, layers, head) = (768, 3072, 12, 2 * 768 + 2);
+        let per_layer = 2 * (4 * d + 4 * d) + (4 * d + 4 * m);
+        assert_eq!(num_trainable(&dino, &spec(&dino, &["q_proj", "v_proj", "up_proj"], 4)), layers * per_layer + head);
+        // "proj" is no whole name component of DINOv3's modules: nothing but the head.
+        assert_eq!(num_trainable(&dino, &spec(&dino, &["proj"], 4)), head);
+        // PE B/16: "proj" matches the patch convolution, each block's attn.proj and the pool's
+        // proj; "qkv" [d, 3d]; "fc1" the blocks' [d, m] and the pool MLP's [d, pm].
+        let pe = Backbone::preset("vit_pe_core_base_patch16_224").unwrap();
+        let (r, pm, conv) = (2, 3072, 3 * 16 * 16);
+        let blocks = 12 * ((r * d + r * 3 * d) + (r * d + r * d) + (r * d + r * m));
+        let pool = (r * d + r * d) + (r * d + r * pm);
+        let patch = r * conv + r * d;
+        assert_eq!(num_trainable(&pe, &spec(&pe, &["qkv", "proj", "fc1"], r)), blocks + pool + patch + head);
     }
 
     #[test]

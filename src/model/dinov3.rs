@@ -16,6 +16,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use super::fused;
+use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
 use crate::{Error, Result};
@@ -290,26 +291,44 @@ impl Embeddings {
     }
 }
 
-/// An `nn.Linear`, with or without a bias.
+/// An `nn.Linear`, with or without a bias, and its LoRA adapter while training with LoRA.
 #[derive(Module, Debug)]
 pub struct Linear {
     /// `[in, out]` (PyTorch's weight is `[out, in]`).
     pub weight: Param<Tensor<2>>,
     /// `[out]`; none where the config leaves the bias out (DINOv3's `k_proj`).
     pub bias: Option<Param<Tensor<1>>>,
+    /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
+    /// it merged into the weight).
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
-    fn skeleton(bias: bool, device: &Device) -> Self {
-        Self { weight: empty(device), bias: bias.then(|| empty(device)) }
+    pub(crate) fn skeleton(bias: bool, device: &Device) -> Self {
+        Self { weight: empty(device), bias: bias.then(|| empty(device)), lora: None }
     }
 
-    fn walk(&mut self, w: &mut Walker<'_, '_>, d_in: usize, d_out: usize) -> Result<()> {
-        w.linear(&mut self.weight, self.bias.as_mut(), [d_in, d_out], None)
+    /// The weight and bias, then the adapter, if any, as peft names it under the module
+    /// (`lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`).
+    pub(crate) fn walk(&mut self, w: &mut Walker<'_, '_>, d_in: usize, d_out: usize) -> Result<()> {
+        w.linear(&mut self.weight, self.bias.as_mut(), [d_in, d_out], self.lora.as_ref())?;
+        match &mut self.lora {
+            Some(lora) => w.lora(lora),
+            None => Ok(()),
+        }
     }
 
-    /// `x W (+ b)`: `[b, t, in]` -> `[b, t, out]`.
+    /// `x W (+ b)`, plus the adapter's `dropout(x) A B · scaling` if there is one (peft's
+    /// `lora.Linear.forward`): `[b, t, in]` -> `[b, t, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lora {
+            Some(adapter) => self.base(x.clone()) + adapter.forward(x),
+            None => self.base(x),
+        }
+    }
+
+    /// `x W (+ b)`.
+    fn base(&self, x: Tensor<3>) -> Tensor<3> {
         let w = self.weight.val();
         let bias = match &self.bias {
             Some(b) => b.val(),
@@ -320,6 +339,11 @@ impl Linear {
         } else {
             burn::tensor::module::linear(x, w, Some(bias))
         }
+    }
+
+    /// The linear as a place for an adapter, named `name`, from `d_in` to `d_out`.
+    pub(crate) fn site(&mut self, name: String, [d_in, d_out]: [usize; 2], rows: Rows) -> Site<'_> {
+        Site { name, dims: [d_in, d_out], rows, slot: &mut self.lora }
     }
 }
 
@@ -564,6 +588,30 @@ impl Dinov3 {
         w.pp("norm").layer_norm(&mut self.norm, cfg.hidden_size)
     }
 
+    /// Every `nn.Linear` as a place for a LoRA adapter (what peft's LoRA can wrap but the patch
+    /// convolution), named under `prefix` as in checkpoints (`backbone.layer.0.attention.q_proj`),
+    /// layer by layer in checkpoint order.
+    pub fn sites(&mut self, cfg: &Dinov3Config, prefix: &str) -> Vec<Site<'_>> {
+        let (d, m) = (cfg.hidden_size, cfg.intermediate_size);
+        let root = if prefix.is_empty() { String::new() } else { format!("{}.", prefix.trim_end_matches('.')) };
+        let mut sites = Vec::new();
+        for (i, layer) in self.layer.iter_mut().enumerate() {
+            let at = |module: &str| format!("{root}layer.{i}.{module}");
+            let Attention { q_proj, k_proj, v_proj, o_proj, .. } = &mut layer.attention;
+            sites.push(k_proj.site(at("attention.k_proj"), [d, d], Rows::Tokens));
+            sites.push(v_proj.site(at("attention.v_proj"), [d, d], Rows::Tokens));
+            sites.push(q_proj.site(at("attention.q_proj"), [d, d], Rows::Tokens));
+            sites.push(o_proj.site(at("attention.o_proj"), [d, d], Rows::Tokens));
+            let Mlp { gate_proj, up_proj, down_proj, .. } = &mut layer.mlp;
+            if let Some(gate) = gate_proj {
+                sites.push(gate.site(at("mlp.gate_proj"), [d, m], Rows::Tokens));
+            }
+            sites.push(up_proj.site(at("mlp.up_proj"), [d, m], Rows::Tokens));
+            sites.push(down_proj.site(at("mlp.down_proj"), [m, d], Rows::Tokens));
+        }
+        sites
+    }
+
     /// The rotary tables for `pixels`' patch grid, `[1, 1, n, hd]` each, on its device and dtype.
     fn rope(&self, pixels: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [_, _, h, w] = pixels.dims();
@@ -686,6 +734,64 @@ mod tests {
         let (_, sin) = rope_tables(2, 2, 8, 100.0, &c);
         let (_, plain) = rope_tables(2, 2, 8, 100.0, &Coords::IDENTITY);
         assert_ne!(sin, plain);
+    }
+
+    #[test]
+    fn linear_with_a_non_square_adapter_adds_x_a_b_scaling() {
+        // in 3, out 5, rank 2: y = x W + b + (x A) B · s, by hand in f64.
+        let device = Device::flex();
+        let (d_in, d_out, r, s) = (3, 5, 2, 0.75);
+        let vals = |n: usize, k: f64| (0..n).map(|i| ((i as f64 * k).sin() * 0.9) as f32).collect::<Vec<f32>>();
+        let (w, b, a, bb, x) = (
+            vals(d_in * d_out, 1.3),
+            vals(d_out, 0.7),
+            vals(d_in * r, 2.1),
+            vals(r * d_out, 0.4),
+            vals(2 * 4 * d_in, 0.55),
+        );
+        let m2 = |v: &Vec<f32>, shape: [usize; 2]| {
+            Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v.clone(), shape), &device))
+        };
+        let linear = Linear {
+            weight: m2(&w, [d_in, d_out]),
+            bias: Some(Param::from_tensor(Tensor::<1>::from_data(TensorData::new(b.clone(), [d_out]), &device))),
+            lora: Some(Lora { lora_a: m2(&a, [d_in, r]), lora_b: m2(&bb, [r, d_out]), scaling: s, dropout_mask: None }),
+        };
+        let input = Tensor::<3>::from_data(TensorData::new(x.clone(), [2, 4, d_in]), &device);
+        let got: Vec<f32> = linear.forward(input.clone()).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), 2 * 4 * d_out);
+        let mut worst = 0f64;
+        for row in 0..8 {
+            let xr = &x[row * d_in..(row + 1) * d_in];
+            let down: Vec<f64> = (0..r).map(|k| (0..d_in).map(|i| xr[i] as f64 * a[i * r + k] as f64).sum()).collect();
+            for j in 0..d_out {
+                let base: f64 = (0..d_in).map(|i| xr[i] as f64 * w[i * d_out + j] as f64).sum::<f64>() + b[j] as f64;
+                let delta: f64 = (0..r).map(|k| down[k] * bb[k * d_out + j] as f64).sum::<f64>() * s;
+                worst = worst.max((got[row * d_out + j] as f64 - (base + delta)).abs());
+            }
+        }
+        assert!(worst < 1e-5, "max |diff| {worst}");
+        // A dropout mask multiplies the adapter's input only: all-zero leaves the base.
+        let mut dropped = linear;
+        let base: Vec<f32> = dropped.base(input.clone()).into_data().try_to_vec::<f32>().unwrap();
+        dropped.lora.as_mut().unwrap().dropout_mask = Some(Tensor::zeros([2, 4, d_in], &device));
+        let got: Vec<f32> = dropped.forward(input).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got, base);
+    }
+
+    #[test]
+    fn sites_follow_the_checkpoint_names() {
+        let cfg = Dinov3Config { num_hidden_layers: 2, use_gated_mlp: true, ..Dinov3Config::vitb16() };
+        let mut model = Dinov3::skeleton(&cfg, &Device::flex());
+        let sites = model.sites(&cfg, ROOT);
+        assert_eq!(sites.len(), 2 * 7);
+        assert_eq!(sites[0].name, "backbone.layer.0.attention.k_proj");
+        let gate = sites.iter().find(|s| s.name == "backbone.layer.1.mlp.gate_proj").unwrap();
+        assert_eq!(gate.dims, [768, 3072]);
+        let down = sites.iter().find(|s| s.name == "backbone.layer.1.mlp.down_proj").unwrap();
+        assert_eq!(down.dims, [3072, 768]);
+        let names: Vec<String> = tensor_shapes(&cfg, ROOT).into_iter().map(|(n, _)| n).collect();
+        assert!(sites.iter().all(|s| names.contains(&format!("{}.weight", s.name))));
     }
 
     #[test]

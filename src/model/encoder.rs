@@ -7,6 +7,7 @@ use burn::prelude::*;
 use super::clip::{self, VisionTransformer};
 use super::config::Architecture;
 use super::dinov3::{self, Coords, Dinov3};
+use super::lora::{self, Lora, Rows, Site};
 use super::params::{Loader, Visit};
 use super::pe::{self, Pe};
 use super::tensors::TensorMap;
@@ -68,7 +69,48 @@ impl Encoder {
         }
     }
 
-    /// CLIP's encoder, for what only it has (LoRA adapters, kept transposed weights).
+    /// The modules a LoRA adapter can go on, under their checkpoint names, in the order
+    /// adapters are made and walked: CLIP's attention projections (`q_proj`, `k_proj`,
+    /// `v_proj`, `out_proj`) layer by layer; every `nn.Linear` of DINOv3; the Perception
+    /// Encoder's linears and its patch convolution (what peft's LoRA wraps).
+    pub fn lora_sites(&mut self, arch: &Architecture) -> Vec<Site<'_>> {
+        match (self, arch) {
+            (Self::Clip(e), Architecture::Clip(cfg)) => {
+                let d = cfg.hidden_size;
+                let mut sites = Vec::new();
+                for (i, layer) in e.encoder.layers.iter_mut().enumerate() {
+                    for (name, proj) in layer.self_attn.projections_mut() {
+                        let name = format!("{}.encoder.layers.{i}.self_attn.{name}", clip::ROOT);
+                        sites.push(Site { name, dims: [d, d], rows: Rows::Tokens, slot: &mut proj.lora });
+                    }
+                }
+                sites
+            }
+            (Self::Dinov3(e), Architecture::Dinov3(cfg)) => e.sites(cfg, dinov3::ROOT),
+            (Self::Pe(e), Architecture::Pe(_)) => e.sites(dinov3::ROOT),
+            (_, arch) => unreachable!("an encoder is always walked with its own architecture ({})", arch.family()),
+        }
+    }
+
+    /// Puts an adapter made by `make(in, out)` on every module of [`Self::lora_sites`] that
+    /// one of `targets` matches as peft matches them (the name, or its end after a dot);
+    /// returns the names of the modules adapted.
+    pub fn add_adapters(
+        &mut self,
+        arch: &Architecture,
+        targets: &[String],
+        mut make: impl FnMut(usize, usize) -> Lora,
+    ) -> Vec<String> {
+        lora::add_adapters(self.lora_sites(arch), targets, &mut make)
+    }
+
+    /// The LoRA adapters, with the rows of their input (for their dropout masks), in
+    /// [`Self::lora_sites`] order.
+    pub fn adapters_mut(&mut self, arch: &Architecture) -> Vec<(Rows, &mut Lora)> {
+        self.lora_sites(arch).into_iter().filter_map(|s| Some((s.rows, s.slot.as_mut()?))).collect()
+    }
+
+    /// CLIP's encoder, for what only it has (kept transposed weights).
     pub fn as_clip_mut(&mut self) -> Option<&mut VisionTransformer> {
         match self {
             Self::Clip(e) => Some(e),

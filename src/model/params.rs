@@ -14,7 +14,7 @@ use burn::nn::LayerNorm;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
-use super::lora::Lora;
+use super::lora::{Lora, module_matches};
 use super::spec::Tuning;
 use super::tensors::{HostTensor, TensorMap, transpose};
 use crate::Result;
@@ -151,6 +151,19 @@ impl<'a, 'f> Walker<'a, 'f> {
         self.param(leaf, shape, Slot::Matrix(param, layout), None)
     }
 
+    /// A 2-D parameter that a LoRA adapter may adapt (a patch embedding), which an export
+    /// merges into it.
+    pub fn adapted_matrix(
+        &mut self,
+        leaf: &str,
+        param: &mut Param<Tensor<2>>,
+        shape: &[usize],
+        layout: Layout,
+        adapter: Option<&Lora>,
+    ) -> Result<()> {
+        self.param(leaf, shape, Slot::Matrix(param, layout), adapter)
+    }
+
     /// An `nn.Linear` from `d_in` to `d_out`: `weight` (PyTorch `[d_out, d_in]`, burn
     /// `[d_in, d_out]`) and `bias` `[d_out]`; `adapter`: the LoRA adapter on it, if any.
     pub fn linear(
@@ -183,6 +196,18 @@ impl<'a, 'f> Walker<'a, 'f> {
         let [_, d_out] = lora.lora_b.dims();
         self.matrix("lora_A.weight", &mut lora.lora_a, &[r, d_in], Layout::Transposed)?;
         self.matrix("lora_B.weight", &mut lora.lora_b, &[d_out, r], Layout::Transposed)
+    }
+
+    /// A LoRA adapter on a patch convolution (kernel = stride = `patch`, `channels` in), as peft
+    /// names it: `lora_A.weight` a convolution `[r, channels, patch, patch]`, `lora_B.weight`
+    /// a 1x1 convolution `[out, r, 1, 1]` (burn `[channels·patch·patch, r]` and `[r, out]`).
+    pub fn conv_lora(&mut self, lora: &mut Lora, channels: usize, patch: usize) -> Result<()> {
+        let [_, r] = lora.lora_a.dims();
+        let [_, d_out] = lora.lora_b.dims();
+        let a = Layout::PatchEmbedding { channels, patch };
+        self.matrix("lora_A.weight", &mut lora.lora_a, &[r, channels, patch, patch], a)?;
+        let b = Layout::PatchEmbedding { channels: r, patch: 1 };
+        self.matrix("lora_B.weight", &mut lora.lora_b, &[d_out, r, 1, 1], b)
     }
 }
 
@@ -241,11 +266,6 @@ pub struct Selection {
     pub unfreeze: Vec<String>,
     /// Train the LoRA adapters present in the model.
     pub lora: bool,
-}
-
-/// peft's module matching: the module's name is the target or ends with `.target`.
-fn module_matches(module: &str, target: &str) -> bool {
-    module == target || module.ends_with(&format!(".{target}"))
 }
 
 impl Selection {

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dinov3::Linear;
 use super::fused;
+use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
 use crate::preprocess::antialias::{Filter, resize_matrix};
@@ -295,11 +296,12 @@ fn sdpa(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 
 /// An `nn.Linear` with a bias, to fill from a checkpoint.
 fn linear_skeleton(device: &Device) -> Linear {
-    Linear { weight: empty(device), bias: Some(empty(device)) }
+    Linear::skeleton(true, device)
 }
 
+/// The linear and its adapter, if any (see [`Linear::walk`]).
 fn walk_linear(linear: &mut Linear, w: &mut Walker<'_, '_>, d_in: usize, d_out: usize) -> Result<()> {
-    w.linear(&mut linear.weight, linear.bias.as_mut(), [d_in, d_out], None)
+    linear.walk(w, d_in, d_out)
 }
 
 fn layer_norm_skeleton(cfg: &PeConfig, device: &Device) -> LayerNorm {
@@ -473,6 +475,9 @@ pub struct Pe {
     pub pos_embed: Param<Tensor<2>>,
     /// The patch convolution (kernel = stride = patch, no bias) as a matrix `[3·p·p, d]`.
     pub patch_embed: Param<Tensor<2>>,
+    /// The LoRA adapter on the patch convolution (peft's `lora.Conv2d`, which a target matching
+    /// `patch_embed.proj`, e.g. `proj`, puts there) while training with LoRA.
+    pub patch_embed_lora: Option<Lora>,
     pub norm_pre: LayerNorm,
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
@@ -496,6 +501,7 @@ impl Pe {
             cls_token: cfg.class_token.then(|| empty(device)),
             pos_embed: empty(device),
             patch_embed: empty(device),
+            patch_embed_lora: None,
             norm_pre: layer_norm_skeleton(cfg, device),
             blocks: (0..cfg.depth).map(|_| Block::skeleton(cfg, device)).collect(),
             norm: layer_norm_skeleton(cfg, device),
@@ -520,13 +526,50 @@ impl Pe {
         let positions = cfg.prefix_tokens() + cfg.native_grid() * cfg.native_grid();
         w.matrix("pos_embed", &mut self.pos_embed, &[1, positions, d], Layout::LeadingOne)?;
         let conv = Layout::PatchEmbedding { channels: CHANNELS, patch: p };
-        w.matrix("patch_embed.proj.weight", &mut self.patch_embed, &[d, CHANNELS, p, p], conv)?;
+        let mut proj = w.pp("patch_embed.proj");
+        let adapter = self.patch_embed_lora.as_ref();
+        proj.adapted_matrix("weight", &mut self.patch_embed, &[d, CHANNELS, p, p], conv, adapter)?;
+        if let Some(lora) = &mut self.patch_embed_lora {
+            proj.conv_lora(lora, CHANNELS, p)?;
+        }
         w.pp("norm_pre").layer_norm(&mut self.norm_pre, d)?;
         for (i, block) in self.blocks.iter_mut().enumerate() {
             block.walk(&mut w.pp("blocks").pp(i), cfg)?;
         }
         w.pp("norm").layer_norm(&mut self.norm, d)?;
         self.attn_pool.walk(&mut w.pp("attn_pool"), cfg)
+    }
+
+    /// Every module peft's LoRA can wrap, as a place for an adapter, named under `prefix` as in
+    /// checkpoints (`backbone.blocks.0.attn.qkv`), in state-dict order: the patch convolution
+    /// (`patch_embed.proj`), each block's `attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`, and the
+    /// attention pool's `q`, `kv`, `proj`, `mlp.fc1`, `mlp.fc2`.
+    pub fn sites(&mut self, prefix: &str) -> Vec<Site<'_>> {
+        let cfg = &self.cfg;
+        let (d, m, pm, p) = (cfg.embed_dim, cfg.mlp_dim, cfg.attn_pool_mlp_dim, cfg.patch_size);
+        let root = if prefix.is_empty() { String::new() } else { format!("{}.", prefix.trim_end_matches('.')) };
+        let at = |module: &str| format!("{root}{module}");
+        let conv = [CHANNELS * p * p, d];
+        let mut sites = vec![Site {
+            name: at("patch_embed.proj"),
+            dims: conv,
+            rows: Rows::Patches,
+            slot: &mut self.patch_embed_lora,
+        }];
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let at = |module: &str| format!("{root}blocks.{i}.{module}");
+            sites.push(block.attn.qkv.site(at("attn.qkv"), [d, 3 * d], Rows::Tokens));
+            sites.push(block.attn.proj.site(at("attn.proj"), [d, d], Rows::Tokens));
+            sites.push(block.mlp.fc1.site(at("mlp.fc1"), [d, m], Rows::Tokens));
+            sites.push(block.mlp.fc2.site(at("mlp.fc2"), [m, d], Rows::Tokens));
+        }
+        let pool = &mut self.attn_pool;
+        sites.push(pool.q.site(at("attn_pool.q"), [d, d], Rows::Latent));
+        sites.push(pool.kv.site(at("attn_pool.kv"), [d, 2 * d], Rows::Tokens));
+        sites.push(pool.proj.site(at("attn_pool.proj"), [d, d], Rows::Pooled));
+        sites.push(pool.mlp.fc1.site(at("attn_pool.mlp.fc1"), [d, pm], Rows::Pooled));
+        sites.push(pool.mlp.fc2.site(at("attn_pool.mlp.fc2"), [pm, d], Rows::Pooled));
+        sites
     }
 
     /// The position embedding for a `gh` x `gw` grid, `[prefix + gh·gw, d]`: the parameter
@@ -582,7 +625,12 @@ impl Pe {
             .reshape([b, c, gh, p, gw, p]) // [b, c, gh, p, gw, p]
             .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
             .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
-        let x = patches.matmul(self.patch_embed.val().unsqueeze::<3>()); // [b, n, d]
+        let x = patches.clone().matmul(self.patch_embed.val().unsqueeze::<3>()); // [b, n, d]
+        // peft's `lora.Conv2d`: the same patches through A (a convolution) and B (1x1).
+        let x = match &self.patch_embed_lora {
+            Some(adapter) => x + adapter.forward(patches),
+            None => x,
+        };
         let d = self.cfg.embed_dim;
         let x = match &self.cls_token {
             Some(cls) => {
@@ -665,6 +713,24 @@ mod tests {
         assert_eq!(shapes.len(), 3 + 2 + 12 + 2 + 13);
         let g = tensor_shapes(&PeConfig { depth: 1, ..PeConfig::gigantic() }, "");
         assert_eq!(g[0], ("pos_embed".into(), vec![1, 1024, 1536]), "no class token");
+    }
+
+    #[test]
+    fn sites_name_every_module_peft_wraps() {
+        let cfg = PeConfig { depth: 2, ..PeConfig::base() };
+        let mut model = Pe::skeleton(&cfg, &Device::flex());
+        let sites = model.sites(super::super::dinov3::ROOT);
+        let names: Vec<&str> = sites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), 1 + 2 * 4 + 5);
+        assert_eq!(names[0], "backbone.patch_embed.proj");
+        assert_eq!(sites[0].dims, [3 * 16 * 16, 768]);
+        assert!(names.contains(&"backbone.blocks.1.attn.qkv") && names.contains(&"backbone.attn_pool.kv"));
+        let kv = sites.iter().find(|s| s.name == "backbone.attn_pool.kv").unwrap();
+        assert_eq!((kv.dims, kv.rows), ([768, 1536], Rows::Tokens));
+        let q = sites.iter().find(|s| s.name == "backbone.attn_pool.q").unwrap();
+        assert_eq!(q.rows, Rows::Latent);
+        let shapes: Vec<String> = tensor_shapes(&cfg, "backbone").into_iter().map(|(n, _)| n).collect();
+        assert!(names.iter().all(|n| shapes.contains(&format!("{n}.weight"))));
     }
 
     #[test]

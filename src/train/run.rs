@@ -399,10 +399,9 @@ impl Trainer {
             // Training mode: what the encoder draws per forward pass.
             let mut rng = Rng::derive(seed, Stream::Rope, &[epoch as u64, mb]);
             detector.encoder.set_training(&detector.backbone.encoder, Some(&mut || rng.uniform()));
-            if let (Some(dropout), Some(cfg)) = (lora, detector.backbone.encoder.as_clip()) {
+            if let Some(dropout) = lora {
                 let mut rng = Rng::derive(seed, Stream::Dropout, &[epoch as u64, mb]);
-                let shape = [b, cfg.num_positions(), cfg.hidden_size];
-                lora::set_dropout(detector, dropout, shape, Some(&mut rng), &device);
+                lora::set_dropout(detector, dropout, b, Some(&mut rng), &device);
             }
         };
         let cache = self.cache.as_ref().map(|(trn, _)| trn);
@@ -504,7 +503,7 @@ impl Trainer {
 
         // Validation.
         self.trainable.unbind(&mut self.detector, &self.device);
-        lora::set_dropout(&mut self.detector, 0.0, [0, 0, 0], None, &self.device);
+        lora::set_dropout(&mut self.detector, 0.0, 0, None, &self.device);
         let cache = self.cache.as_ref().map(|(_, val)| val);
         let val = score_val(&mut self.detector, &self.val, cache, &self.config, &self.device, &mut self.warned, obs)?;
         for (k, v) in loss_rows("val", &val.loss) {

@@ -15,6 +15,7 @@ mod checkpoints;
 mod cli;
 mod dinov3;
 mod hostile;
+mod lora;
 mod parity;
 mod parsers;
 mod pe;

@@ -167,3 +167,100 @@ fn pe_ln_tuning_trains_the_norms_and_learns() {
     };
     ln_tuning_on(&[&checkpoint, "max_epochs=10", "lr=3e-2"], &base, "Perception Encoder", norms, 2 * (1 + 2 * 2 + 2));
 }
+
+/// LoRA (peft's semantics) on one of GenD's other encoders, set up by `sets_given`, with
+/// `targets`: after training, exactly the weights of the modules the targets match (`adapted`,
+/// `count` of them) differ from `base` (merged adapters), nothing else of the encoder moves,
+/// and the run's checkpoint reads back as a detector of that family and scores the test split.
+fn lora_on(
+    sets_given: &[&str],
+    targets: &str,
+    base: &dfdet::model::tensors::TensorMap,
+    family: &str,
+    adapted: impl Fn(&str) -> bool,
+    count: usize,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    derived_dataset(tmp.path(), Some(8));
+    let targets = format!("peft.lora.target_modules={targets}");
+    let mut sets = [
+        "peft.ln_tuning.enabled=false",
+        "peft.lora.enabled=true",
+        "peft.lora.rank=2",
+        targets.as_str(),
+        "max_epochs=2",
+        "lr=1e-3",
+    ]
+    .to_vec();
+    sets.extend(sets_given);
+    let cfg = config(tmp.path(), &sets);
+    let out = train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap();
+
+    let ckpt = dfdet::model::load_checkpoint(out.run_dir.join("checkpoints/last").to_str().unwrap(), None).unwrap();
+    assert_eq!(ckpt.backbone.encoder.family(), family);
+    assert!(matches!(ckpt.spec.tuning, dfdet::model::Tuning::Lora { rank: 2, .. }), "{:?}", ckpt.spec.tuning);
+    assert!(!ckpt.tensors.keys().any(|k| k.contains("lora_")), "{family}: adapters are merged");
+    let moved: Vec<&String> = base
+        .tensors()
+        .iter()
+        .filter(|(name, t)| !name.starts_with("model.") && ckpt.tensors.get(name).unwrap().data != t.data)
+        .map(|(n, _)| n)
+        .collect();
+    assert!(moved.iter().all(|n| adapted(n)), "{family}: only the adapted weights move: {moved:?}");
+    assert_eq!(moved.len(), count, "{family}: every adapted weight moved: {moved:?}");
+    // The checkpoint scores: the run's test pass read `best` back and scored every frame.
+    let test = out.test.unwrap();
+    let auroc = test.report["D"].frame.auroc.unwrap();
+    assert!(auroc.is_finite(), "{family}: AUROC {auroc}");
+}
+
+/// DINOv3 from its backbone folder, LoRA on `q_proj`, `v_proj` and `up_proj` of each layer
+/// (`k_proj`, `o_proj`, `down_proj`, the norms and layer scales stay).
+#[test]
+fn dinov3_lora_trains_the_targeted_projections() {
+    let folder = fixtures().join("tiny-dinov3");
+    let arch = dfdet::model::config::Backbone::from_dir(&folder).unwrap().encoder;
+    let base = dfdet::train::init::encoder_tensors(&folder.join("model.safetensors"), &arch).unwrap();
+    let backbone = format!("backbone=\"{}\"", folder.display());
+    let adapted = |n: &str| {
+        ["attention.q_proj.weight", "attention.v_proj.weight", "mlp.up_proj.weight"].iter().any(|m| n.ends_with(m))
+    };
+    lora_on(&[&backbone], "[\"q_proj\", \"v_proj\", \"up_proj\"]", &base, "DINOv3", adapted, 2 * 3);
+}
+
+/// The Perception Encoder of a GenD detector, LoRA on `qkv`, `proj` and `fc1` as peft matches
+/// them: each block's `attn.qkv`, `attn.proj` and `mlp.fc1`, the attention pool's `proj` and
+/// `mlp.fc1`, and the patch convolution `patch_embed.proj` (peft's `lora.Conv2d`).
+#[test]
+fn pe_lora_trains_the_targeted_projections() {
+    let gend = fixtures().join("gend-pe-tiny");
+    let base = dfdet::model::load_checkpoint(gend.to_str().unwrap(), None).unwrap().tensors;
+    let checkpoint = format!("checkpoint=\"{}\"", gend.display());
+    let adapted = |n: &str| {
+        n == "backbone.patch_embed.proj.weight"
+            || n == "backbone.attn_pool.proj.weight"
+            || n == "backbone.attn_pool.mlp.fc1.weight"
+            || ["attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight"]
+                .iter()
+                .any(|m| n.starts_with("backbone.blocks.") && n.ends_with(m))
+    };
+    lora_on(&[&checkpoint], "[\"qkv\", \"proj\", \"fc1\"]", &base, "Perception Encoder", adapted, 1 + 2 * 3 + 2);
+}
+
+/// A target that matches no module of the backbone is refused before training, naming the
+/// key and the family's modules (peft's matching takes whole name components: DINOv3's
+/// projections are `q_proj`, ..., so `proj` matches none).
+#[test]
+fn lora_targets_that_match_nothing_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    derived_dataset(tmp.path(), Some(8));
+    let folder = fixtures().join("tiny-dinov3");
+    let backbone = format!("backbone=\"{}\"", folder.display());
+    let sets = ["peft.ln_tuning.enabled=false", "peft.lora.enabled=true", "peft.lora.target_modules=[\"proj\"]"];
+    let mut sets = sets.to_vec();
+    sets.push(&backbone);
+    let cfg = config(tmp.path(), &sets);
+    let err = train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(err.contains("peft.lora.target_modules") && err.contains("`proj`"), "{err}");
+    assert!(err.contains("q_proj") && err.contains("up_proj"), "{err}");
+}

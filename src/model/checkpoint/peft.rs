@@ -125,14 +125,24 @@ fn merge_lora(
     rank: usize,
     alpha: f64,
 ) -> Result<HostTensor> {
+    // A linear's weight `[out, in]` with A `[r, in]` and B `[out, r]`; or a convolution's
+    // `[out, c, k, k]` with A a convolution `[r, c, k, k]` and B a 1x1 one `[out, r, 1, 1]`
+    // (peft's `lora.Conv2d`), merged as the matrices `[out, c·k·k]`, `[r, c·k·k]`, `[out, r]`.
     let (out_dim, in_dim) = match w.shape[..] {
-        [o, i] => (o, i),
+        [o, ..] if w.shape.len() == 2 || w.shape.len() == 4 => (o, w.shape[1..].iter().product::<usize>()),
         _ => {
-            return Err(Error::format(path, format!("LoRA on `{module}`: base weight {:?} is not a matrix", w.shape)));
+            return Err(Error::format(
+                path,
+                format!("LoRA on `{module}`: base weight {:?} is neither a matrix nor a convolution", w.shape),
+            ));
         }
     };
     let r = a.shape.first().copied().unwrap_or(0);
-    if a.shape != [r, in_dim] || b.shape != [out_dim, r] {
+    let a_fits = a.shape[1..] == w.shape[1..];
+    let b_fits = b.shape[..2.min(b.shape.len())] == [out_dim, r]
+        && b.shape.len() == w.shape.len()
+        && b.shape[2..].iter().all(|&k| k == 1);
+    if a.shape.len() != w.shape.len() || !a_fits || !b_fits {
         return Err(Error::format(
             path,
             format!("LoRA on `{module}`: A {:?} and B {:?} do not fit weight {:?}", a.shape, b.shape, w.shape),
@@ -187,6 +197,20 @@ mod tests {
         assert_eq!(t.take("vision_model.post_layernorm.weight", &[2]).unwrap().data, [2.0, 3.0]);
         assert_eq!(t.take("vision_model.post_layernorm.bias", &[2]).unwrap().data, [4.0, 5.0]);
         t.finish().unwrap();
+    }
+
+    #[test]
+    fn conv_lora_is_merged() {
+        // A patch convolution [out 2, c 1, 2, 2] with A [1, 1, 2, 2] and B [2, 1, 1, 1].
+        let w = HostTensor::new(vec![2, 1, 2, 2], vec![0.0; 8]);
+        let a = HostTensor::new(vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let b = HostTensor::new(vec![2, 1, 1, 1], vec![1.0, -1.0]);
+        let merged = merge_lora(Path::new("x"), "patch_embed.proj", w, &a, &b, 1, 2.0).unwrap();
+        assert_eq!(merged.shape, [2, 1, 2, 2]);
+        assert_eq!(merged.data, [2.0, 4.0, 6.0, 8.0, -2.0, -4.0, -6.0, -8.0]);
+        let w = HostTensor::new(vec![2, 1, 2, 2], vec![0.0; 8]);
+        let bad = HostTensor::new(vec![2, 1], vec![1.0, -1.0]);
+        assert!(merge_lora(Path::new("x"), "patch_embed.proj", w, &a, &bad, 1, 2.0).is_err());
     }
 
     #[test]
