@@ -1,9 +1,9 @@
 //! `dfdet train`: parameter-efficient fine-tuning of the detector (docs/method.md §4-§7).
 //!
 //! LN-tuning, linear probing and LoRA on the encoder (CLIP, DINOv3, Perception Encoder); slerp
-//! feature augmentation; the reference's losses; AdamW with its two parameter groups and a per-step cosine schedule;
-//! gradient accumulation; a run folder with the resolved config, metrics, checkpoints and a
-//! final test pass; resumable at any saved step.
+//! feature augmentation; the reference's losses; AdamW with its two parameter groups and a
+//! per-step cosine schedule; gradient accumulation; a run folder with the resolved config,
+//! metrics, checkpoints and a final test pass; resumable at any saved step.
 
 pub mod augment;
 pub mod config;
