@@ -1,6 +1,7 @@
 //! The detector's encoder, whichever family its backbone is: CLIP's vision transformer
-//! ([`super::clip`]), DINOv3 ([`super::dinov3`]) or the Perception Encoder ([`super::pe`]). Both turn `[b, 3, h, w]` pixels into the
-//! `[b, d]` feature the head reads, and name their parameters as checkpoints do.
+//! ([`super::clip`]), DINOv3 ([`super::dinov3`]) or the Perception Encoder ([`super::pe`]). Each
+//! turns `[b, 3, h, w]` pixels into the `[b, d]` feature the head reads, and names its
+//! parameters as checkpoints do.
 
 use burn::prelude::*;
 

@@ -17,8 +17,9 @@ pub const RANDOM_PREFIX: &str = "random:";
 
 /// A base encoder (CLIP, DINOv3 or Perception Encoder): its tensors from `name` (a local folder
 /// with `model.safetensors`, or a preset / hub id whose `model.safetensors` is fetched through
-/// the HF cache, see [`weights_repo`]; `random:<preset>` draws random weights of that architecture, for cost estimates), and
-/// a head drawn as PyTorch's `nn.Linear` default (uniform in `±1/√d`, seeded).
+/// the HF cache, see [`weights_repo`]; `random:<preset>` draws random weights of that
+/// architecture, for cost estimates), and a head drawn as PyTorch's `nn.Linear` default
+/// (uniform in `±1/√d`, seeded).
 pub fn base_encoder(name: &str, head: HeadKind, num_classes: usize, tuning: Tuning, seed: u64) -> Result<Checkpoint> {
     let dir = Path::new(name);
     let (backbone, weights) = if let Some(preset) = name.strip_prefix(RANDOM_PREFIX) {

@@ -1,8 +1,8 @@
 //! LoRA adapters with peft's semantics (docs/method.md §4): rank `r` on the modules the targets
 //! match (CLIP's attention projections; DINOv3's and the Perception Encoder's linears, and the
-//! latter's patch convolution), `scaling = alpha / r`, dropout on the adapter's input, `A` drawn as PyTorch's
-//! `kaiming_uniform_(a = √5)` (uniform in `±1/√in`) and `B` zero, so training starts from the
-//! frozen model exactly.
+//! latter's patch convolution), `scaling = alpha / r`, dropout on the adapter's input, `A` drawn
+//! as PyTorch's `kaiming_uniform_(a = √5)` (uniform in `±1/√in`) and `B` zero, so training
+//! starts from the frozen model exactly.
 
 use burn::module::Param;
 use burn::prelude::*;
