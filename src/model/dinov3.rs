@@ -330,14 +330,16 @@ impl Linear {
     /// `x W (+ b)`.
     fn base(&self, x: Tensor<3>) -> Tensor<3> {
         let w = self.weight.val();
-        let bias = match &self.bias {
-            Some(b) => b.val(),
-            None => Tensor::zeros([w.dims()[1]], &w.device()),
-        };
         if x.dtype() == burn::tensor::DType::F32 {
+            let bias = match &self.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([w.dims()[1]], &w.device()),
+            };
             fused::linear(x, w.clone(), w.transpose(), bias)
         } else {
-            burn::tensor::module::linear(x, w, Some(bias))
+            // Other dtypes (bf16): burn's own, the bias only where there is one (a zero bias
+            // made here would be f32).
+            burn::tensor::module::linear(x, w, self.bias.as_ref().map(|b| b.val()))
         }
     }
 

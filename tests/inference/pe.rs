@@ -323,3 +323,30 @@ fn timm_weights_start_a_detector_without_their_head() {
         "timm/vit_pe_core_large_patch14_336.fb"
     );
 }
+
+/// `predict --dtype bf16` on GenD's PE and DINOv3 folders stays close to the reference's f32
+/// probabilities (a check of the bf16 path, which DINOv3's bias-free `k_proj` once broke, not
+/// parity).
+#[test]
+fn bf16_gend_folders_score_close() {
+    let crops = crate::common::samples().join("datasets/FF/DF/000_003");
+    for (name, probs) in [("gend-pe-tiny", "gend_pe_probs.json"), ("gend-dinov3-tiny", "gend_dinov3_probs.json")] {
+        let weights = fixtures().join(name);
+        let out = crate::common::dfdet()
+            .args(["predict", "--weights", weights.to_str().unwrap(), "--dtype", "bf16", "--format", "json"])
+            .arg(&crops)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want = read_json(probs);
+        let root = crate::common::samples().display().to_string();
+        let frames = json["frames"].as_array().unwrap();
+        assert_eq!(frames.len(), 4, "{name}");
+        for f in frames {
+            let key = f["path"].as_str().unwrap().strip_prefix(&root).unwrap().trim_start_matches('/');
+            let diff = (f["p_fake"].as_f64().unwrap() - want[key][1].as_f64().unwrap()).abs();
+            assert!(diff <= 0.05, "{name} {key}: bf16 |Δp| = {diff}");
+        }
+    }
+}
