@@ -10,7 +10,7 @@
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
@@ -452,7 +452,7 @@ impl Mlp {
 
     fn act(&self, x: Tensor<3>) -> Tensor<3> {
         match self.act {
-            Activation::Gelu => gelu(x),
+            Activation::Gelu => fused::gelu(x),
             Activation::Silu => silu(x),
         }
     }

@@ -59,6 +59,39 @@ macro_rules! dispatched {
     };
 }
 
+/// `erf(x)` to within 1.5e-7 (Abramowitz & Stegun 7.1.26, with [`exp`]): `1 - t·P(t)·e^(-x²)`,
+/// `t = 1 / (1 + 0.3275911 |x|)`, odd in `x`. Its error is absolute, which is what the exact
+/// GELU `x/2 · (1 + erf(x/√2))` needs (the error is added to 1).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let p = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    let y = 1.0 - p * exp(-a * a);
+    y.copysign(x)
+}
+
+dispatched! {
+    /// In place: the exact (erf) GELU, `x/2 · (1 + erf(x/√2))`.
+    fn gelu(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x *= 0.5 * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+dispatched! {
+    /// `g ← g · (Φ(x) + x φ(x))`, the exact GELU's derivative.
+    fn gelu_grad(xs: &[f32], gs: &mut [f32]) {
+        // 1 / √(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        for (g, &x) in gs.iter_mut().zip(xs) {
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            *g *= cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x);
+        }
+    }
+}
+
 dispatched! {
     /// In place: `x · sigmoid(1.702 x)`.
     fn quick_gelu(xs: &mut [f32]) {
