@@ -13,7 +13,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::config::{EncoderConfig, HiddenAct};
-use super::fused::softmax_last;
+use super::fused::{norm, softmax_last};
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::{TensorMap, transpose};
@@ -294,16 +294,6 @@ impl EncoderLayer {
         let xq = x.clone().slice([0..b, 0..1, 0..d]); // [b, 1, d]
         let h = h.slice([0..b, 0..1, 0..d]) + self.self_attn.forward_queries(xq, x); // [b, 1, d]
         h.clone() + self.mlp.forward(norm(&self.layer_norm2, self.eps, h))
-    }
-}
-
-/// A LayerNorm as one fused operation in f32 (burn's module otherwise, e.g. in bf16).
-fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
-    match &ln.beta {
-        Some(beta) if x.dtype() == burn::tensor::DType::F32 => {
-            super::fused::layer_norm(x, ln.gamma.val(), beta.val(), eps)
-        }
-        _ => ln.forward(x),
     }
 }
 

@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use super::fused;
+use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
@@ -478,14 +478,6 @@ pub struct Layer {
 
 fn layer_norm_skeleton(cfg: &Dinov3Config, device: &Device) -> LayerNorm {
     LayerNormConfig::new(cfg.hidden_size).with_epsilon(cfg.layer_norm_eps).init(device)
-}
-
-/// A LayerNorm as one fused operation in f32 (burn's module otherwise, e.g. in bf16).
-fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
-    match &ln.beta {
-        Some(beta) if x.dtype() == burn::tensor::DType::F32 => fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
-        _ => ln.forward(x),
-    }
 }
 
 impl Layer {

@@ -33,7 +33,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::dinov3::Linear;
-use super::fused;
+use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
@@ -301,14 +301,6 @@ fn walk_linear(linear: &mut Linear, w: &mut Walker<'_, '_>, d_in: usize, d_out: 
 
 fn layer_norm_skeleton(cfg: &PeConfig, device: &Device) -> LayerNorm {
     LayerNormConfig::new(cfg.embed_dim).with_epsilon(cfg.layer_norm_eps).init(device)
-}
-
-/// A LayerNorm as one fused operation in f32 (burn's module otherwise, e.g. in bf16).
-fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
-    match &ln.beta {
-        Some(beta) if x.dtype() == burn::tensor::DType::F32 => fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
-        _ => ln.forward(x),
-    }
 }
 
 /// timm's `Mlp`: `fc1 -> GELU (erf) -> fc2`.

@@ -468,6 +468,13 @@ pub fn center_crop(img: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
         (start + pad).max(0) - pad
     };
     let (top, left) = (offset(orig_h, ch), offset(orig_w, cw));
+    window(img, top, left, crop_h, crop_w)
+}
+
+/// The `crop_h` x `crop_w` window of `img` whose top-left pixel is at (`top`, `left`), either
+/// possibly negative or past the edge: pixels outside the image are black (the crops' padding).
+fn window(img: &RgbImage, top: i64, left: i64, crop_h: usize, crop_w: usize) -> RgbImage {
+    let (orig_h, orig_w) = (img.height() as i64, img.width() as i64);
     let src = img.as_raw();
     let mut out = RgbImage::new(crop_w as u32, crop_h as u32);
     for (y, row) in out.chunks_exact_mut(crop_w * 3).enumerate() {
@@ -594,22 +601,7 @@ pub fn center_crop_torchvision(img: &RgbImage, crop_h: usize, crop_w: usize) -> 
     };
     let (orig_h, orig_w) = (img.height() as i64, img.width() as i64);
     let (top, left) = (offset(orig_h, crop_h as i64), offset(orig_w, crop_w as i64));
-    let src = img.as_raw();
-    let mut out = RgbImage::new(crop_w as u32, crop_h as u32);
-    for (y, row) in out.chunks_exact_mut(crop_w * 3).enumerate() {
-        let sy = top + y as i64;
-        if !(0..orig_h).contains(&sy) {
-            continue;
-        }
-        for (x, px) in row.chunks_exact_mut(3).enumerate() {
-            let sx = left + x as i64;
-            if (0..orig_w).contains(&sx) {
-                let i = (sy * orig_w + sx) as usize * 3;
-                px.copy_from_slice(&src[i..i + 3]);
-            }
-        }
-    }
-    out
+    window(img, top, left, crop_h, crop_w)
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use dfdet::model::tensors::{HostTensor, TensorMap};
 
 use crate::common::{fixtures, read_json};
 
-/// Every tensor of a safetensors file, as f32.
-fn read(path: &std::path::Path) -> TensorMap {
+/// Every tensor of a safetensors fixture, as f32 (the other encoders' tests read theirs with
+/// it too).
+pub fn read(path: &std::path::Path) -> TensorMap {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut map = TensorMap::new(path.to_path_buf());
@@ -24,7 +25,7 @@ fn read(path: &std::path::Path) -> TensorMap {
     map
 }
 
-fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+pub fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
     v.as_array()
         .unwrap()
         .iter()
@@ -32,7 +33,7 @@ fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn max_diff(got: &[f32], want: &[f32]) -> f32 {
+pub fn max_diff(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }

@@ -10,21 +10,10 @@ use dfdet::model::dinov3::{Dinov3, Dinov3Config};
 use dfdet::model::lora::{Lora, add_adapters};
 use dfdet::model::params::{Entry, Loader, is_adapter};
 use dfdet::model::pe::{Pe, PeConfig};
-use dfdet::model::tensors::{HostTensor, TensorMap};
+use dfdet::model::tensors::TensorMap;
 
 use crate::common::{fixtures, read_json};
-
-fn read(path: &std::path::Path) -> TensorMap {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut map = TensorMap::new(path.to_path_buf());
-    for (name, view) in st.iter() {
-        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        map.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
-    }
-    map
-}
+use crate::dinov3::read;
 
 fn pixels(dir: &std::path::Path, device: &Device) -> Tensor<4> {
     let x = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();

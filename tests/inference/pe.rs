@@ -9,23 +9,9 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use dfdet::model::params::Loader;
 use dfdet::model::pe::{GridIndexing, Pe, PeConfig, rope_tables};
-use dfdet::model::tensors::{HostTensor, TensorMap};
 
 use crate::common::{fixtures, read_json};
-use crate::dinov3::assert_info;
-
-/// Every tensor of a safetensors file, as f32.
-fn read(path: &std::path::Path) -> TensorMap {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut map = TensorMap::new(path.to_path_buf());
-    for (name, view) in st.iter() {
-        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        map.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
-    }
-    map
-}
+use crate::dinov3::{assert_info, max_diff, read};
 
 fn numbers(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
@@ -33,11 +19,6 @@ fn numbers(v: &serde_json::Value) -> Vec<f32> {
 
 fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
     v.as_array().unwrap().iter().map(numbers).collect()
-}
-
-fn max_diff(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

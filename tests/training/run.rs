@@ -105,6 +105,18 @@ fn lora_and_augmentations_train_and_export_merged_weights() {
     assert!(names.iter().any(|r| r.2 == "val/mAP_video"));
 }
 
+/// The encoder tensors of `base` whose values differ in `trained` (the head left out).
+fn moved_from<'a>(
+    base: &'a dfdet::model::tensors::TensorMap,
+    trained: &dfdet::model::tensors::TensorMap,
+) -> Vec<&'a String> {
+    base.tensors()
+        .iter()
+        .filter(|(name, t)| !name.starts_with("model.") && trained.get(name).unwrap().data != t.data)
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// LN-tuning on one of GenD's other encoders, set up by `sets_given` (a tiny reference-made backbone
 /// or GenD detector): it learns the manipulation, only tensors `trains` names move from `base`
 /// (all of them), and the run's checkpoint reads back as a detector of that family.
@@ -126,12 +138,7 @@ fn ln_tuning_on(
 
     let ckpt = dfdet::model::load_checkpoint(out.run_dir.join("checkpoints/last").to_str().unwrap(), None).unwrap();
     assert_eq!(ckpt.backbone.encoder.family(), family);
-    let moved: Vec<&String> = base
-        .tensors()
-        .iter()
-        .filter(|(name, t)| !name.starts_with("model.") && ckpt.tensors.get(name).unwrap().data != t.data)
-        .map(|(n, _)| n)
-        .collect();
+    let moved = moved_from(base, &ckpt.tensors);
     assert!(moved.iter().all(|n| trains(n)), "{family}: only LayerNorms train: {moved:?}");
     assert_eq!(moved.len(), count, "{family}: every norm's weight and bias moved: {moved:?}");
     let test = out.test.unwrap();
@@ -200,12 +207,7 @@ fn lora_on(
     assert_eq!(ckpt.backbone.encoder.family(), family);
     assert!(matches!(ckpt.spec.tuning, dfdet::model::Tuning::Lora { rank: 2, .. }), "{:?}", ckpt.spec.tuning);
     assert!(!ckpt.tensors.keys().any(|k| k.contains("lora_")), "{family}: adapters are merged");
-    let moved: Vec<&String> = base
-        .tensors()
-        .iter()
-        .filter(|(name, t)| !name.starts_with("model.") && ckpt.tensors.get(name).unwrap().data != t.data)
-        .map(|(n, _)| n)
-        .collect();
+    let moved = moved_from(base, &ckpt.tensors);
     assert!(moved.iter().all(|n| adapted(n)), "{family}: only the adapted weights move: {moved:?}");
     assert_eq!(moved.len(), count, "{family}: every adapted weight moved: {moved:?}");
     // The checkpoint scores: the run's test pass read `best` back and scored every frame.

@@ -96,6 +96,15 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
     ))
 }
 
+/// A burn `LayerNorm` module applied as [`layer_norm`], one fused operation, in f32 (the
+/// module's own operations otherwise, e.g. in bf16); the encoders' LayerNorms all go through it.
+pub fn norm<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    match &ln.beta {
+        Some(beta) if x.dtype() == DType::F32 => layer_norm(x, ln.gamma.val(), beta.val(), eps),
+        _ => ln.forward(x),
+    }
+}
+
 /// `x · weight + bias` over the last axis of `x` (`weight` `[in, out]`, burn's `Linear` layout),
 /// differentiable in `x` only: for frozen projections. `weight_t` is `weight` as `[out, in]`,
 /// used by the backward pass; pass `weight.transpose()` when no contiguous copy is at hand.
