@@ -5,7 +5,9 @@ cross-entropy, backward, AdamW. Timed as dfdet does (median of N steps after one
 peak RSS of the process.
 
 Pinned: torch==2.6.0 transformers==4.50.0 (see scripts/fixtures/requirements.txt).
-Usage: python scripts/bench/train_torch.py --batch 4 --iters 3 --threads 2
+Usage: python scripts/bench/train_torch.py --batch 4 --iters 3 --threads 2 [--precision bf16-mixed]
+`--precision bf16-mixed` runs the forward pass and the loss under torch.autocast to bfloat16, as
+Lightning's `precision = "bf16-mixed"` does (the reference's training precision).
 Prints one JSON row with the fields of dfdet's TrainBenchRow.
 """
 
@@ -65,7 +67,9 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
     args = ap.parse_args()
+    bf16 = args.precision == "bf16-mixed"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -85,10 +89,12 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        pooled = model(pixel_values=x).pooler_output
-        pooled = slerp_augment(pooled, labels)
-        logits = head(F.normalize(pooled, p=2, dim=1))
-        F.cross_entropy(logits, labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pooled = model(pixel_values=x).pooler_output
+            pooled = slerp_augment(pooled, labels)
+            logits = head(F.normalize(pooled, p=2, dim=1))
+            loss = F.cross_entropy(logits, labels)
+        loss.backward()
         opt.step()
 
     step()
@@ -100,7 +106,7 @@ def main():
     times.sort()
     s = times[len(times) // 2]
     print(json.dumps({
-        "backbone": args.backbone, "batch": args.batch, "threads": torch.get_num_threads(),
+        "backbone": args.backbone, "precision": args.precision, "batch": args.batch, "threads": torch.get_num_threads(),
         "trainable": sum(p.numel() for p in params), "s_per_step": s, "s_per_img": s / args.batch,
         "peak_rss_mib": peak_rss_mib(),
     }))

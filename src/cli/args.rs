@@ -222,9 +222,12 @@ pub struct BenchArgs {
     /// Output format on stdout.
     #[arg(short, long, default_value = "table", value_parser = choice::<Format>(&Format::NAMES))]
     pub format: Format,
-    /// Measure one LN-tuning training step (f32, first --batch value as the mini-batch) instead.
+    /// Measure one LN-tuning training step (first --batch value as the mini-batch) instead.
     #[arg(long, conflicts_with = "products")]
     pub train: bool,
+    /// The training step's precision (--train): `32` or `bf16-mixed`, as the train config's key.
+    #[arg(long, default_value = "32", requires = "train", value_parser = ["32", "bf16-mixed"])]
+    pub precision: String,
     /// Measure the encoder's f32 matrix products one by one (first --batch value), with every
     /// kernel library this machine has, in GFLOP/s and as a share of the CPU's peak, instead.
     #[arg(long)]

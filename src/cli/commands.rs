@@ -261,7 +261,8 @@ pub fn bench(args: BenchArgs) -> Result<Ended> {
         }
     } else if args.train {
         let batch = args.batch.first().copied().unwrap_or(4);
-        let row = commands::bench::train_step(&args.backbone, batch, args.iters, &mut bars)?;
+        let row =
+            commands::bench::train_step(&args.backbone, batch, args.iters, args.precision == "bf16-mixed", &mut bars)?;
         match args.format {
             Format::Json => format!("{}\n", serde_json::to_string(&row)?),
             Format::Csv => row.render_csv(),

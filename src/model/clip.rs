@@ -13,6 +13,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::config::{EncoderConfig, HiddenAct};
+use super::fused::bf16::{attention_bf16, autocast_bf16, quick_gelu_bf16, round_bf16};
 use super::fused::{norm, softmax_last};
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -70,7 +71,13 @@ impl Embeddings {
             .reshape([b, c, gh, p, gw, p]) // [b, c, gh, p, gw, p]
             .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
             .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
-        let patches = patches.matmul(self.patch_embedding.val().unsqueeze::<3>()); // [b, n, d]
+        let patches = if autocast_bf16() {
+            // bf16-mixed: the convolution on bfloat16 pixels and weights, its output bfloat16.
+            let weight = round_bf16(self.patch_embedding.val());
+            round_bf16(round_bf16(patches).matmul(weight.unsqueeze::<3>()))
+        } else {
+            patches.matmul(self.patch_embedding.val().unsqueeze::<3>())
+        }; // [b, n, d]
         let d = patches.dims()[2];
         let class = self.class_embedding.val().reshape([1, 1, d]).expand([b as i64, 1, d as i64]); // [b, 1, d]
         let tokens = Tensor::cat(vec![class, patches], 1); // [b, n + 1, d]
@@ -92,11 +99,15 @@ pub struct Projection {
     /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
     /// it merged into the weight).
     pub lora: Option<Lora>,
+    /// Whether `weight_t` holds the weight rounded to bfloat16 (bf16-mixed training), so that
+    /// the products read it rather than round the weight on every pass.
+    #[module(skip)]
+    pub weight_t_bf16: bool,
 }
 
 impl Projection {
     fn skeleton(device: &Device) -> Self {
-        Self { weight: empty(device), bias: empty(device), weight_t: None, lora: None }
+        Self { weight: empty(device), bias: empty(device), weight_t: None, lora: None, weight_t_bf16: false }
     }
 
     /// The weight and bias; the adapter's parameters are walked apart ([`Walker::lora`]).
@@ -106,10 +117,33 @@ impl Projection {
 
     /// `[b, t, in]` -> `[b, t, out]`: the projection plus its adapter, if it has one.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if autocast_bf16() && x.dtype() == burn::tensor::DType::F32 {
+            // bf16-mixed: the adapter's output and the sum are bfloat16 too.
+            return match &self.lora {
+                Some(adapter) => round_bf16(self.linear_bf16(x.clone()) + adapter.forward_bf16(x)),
+                None => self.linear_bf16(x),
+            };
+        }
         match &self.lora {
             Some(adapter) => self.linear(x.clone()) + adapter.forward(x),
             None => self.linear(x),
         }
+    }
+
+    /// `x W + b` under bf16-mixed precision: bfloat16 input, weight and bias, f32 accumulation,
+    /// a bfloat16 output (autocast's `linear`).
+    fn linear_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = round_bf16(x);
+        let bias = round_bf16(self.bias.val());
+        let y = match &self.weight_t {
+            Some(wt) if self.weight_t_bf16 => super::fused::linear(x, wt.clone().transpose(), wt.clone(), bias),
+            _ => {
+                let w = round_bf16(self.weight.val());
+                let wt = self.weight_t.as_ref().map_or_else(|| w.clone().transpose(), |wt| round_bf16(wt.clone()));
+                super::fused::linear(x, w, wt, bias)
+            }
+        };
+        round_bf16(y)
     }
 
     /// `x W + b`: one fused matrix product with bias in f32 (its backward pass computes only
@@ -190,7 +224,10 @@ impl SelfAttention {
         let v = heads(self.v_proj.forward(x), t);
         // softmax(q kᵀ · hd^-0.5) v, the scale HF applies to q.
         let scale = (hd as f64).powf(-0.5);
-        let ctx = if q.is_tracked() {
+        let ctx = if autocast_bf16() {
+            // bf16-mixed: PyTorch's CPU flash attention on bfloat16 (scores in f32).
+            attention_bf16(q, k, v, scale)
+        } else if q.is_tracked() {
             // Training: burn's autodiff differentiates attention through its generic fallback
             // (scores scaled after the product, softmax as five operations); here q is scaled
             // (smaller than the scores) and softmax is one fused operation with its backward.
@@ -233,9 +270,11 @@ impl Mlp {
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.fc1.forward(x); // [b, t, m]
-        let x = match self.act {
-            HiddenAct::QuickGelu => quick_gelu(x),
-            HiddenAct::Gelu => gelu(x),
+        let x = match (self.act, autocast_bf16()) {
+            (HiddenAct::QuickGelu, false) => quick_gelu(x),
+            (HiddenAct::Gelu, false) => gelu(x),
+            (HiddenAct::QuickGelu, true) => quick_gelu_bf16(x),
+            (HiddenAct::Gelu, true) => round_bf16(gelu(x)),
         };
         self.fc2.forward(x) // [b, t, d]
     }
@@ -384,6 +423,19 @@ impl VisionTransformer {
     pub fn keep_transposed_weights(&mut self, keep: bool) {
         for (_, proj) in self.projections_mut() {
             proj.weight_t = keep.then(|| transposed_copy(proj.weight.val()));
+            proj.weight_t_bf16 = false;
+        }
+    }
+
+    /// Rounds the kept copies ([`Self::keep_transposed_weights`]) to bfloat16 once, for
+    /// bf16-mixed training: the frozen weights autocast would cast on every pass. The weights
+    /// themselves stay as loaded (a checkpoint saves them).
+    pub fn round_transposed_weights(&mut self) {
+        for (_, proj) in self.projections_mut() {
+            if let Some(wt) = proj.weight_t.take() {
+                proj.weight_t = Some(round_bf16(wt));
+                proj.weight_t_bf16 = true;
+            }
         }
     }
 

@@ -49,8 +49,16 @@ impl Head {
     /// `[b, d]` -> logits `[b, classes]` and normalised features `[b, d]`.
     pub fn forward(&self, features: Tensor<2>) -> HeadOutput {
         let normalized = l2_normalize(features.clone());
-        let logits =
-            if self.normalize { self.linear.forward(normalized.clone()) } else { self.linear.forward(features) };
+        let input = if self.normalize { normalized.clone() } else { features };
+        let logits = if super::fused::bf16::autocast_bf16() {
+            // bf16-mixed: autocast's `linear`, bfloat16 operands and logits (the losses cast
+            // them back to f32); the parameters and their gradients stay f32.
+            use super::fused::bf16::round_bf16;
+            let bias = self.linear.bias.as_ref().map(|b| round_bf16(b.val()));
+            round_bf16(burn::tensor::module::linear(round_bf16(input), round_bf16(self.linear.weight.val()), bias))
+        } else {
+            self.linear.forward(input)
+        };
         HeadOutput { logits, features: normalized }
     }
 }

@@ -34,6 +34,23 @@ impl Lora {
         down.matmul(self.lora_b.val().unsqueeze::<3>()) * self.scaling // [b, t, out]
     }
 
+    /// [`Self::forward`] under bf16-mixed precision, as autocast computes peft's adapter: both
+    /// products on bfloat16 operands with bfloat16 outputs, the scaling a bfloat16 product.
+    pub fn forward_bf16(&self, x: Tensor<3>) -> Tensor<3> {
+        use super::fused::bf16::round_bf16;
+        let x = match &self.dropout_mask {
+            Some(mask) => {
+                let [b, t, d] = x.dims();
+                x * mask.clone().slice([0..b, 0..t, 0..d])
+            }
+            None => x,
+        };
+        let a = round_bf16(self.lora_a.val()).unsqueeze::<3>();
+        let b = round_bf16(self.lora_b.val()).unsqueeze::<3>();
+        let down = round_bf16(round_bf16(x).matmul(a)); // [b, t, r]
+        round_bf16(round_bf16(down.matmul(b)) * self.scaling) // [b, t, out]
+    }
+
     /// The width of the adapter's input.
     pub fn d_in(&self) -> usize {
         self.lora_a.dims()[0]

@@ -4,7 +4,8 @@
 //! (`warmup_epochs`, `num_epochs_in_cycle`, `lr_scheduler = "cyclic"`). Defaults are the
 //! reference's example training run (run.py `get_train_config`): CLIP ViT-L/14, LN-tuning,
 //! LinearNorm head, cross-entropy, slerp on, batch 128, lr 8e-5 -> 5e-5, no weight decay,
-//! 10 epochs, seed 42; and f32 throughout (the reference trains in bf16-mixed).
+//! 10 epochs, seed 42; and f32 (`precision = "32"`), where the reference trains in bf16-mixed
+//! (`precision = "bf16-mixed"` here too, for CLIP encoders: docs/method.md §14).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -158,7 +159,8 @@ pub struct TrainConfig {
     /// weights, pixel settings and frame file, so that later runs on the same frames skip the
     /// encoder (`dfdet study` shares one between its linear-probing cells).
     pub feature_cache_dir: Option<PathBuf>,
-    /// `"32"` / `"32-true"`: dfdet trains in f32.
+    /// `"32"` / `"32-true"`: f32 throughout; `"bf16-mixed"`: autocast to bfloat16 as the
+    /// reference trains (CLIP encoders; parameters, gradients and optimizer state stay f32).
     pub precision: String,
 }
 
@@ -450,11 +452,8 @@ impl TrainConfig {
                 return bad("peft.ln_tuning.target_modules", "is empty: name the LayerNorms to tune".into());
             }
         }
-        if !["32", "32-true"].contains(&self.precision.as_str()) {
-            return bad(
-                "precision",
-                format!("`{}`: dfdet trains in f32 only; expected one of `32`, `32-true`", self.precision),
-            );
+        if !["32", "32-true", "bf16-mixed"].contains(&self.precision.as_str()) {
+            return bad("precision", format!("`{}`: expected one of `32`, `32-true`, `bf16-mixed`", self.precision));
         }
         if self.peft.enabled && self.peft.lora.enabled && self.peft.ln_tuning.enabled {
             return bad("peft", "enable either lora or ln_tuning, not both (as the reference)".into());
@@ -491,6 +490,11 @@ impl TrainConfig {
     pub fn is_linear_probe(&self) -> bool {
         let s = self.selection();
         !s.full && s.ln_targets.is_empty() && s.unfreeze.is_empty() && !s.lora && !self.augmentations
+    }
+
+    /// Whether the run computes in bf16-mixed precision (autocast to bfloat16).
+    pub fn bf16_mixed(&self) -> bool {
+        self.precision == "bf16-mixed"
     }
 
     /// The tuning method recorded in checkpoints.

@@ -29,6 +29,7 @@ use crate::eval::unifalign::{alignment, uniformity};
 use crate::eval::video::frame_and_video;
 use crate::model::Detector;
 use crate::model::checkpoint::load_checkpoint;
+use crate::model::fused::bf16::Autocast;
 use crate::progress::Observer;
 use crate::rng::{Rng, Stream};
 use crate::score::{FrameScore, TestOutcome, test_split, write_test_outputs};
@@ -157,17 +158,31 @@ impl Trainer {
             None => base_encoder(&config.backbone, config.head, config.num_classes, config.tuning(), config.seed)?,
         };
         let store = match (&config.feature_cache_dir, config.cache_features) {
-            (Some(root), true) => Some(FeatureStore::open(root, &ckpt.backbone, &ckpt.tensors)?),
+            (Some(root), true) => Some(FeatureStore::open(root, &ckpt.backbone, &ckpt.tensors, config.bf16_mixed())?),
             _ => None,
         };
         let mut detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32)?;
         detector.spec.run_name = Some(config.run_name.clone());
-        detector.spec.precision = Some("32-true".into());
+        detector.spec.precision = Some(if config.bf16_mixed() { "bf16-mixed" } else { "32-true" }.into());
         if let Some(l) = config.lora() {
             lora::attach(&mut detector, l, config.seed)?;
         }
         let mut trainable = Trainable::select(&mut detector, &config.selection())?;
         detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
+        if config.bf16_mixed() {
+            let family = detector.backbone.encoder.family();
+            let Some(clip) = detector.encoder.as_clip_mut() else {
+                return Err(Error::config(
+                    "precision",
+                    format!("`bf16-mixed` is implemented for CLIP encoders; this {family} encoder trains in `32`"),
+                ));
+            };
+            clip.round_transposed_weights();
+            obs.message(
+                "precision bf16-mixed: dfdet rounds to bfloat16 where autocast would and multiplies in f32 \
+                 (no native bfloat16 products yet), so this is slower than precision = \"32\"",
+            );
+        }
         let mut adam = AdamW::new(
             AdamWConfig { betas: config.betas, eps: config.eps, weight_decay: config.weight_decay },
             &trainable,
@@ -248,6 +263,9 @@ impl Trainer {
     }
 
     fn run(mut self, obs: &mut dyn Observer, stop: &AtomicBool) -> Result<Outcome> {
+        // Training, validation and the test pass all compute in the run's precision, as
+        // Lightning's trainer does.
+        let _autocast = Autocast::bf16(self.config.bf16_mixed());
         let tested = self.dir.test().join("metrics.json").is_file() || self.tst.is_none();
         if self.state.done && tested {
             obs.message(&format!(

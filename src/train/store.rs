@@ -31,8 +31,12 @@ pub struct FeatureStore {
 
 impl FeatureStore {
     /// The store of the encoder in `tensors` + `backbone` under `root`, created if needed.
-    pub fn open(root: &Path, backbone: &Backbone, tensors: &TensorMap) -> Result<Self> {
+    pub fn open(root: &Path, backbone: &Backbone, tensors: &TensorMap, bf16_mixed: bool) -> Result<Self> {
         let mut h = blake3::Hasher::new();
+        // Features computed in bf16-mixed precision are other features (f32 keys are unchanged).
+        if bf16_mixed {
+            h.update(b"precision bf16-mixed");
+        }
         let settings = serde_json::to_vec(&(&backbone.encoder, &backbone.pixels)).expect("settings serialise");
         h.update(&(settings.len() as u64).to_le_bytes());
         h.update(&settings);
@@ -54,6 +58,7 @@ impl FeatureStore {
                 "hidden_size": backbone.encoder.hidden_size(),
                 "layers": backbone.encoder.num_layers(),
                 "image_size": backbone.pixels.size()[0],
+                "precision": if bf16_mixed { "bf16-mixed" } else { "32-true" },
             });
             write_atomic(&about, format!("{text:#}\n").as_bytes())?;
         }
@@ -121,7 +126,7 @@ mod tests {
         std::fs::write(&frame, b"x").unwrap();
         let frame = frame.to_str().unwrap();
         let b = backbone();
-        let store = FeatureStore::open(tmp.path(), &b, &tensors(0.5)).unwrap();
+        let store = FeatureStore::open(tmp.path(), &b, &tensors(0.5), false).unwrap();
         assert_eq!(store.get(frame), None);
         let feature: Vec<f32> = (0..b.encoder.hidden_size()).map(|i| i as f32 * 0.25 - 3.0).collect();
         store.put(frame, &feature).unwrap();
@@ -130,8 +135,13 @@ mod tests {
         // The head is not part of the key; the encoder weights are.
         let mut other_head = tensors(0.5);
         other_head.insert("model.linear.weight".into(), HostTensor::new(vec![1], vec![-1.0]));
-        assert_eq!(FeatureStore::open(tmp.path(), &b, &other_head).unwrap().get(frame).as_deref(), Some(&feature[..]));
-        assert_eq!(FeatureStore::open(tmp.path(), &b, &tensors(0.25)).unwrap().get(frame), None);
+        assert_eq!(
+            FeatureStore::open(tmp.path(), &b, &other_head, false).unwrap().get(frame).as_deref(),
+            Some(&feature[..])
+        );
+        assert_eq!(FeatureStore::open(tmp.path(), &b, &tensors(0.25), false).unwrap().get(frame), None);
+        // Nor features computed in another precision.
+        assert_eq!(FeatureStore::open(tmp.path(), &b, &tensors(0.5), true).unwrap().get(frame), None);
 
         // A frame that changes size is another entry; a missing frame is never cached.
         std::fs::write(frame, b"xy").unwrap();

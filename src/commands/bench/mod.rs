@@ -12,13 +12,14 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use serde::Serialize;
 
-use crate::Result;
 use crate::cpu::CpuInfo;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
 pub use crate::model::checkpoint::random_checkpoint;
 use crate::model::config::Backbone;
+use crate::model::fused::bf16::Autocast;
 use crate::model::fused::products::kernels;
 use crate::progress::Observer;
+use crate::{Error, Result};
 
 use crate::model::{Detector, Dtype};
 use crate::rng::Rng;
@@ -163,6 +164,8 @@ pub struct TrainBenchRow {
     /// The library of the f32 matrix products.
     pub kernels: String,
     pub backbone: String,
+    /// `32` or `bf16-mixed`.
+    pub precision: String,
     pub batch: usize,
     pub threads: usize,
     pub trainable: usize,
@@ -177,11 +180,12 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "CPU: {} ({}); f32 products: {}\nLN-tuning step  {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+            "CPU: {} ({}); f32 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
             self.cpu,
             self.isa,
             self.kernels,
             self.backbone,
+            self.precision,
             self.batch,
             self.threads,
             self.s_per_step,
@@ -193,11 +197,12 @@ impl TrainBenchRow {
     /// CSV: a header and one row.
     pub fn render_csv(&self) -> String {
         format!(
-            "cpu,isa,kernels,backbone,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},{},{},{},{},{:.6},{:.6},{:.0}\n",
+            "cpu,isa,kernels,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},{},{},{},{},{},{:.6},{:.6},{:.0}\n",
             self.cpu.replace('"', "\"\""),
             self.isa,
             self.kernels,
             self.backbone,
+            self.precision,
             self.batch,
             self.threads,
             self.trainable,
@@ -208,8 +213,14 @@ impl TrainBenchRow {
     }
 }
 
-/// Times `iters` LN-tuning steps (f32) at mini-batch `batch`.
-pub fn train_step(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Observer) -> Result<TrainBenchRow> {
+/// Times `iters` LN-tuning steps at mini-batch `batch`, in f32 or bf16-mixed precision.
+pub fn train_step(
+    backbone: &str,
+    batch: usize,
+    iters: usize,
+    bf16_mixed: bool,
+    obs: &mut dyn Observer,
+) -> Result<TrainBenchRow> {
     check_batches(&[batch])?;
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
@@ -218,6 +229,14 @@ pub fn train_step(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Obse
     let selection = Selection { ln_targets: LN_TARGETS.iter().map(|s| s.to_string()).collect(), ..Default::default() };
     let mut trainable = Trainable::select(&mut detector, &selection)?;
     detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
+    let _autocast = Autocast::bf16(bf16_mixed);
+    if bf16_mixed {
+        detector
+            .encoder
+            .as_clip_mut()
+            .ok_or_else(|| Error::config("precision", "`bf16-mixed` is implemented for CLIP encoders".to_string()))?
+            .round_transposed_weights();
+    }
     let mut adam = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, &trainable);
     let x = random_pixels(&backbone, batch, &device);
     let mut rng = Rng::new(1);
@@ -241,6 +260,7 @@ pub fn train_step(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Obse
         isa: cpu.isa.join(" "),
         kernels: kernels().name().into(),
         backbone: backbone.name.clone(),
+        precision: if bf16_mixed { "bf16-mixed" } else { "32" }.into(),
         batch,
         threads: rayon::current_num_threads(),
         trainable: trainable.numel(),

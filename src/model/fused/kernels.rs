@@ -137,6 +137,50 @@ dispatched! {
     }
 }
 
+/// `x` rounded to the nearest bfloat16 (ties to even), kept in an f32: what PyTorch's
+/// `Tensor.to(torch.bfloat16)` keeps of a value (c10's `round_to_nearest_even`); NaN stays NaN.
+#[inline(always)]
+pub fn bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000);
+    if x.is_nan() { x } else { rounded }
+}
+
+dispatched! {
+    /// In place: every value rounded to bfloat16 ([`bf16`]).
+    fn round_bf16(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = bf16(*x);
+        }
+    }
+}
+
+dispatched! {
+    /// In place: `x · sigmoid(1.702 x)` as PyTorch computes it on a bfloat16 tensor, three
+    /// operations each rounded to bfloat16: `a = 1.702 x`, `s = sigmoid(a)`, `x · s`.
+    fn quick_gelu_bf16(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            let s = bf16(sigmoid(bf16(1.702 * *x)));
+            *x = bf16(*x * s);
+        }
+    }
+}
+
+dispatched! {
+    /// The gradient of [`quick_gelu_bf16`] as PyTorch's autograd computes it in bfloat16:
+    /// `g·s` (the product's), `1.702 · sigmoid_backward(g·x, s)` (the scaled sigmoid's), each
+    /// rounded, and their sum rounded.
+    fn quick_gelu_bf16_grad(xs: &[f32], gs: &mut [f32]) {
+        for (g, &x) in gs.iter_mut().zip(xs) {
+            let s = bf16(sigmoid(bf16(1.702 * x)));
+            let through_product = bf16(*g * s);
+            let ds = bf16(*g * x);
+            let da = bf16(ds * (1.0 - s) * s);
+            *g = bf16(through_product + bf16(da * 1.702));
+        }
+    }
+}
+
 /// Σ over a slice with 16 independent partial sums (so that it vectorises).
 #[inline(always)]
 fn sum(xs: &[f32]) -> f32 {

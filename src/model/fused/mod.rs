@@ -45,6 +45,17 @@ pub trait FusedOps: Backend {
         weight_t: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    /// Every value rounded to bfloat16 (a cast to bfloat16 in f32 storage; [`bf16`]).
+    fn round_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x · sigmoid(1.702 x)` on a bfloat16 tensor, as PyTorch computes it.
+    fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// PyTorch's CPU flash attention on bfloat16 `[b, h, t, d]` queries, keys and values.
+    fn attention_bf16(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// The backward kernels the autodiff implementation calls on the backend beneath it.
@@ -67,6 +78,23 @@ pub trait FusedBackward: Backend {
     ) -> (Option<FloatTensor<Self>>, Option<(FloatTensor<Self>, FloatTensor<Self>)>);
     /// `grad · weight_t`: the gradient of [`FusedOps::frozen_linear`] for `x`.
     fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradient of [`FusedOps::quick_gelu_bf16`] at `x`, in bfloat16 as PyTorch's autograd.
+    fn quick_gelu_bf16_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`FusedOps::attention_bf16`] and the log-sum-exp of each query's scores `[b, h, tq]`.
+    fn attention_bf16_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The gradients of [`FusedOps::attention_bf16`] for the queries, keys and values.
+    #[allow(clippy::type_complexity)]
+    fn attention_bf16_backward(
+        qkv: (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>),
+        out_lse: (FloatTensor<Self>, FloatTensor<Self>),
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// `x · sigmoid(1.702 x)`, differentiable.
@@ -295,6 +323,29 @@ impl FusedOps for Flex {
         let bias = contiguous(bias);
         last_axis_times(x, &weight, Some(bias.storage()))
     }
+
+    fn round_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !all_f32(&[&x]) {
+            return x;
+        }
+        map_rows(x, CHUNK, kernels::round_bf16)
+    }
+
+    fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !all_f32(&[&x]) {
+            return Self::quick_gelu(x);
+        }
+        map_rows(x, CHUNK, kernels::quick_gelu_bf16)
+    }
+
+    fn attention_bf16(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        bf16::attention_forward(q, k, v, scale).0
+    }
 }
 
 impl FusedBackward for Flex {
@@ -358,6 +409,28 @@ impl FusedBackward for Flex {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(grad, weight_t, None);
         }
         last_axis_times(grad, &weight_t, None)
+    }
+
+    fn quick_gelu_bf16_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        zip_rows(grad, x, CHUNK, kernels::quick_gelu_bf16_grad)
+    }
+
+    fn attention_bf16_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        bf16::attention_forward(q, k, v, scale)
+    }
+
+    fn attention_bf16_backward(
+        qkv: (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>),
+        out_lse: (FloatTensor<Self>, FloatTensor<Self>),
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        bf16::attention_backward(qkv, out_lse, grad, scale)
     }
 }
 
@@ -518,8 +591,26 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
             }
         }
     }
+
+    fn round_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        bf16::autodiff_round::<B, C>(x)
+    }
+
+    fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        bf16::autodiff_quick_gelu::<B, C>(x)
+    }
+
+    fn attention_bf16(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        bf16::autodiff_attention::<B, C>(q, k, v, scale)
+    }
 }
 
+pub mod bf16;
 pub mod blas;
 mod kernels;
 pub mod products;
