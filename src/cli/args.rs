@@ -232,7 +232,8 @@ pub struct BenchArgs {
     /// kernel library this machine has, in GFLOP/s and as a share of the CPU's peak, instead.
     #[arg(long)]
     pub products: bool,
-    /// Kernel library for the large f32 products (default: `$DFDET_KERNELS`, else gemm).
+    /// Kernel library for the large f32 products (default: `$DFDET_KERNELS`, else OpenBLAS where
+    /// it loads, else gemm).
     #[arg(long, value_parser = choice::<Kernels>(&Kernels::NAMES))]
     pub kernels: Option<Kernels>,
     /// Load-test `dfdet serve` instead: a server in this process on 127.0.0.1 gets FILE uploaded

@@ -23,9 +23,10 @@ pub fn describe_system() -> String {
     let used = kernels();
     let why = match std::env::var("DFDET_KERNELS") {
         Ok(v) if v != "auto" => format!("DFDET_KERNELS={v}"),
-        _ => "OpenBLAS where it loads; DFDET_KERNELS=gemm|openblas chooses".into(),
+        _ => "OpenBLAS where it loads; DFDET_KERNELS=gemm|openblas|onednn chooses".into(),
     };
     line("in use", format!("{} ({why})", used.name()));
+    line("bf16 kernels", crate::model::fused::onednn::bf16_products());
     if !Kernels::available().contains(&Kernels::OpenBlas) {
         line("note", "OpenBLAS not found (Debian: apt install libopenblas0-pthread)".into());
     }

@@ -257,7 +257,7 @@ fn products_benchmark_and_system_info_name_the_kernels() {
     for k in &libraries {
         assert!(stdout.contains(&format!(",{},", k.name())), "{stdout}");
     }
-    for (env, used) in [("gemm", "in use       gemm"), ("openblas", "in use       ")] {
+    for (env, used) in [("gemm", "in use       gemm"), ("openblas", "in use       "), ("onednn", "in use       ")] {
         let out = dfdet().env("DFDET_KERNELS", env).args(["info", "--system"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && text.contains(used) && text.contains("kernels      gemm"), "{text}");

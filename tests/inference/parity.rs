@@ -96,16 +96,19 @@ fn checkpoint_probabilities_match_reference() {
     }
 }
 
-/// Both libraries for the f32 products (the gemm crate, and OpenBLAS where it is installed; CI
-/// installs it) give the reference's p(fake) through the whole binary, on every sample crop.
+/// Every library for the f32 products (the gemm crate, and OpenBLAS and oneDNN where they are
+/// installed; CI installs them) gives the reference's p(fake) through the whole binary, on every
+/// sample crop.
 #[test]
-fn both_product_libraries_match_the_reference_end_to_end() {
+fn every_product_library_matches_the_reference_end_to_end() {
     let expected = read_json("expected_probs.json");
     let name = "ckpt-ln-linearnorm.ckpt";
     let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[name].clone()).unwrap();
     let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
     let weights = fixtures().join(name);
-    for kernels in ["gemm", "openblas"] {
+    // Under CI, oneDNN is installed too (setup-assets.sh).
+    let onednn = dfdet::model::fused::onednn::onednn().is_some() || crate::common::in_ci();
+    for kernels in ["gemm", "openblas", "onednn"].into_iter().filter(|k| *k != "onednn" || onednn) {
         let out = crate::common::dfdet()
             .env("DFDET_KERNELS", kernels)
             .args(["predict", "-f", "json", "-w", weights.to_str().unwrap()])

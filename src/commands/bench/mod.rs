@@ -166,6 +166,8 @@ pub struct TrainBenchRow {
     pub backbone: String,
     /// `32` or `bf16-mixed`.
     pub precision: String,
+    /// What multiplies bfloat16 values under bf16-mixed precision.
+    pub bf16_products: String,
     pub batch: usize,
     pub threads: usize,
     pub trainable: usize,
@@ -180,10 +182,11 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "CPU: {} ({}); f32 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
             self.cpu,
             self.isa,
             self.kernels,
+            self.bf16_products,
             self.backbone,
             self.precision,
             self.batch,
@@ -197,10 +200,11 @@ impl TrainBenchRow {
     /// CSV: a header and one row.
     pub fn render_csv(&self) -> String {
         format!(
-            "cpu,isa,kernels,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},{},{},{},{},{},{:.6},{:.6},{:.0}\n",
+            "cpu,isa,kernels,bf16_products,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},\"{}\",{},{},{},{},{},{:.6},{:.6},{:.0}\n",
             self.cpu.replace('"', "\"\""),
             self.isa,
             self.kernels,
+            self.bf16_products.replace('"', "\"\""),
             self.backbone,
             self.precision,
             self.batch,
@@ -261,6 +265,7 @@ pub fn train_step(
         kernels: kernels().name().into(),
         backbone: backbone.name.clone(),
         precision: if bf16_mixed { "bf16-mixed" } else { "32" }.into(),
+        bf16_products: crate::model::fused::onednn::bf16_products(),
         batch,
         threads: rayon::current_num_threads(),
         trainable: trainable.numel(),

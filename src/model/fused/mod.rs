@@ -234,6 +234,12 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
         }
         None => false,
     };
+    let rhs_span = &rhs_values[rhs.layout().start_offset()..];
+    if bf16_product(m, n, k, lhs, rhs_span, (rhs_rs, rhs_cs), &mut out, read_dst) {
+        // SAFETY: oneDNN wrote all m·n values (read_dst: the bias was there before).
+        unsafe { out.set_len(len) };
+        return out;
+    }
     // SAFETY: `lhs` holds m·k values, `rhs` spans its layout inside its buffer, `out` has room
     // for m·n values (initialised where gemm reads them, see above).
     unsafe {
@@ -253,6 +259,31 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
         out.set_len(len);
     }
     out
+}
+
+/// Under bf16-mixed precision ([`bf16::Autocast`]) where oneDNN multiplies bfloat16 natively:
+/// `out = lhs · rhs (+ out)` with the operands as bfloat16 (they hold bfloat16 values there) and
+/// f32 accumulation; `false`, doing nothing, elsewhere. `out` has capacity for m·n values, the
+/// first m·n initialised when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn bf16_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    (rs, cs): (isize, isize),
+    out: &mut Vec<f32>,
+    accumulate: bool,
+) -> bool {
+    let Some(dnnl) = onednn::onednn().filter(|d| d.bf16) else { return false };
+    if !bf16::autocast_bf16() || rayon::current_thread_index().is_some() || m * n * k == 0 || rs < 0 || cs < 0 {
+        return false;
+    }
+    let span = (k - 1) * rs as usize + (n - 1) * cs as usize + 1;
+    let (l, r) = (onednn::to_bf16_bits(&lhs[..m * k]), onednn::to_bf16_bits(&rhs[..span]));
+    // SAFETY: `l` holds m·k values, `r` spans the layout, `out` has room for m·n values.
+    unsafe { dnnl.gemm_bf16(m, n, k, l.as_ptr(), r.as_ptr(), rs, cs, out.as_mut_ptr(), accumulate) }
 }
 
 /// `x · matrix (+ bias)` over the last axis of `x` (`[..., k]` -> `[..., n]`, `matrix` `[k, n]`).
@@ -613,6 +644,7 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
 pub mod bf16;
 pub mod blas;
 mod kernels;
+pub mod onednn;
 pub mod products;
 
 #[cfg(test)]

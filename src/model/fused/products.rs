@@ -1,11 +1,13 @@
-//! The f32 matrix products of the frozen projections, by one of two libraries chosen at run time:
-//! the `gemm` crate (pure Rust, always there) or the system's OpenBLAS ([`super::blas`]), where it
-//! loads and `DFDET_KERNELS` (or [`set_kernels`]) asks for it. `dfdet bench --products` measures
-//! both on the shapes of the encoder; `dfdet info --system` says which is in use.
+//! The f32 matrix products of the frozen projections, by one of three libraries chosen at run
+//! time: the `gemm` crate (pure Rust, always there), the system's OpenBLAS ([`super::blas`]) or
+//! oneDNN ([`super::onednn`]), where they load and `DFDET_KERNELS` (or [`set_kernels`]) asks for
+//! them. `dfdet bench --products` measures each on the shapes of the encoder; `dfdet info
+//! --system` says which is in use.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::blas::openblas;
+use super::onednn::onednn;
 
 /// A library for the f32 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -15,15 +17,18 @@ pub enum Kernels {
     Gemm,
     /// The system's OpenBLAS (`cblas_sgemm`), loaded at run time.
     OpenBlas,
+    /// The system's oneDNN (`dnnl_sgemm`), loaded at run time.
+    OneDnn,
 }
 
 impl Kernels {
-    pub const NAMES: [&'static str; 2] = ["gemm", "openblas"];
+    pub const NAMES: [&'static str; 3] = ["gemm", "openblas", "onednn"];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Gemm => "gemm",
             Self::OpenBlas => "openblas",
+            Self::OneDnn => "onednn",
         }
     }
 
@@ -33,6 +38,9 @@ impl Kernels {
         if openblas().is_some() {
             all.push(Self::OpenBlas);
         }
+        if onednn().is_some() {
+            all.push(Self::OneDnn);
+        }
         all
     }
 
@@ -41,6 +49,7 @@ impl Kernels {
         match self {
             Self::Gemm => "gemm 0.19 (pure Rust)".into(),
             Self::OpenBlas => openblas().map_or_else(|| "OpenBLAS (not loadable)".into(), |b| b.description.clone()),
+            Self::OneDnn => onednn().map_or_else(|| "oneDNN (not loadable)".into(), |d| d.description.clone()),
         }
     }
 }
@@ -51,6 +60,7 @@ impl std::str::FromStr for Kernels {
         match s {
             "gemm" => Ok(Self::Gemm),
             "openblas" => Ok(Self::OpenBlas),
+            "onednn" => Ok(Self::OneDnn),
             other => Err(format!("unknown kernels `{other}`: one of {}", Self::NAMES.join(", "))),
         }
     }
@@ -61,7 +71,7 @@ static CHOSEN: AtomicU8 = AtomicU8::new(0);
 
 /// Uses `kernels` for every later product (`OpenBlas` only if it loads; returns what is used).
 pub fn set_kernels(kernels: Kernels) -> Kernels {
-    let used = if kernels == Kernels::OpenBlas && openblas().is_none() { Kernels::Gemm } else { kernels };
+    let used = if Kernels::available().contains(&kernels) { kernels } else { Kernels::Gemm };
     CHOSEN.store(used as u8 + 1, Ordering::Relaxed);
     used
 }
@@ -77,6 +87,7 @@ pub fn kernels() -> Kernels {
     match CHOSEN.load(Ordering::Relaxed) {
         1 => Kernels::Gemm,
         2 => Kernels::OpenBlas,
+        3 => Kernels::OneDnn,
         _ => {
             let wanted = std::env::var("DFDET_KERNELS").ok().and_then(|v| v.parse().ok()).unwrap_or(Kernels::OpenBlas);
             set_kernels(wanted)
@@ -128,11 +139,20 @@ pub unsafe fn product(
     out: *mut f32,
     accumulate: bool,
 ) {
+    let outside_rayon = rayon::current_thread_index().is_none();
     if kernels == Kernels::OpenBlas
-        && rayon::current_thread_index().is_none()
+        && outside_rayon
         && let Some(blas) = openblas()
         // SAFETY: the caller's contract.
         && unsafe { blas.sgemm(m, n, k, lhs, rhs, rs, cs, out, accumulate) }
+    {
+        return;
+    }
+    if kernels == Kernels::OneDnn
+        && outside_rayon
+        && let Some(dnnl) = onednn()
+        // SAFETY: the caller's contract.
+        && unsafe { dnnl.sgemm(m, n, k, lhs, rhs, rs, cs, out, accumulate) }
     {
         return;
     }
