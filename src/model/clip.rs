@@ -13,8 +13,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::config::{EncoderConfig, HiddenAct};
-use super::fused::bf16::{attention_bf16, autocast_bf16, quick_gelu_bf16, round_bf16};
-use super::fused::{norm, softmax_last};
+use super::fused::attention::{attention_bf16, attention_f32};
+use super::fused::bf16::{autocast_bf16, quick_gelu_bf16, round_bf16};
+use super::fused::norm;
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::{TensorMap, transpose};
@@ -227,16 +228,15 @@ impl SelfAttention {
         let ctx = if autocast_bf16() {
             // bf16-mixed: PyTorch's CPU flash attention on bfloat16 (scores in f32).
             attention_bf16(q, k, v, scale)
-        } else if q.is_tracked() {
-            // Training: burn's autodiff differentiates attention through its generic fallback
-            // (scores scaled after the product, softmax as five operations); here q is scaled
-            // (smaller than the scores) and softmax is one fused operation with its backward.
-            let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
-            softmax_last(scores).matmul(v) // [b, h, tq, hd]
+        } else if q.dtype() == burn::tensor::DType::F32 {
+            // One pass per head over blocks of keys, in inference and training (its backward
+            // recomputes the probabilities rather than keeping them).
+            attention_f32(q, k, v, scale)
         } else {
+            // Other dtypes (bf16 inference): burn's attention.
             let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-            attention(q, k, v, None, None, opts) // [b, h, tq, hd]
-        };
+            attention(q, k, v, None, None, opts)
+        }; // [b, h, tq, hd]
         self.out_proj.forward(ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }
 }

@@ -309,7 +309,8 @@ fn bf16_agreement(got: &[f32], want: &[f32]) -> (f64, f64) {
 /// equal, and the rest within a bfloat16 step of the largest value.
 #[test]
 fn bf16_operations_match_pytorch() {
-    use dfdet::model::fused::bf16::{Autocast, attention_bf16, quick_gelu_bf16, round_bf16};
+    use dfdet::model::fused::attention::attention_bf16;
+    use dfdet::model::fused::bf16::{Autocast, quick_gelu_bf16, round_bf16};
     let fx = read_tensors("train/ops_bf16.safetensors");
     let device = dfdet::train::autodiff_device(&Device::flex());
     fn tensor<const D: usize>(

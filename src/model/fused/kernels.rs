@@ -181,6 +181,81 @@ dispatched! {
     }
 }
 
+/// `x`, rounded to bfloat16 when `round` (the attention kernels run with and without).
+#[inline(always)]
+fn maybe_bf16(x: f32, round: bool) -> f32 {
+    if round { bf16(x) } else { x }
+}
+
+dispatched! {
+    /// Attention scores, in place: `row ← row · scale`, and `max` their largest value.
+    fn scale_and_max(row: &mut [f32], scale: f32, largest: &mut f32) {
+        for x in row.iter_mut() {
+            *x *= scale;
+        }
+        *largest = max(row);
+    }
+}
+
+dispatched! {
+    /// `out ← exp(row - shift)` (rounded when `round`), `total` the sum of the unrounded values.
+    fn exp_and_sum(row: &[f32], shift: f32, out: &mut [f32], total: &mut f32, round: bool) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o = exp(x - shift);
+        }
+        *total = sum(out);
+        if round {
+            for o in out.iter_mut() {
+                *o = bf16(*o);
+            }
+        }
+    }
+}
+
+dispatched! {
+    /// In place: `row ← exp(row - shift)`; `copy` gets the values rounded when `round`.
+    fn exp_shifted(row: &mut [f32], shift: f32, copy: &mut [f32], round: bool) {
+        for (x, c) in row.iter_mut().zip(copy.iter_mut()) {
+            *x = exp(*x - shift);
+            *c = maybe_bf16(*x, round);
+        }
+    }
+}
+
+dispatched! {
+    /// In place: `acc ← acc · by + part` (rounded when `round`).
+    fn scale_add(acc: &mut [f32], by: f32, part: &[f32], round: bool) {
+        for (a, p) in acc.iter_mut().zip(part) {
+            *a = maybe_bf16(*a * by + p, round);
+        }
+    }
+}
+
+dispatched! {
+    /// In place: `xs ← xs · by` (rounded when `round`).
+    fn scale_by(xs: &mut [f32], by: f32, round: bool) {
+        for x in xs.iter_mut() {
+            *x = maybe_bf16(*x * by, round);
+        }
+    }
+}
+
+dispatched! {
+    /// The softmax gradient of one row of attention: `da ← a · (da - dsum)` (rounded when `round`).
+    fn attention_ds(a: &[f32], da: &mut [f32], dsum: f32, round: bool) {
+        for (d, a) in da.iter_mut().zip(a) {
+            *d = maybe_bf16(a * (*d - dsum), round);
+        }
+    }
+}
+
+dispatched! {
+    /// `total ← Σ a · b`.
+    fn dot_into(a: &[f32], b: &[f32], total: &mut f32) {
+        *total = dot(a, b);
+    }
+}
+
 /// Σ over a slice with 16 independent partial sums (so that it vectorises).
 #[inline(always)]
 fn sum(xs: &[f32]) -> f32 {

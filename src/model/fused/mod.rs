@@ -49,12 +49,14 @@ pub trait FusedOps: Backend {
     fn round_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x · sigmoid(1.702 x)` on a bfloat16 tensor, as PyTorch computes it.
     fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// PyTorch's CPU flash attention on bfloat16 `[b, h, t, d]` queries, keys and values.
-    fn attention_bf16(
+    /// `softmax(q kᵀ · scale) v` over `[b, h, t, d]` queries, keys and values, blockwise as
+    /// PyTorch's CPU flash attention; on bfloat16 values with its roundings when `bf16`.
+    fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -80,20 +82,22 @@ pub trait FusedBackward: Backend {
     fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`FusedOps::quick_gelu_bf16`] at `x`, in bfloat16 as PyTorch's autograd.
     fn quick_gelu_bf16_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// [`FusedOps::attention_bf16`] and the log-sum-exp of each query's scores `[b, h, tq]`.
-    fn attention_bf16_forward(
+    /// [`FusedOps::fused_attention`] and the log-sum-exp of each query's scores `[b, h, tq]`.
+    fn fused_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
-    /// The gradients of [`FusedOps::attention_bf16`] for the queries, keys and values.
+    /// The gradients of [`FusedOps::fused_attention`] for the queries, keys and values.
     #[allow(clippy::type_complexity)]
-    fn attention_bf16_backward(
+    fn fused_attention_backward(
         qkv: (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>),
         out_lse: (FloatTensor<Self>, FloatTensor<Self>),
         grad: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -369,13 +373,14 @@ impl FusedOps for Flex {
         map_rows(x, CHUNK, kernels::quick_gelu_bf16)
     }
 
-    fn attention_bf16(
+    fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        bf16::attention_forward(q, k, v, scale).0
+        attention::attention_forward(q, k, v, scale, bf16).0
     }
 }
 
@@ -446,22 +451,24 @@ impl FusedBackward for Flex {
         zip_rows(grad, x, CHUNK, kernels::quick_gelu_bf16_grad)
     }
 
-    fn attention_bf16_forward(
+    fn fused_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        bf16::attention_forward(q, k, v, scale)
+        attention::attention_forward(q, k, v, scale, bf16)
     }
 
-    fn attention_bf16_backward(
+    fn fused_attention_backward(
         qkv: (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>),
         out_lse: (FloatTensor<Self>, FloatTensor<Self>),
         grad: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        bf16::attention_backward(qkv, out_lse, grad, scale)
+        attention::attention_backward(qkv, out_lse, grad, scale, bf16)
     }
 }
 
@@ -631,16 +638,18 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
         bf16::autodiff_quick_gelu::<B, C>(x)
     }
 
-    fn attention_bf16(
+    fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         scale: f64,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        bf16::autodiff_attention::<B, C>(q, k, v, scale)
+        attention::autodiff_attention::<B, C>(q, k, v, scale, bf16)
     }
 }
 
+pub mod attention;
 pub mod bf16;
 pub mod blas;
 mod kernels;
