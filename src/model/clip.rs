@@ -140,8 +140,7 @@ impl Projection {
             Some(wt) if self.weight_t_bf16 => super::fused::linear(x, wt.clone().transpose(), wt.clone(), bias),
             _ => {
                 let w = round_bf16(self.weight.val());
-                let wt = self.weight_t.as_ref().map_or_else(|| w.clone().transpose(), |wt| round_bf16(wt.clone()));
-                super::fused::linear(x, w, wt, bias)
+                super::fused::linear(x, w.clone(), w.transpose(), bias)
             }
         };
         round_bf16(y)

@@ -12,7 +12,7 @@ use super::lora::{self, Lora, Rows, Site};
 use super::params::{Loader, Visit};
 use super::pe::{self, Pe};
 use super::tensors::TensorMap;
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Debug)]
 pub enum Encoder {
@@ -124,6 +124,22 @@ impl Encoder {
     pub fn keep_transposed_weights(&mut self, keep: bool) {
         if let Self::Clip(e) = self {
             e.keep_transposed_weights(keep);
+        }
+    }
+
+    /// Readies the encoder for bf16-mixed precision (after [`Self::keep_transposed_weights`]):
+    /// the kept copies of the frozen weights are rounded to bfloat16 once. CLIP only; another
+    /// family is refused naming the `precision` key.
+    pub fn prepare_bf16_mixed(&mut self, arch: &Architecture) -> Result<()> {
+        match self {
+            Self::Clip(e) => {
+                e.round_transposed_weights();
+                Ok(())
+            }
+            Self::Dinov3(_) | Self::Pe(_) => Err(Error::config(
+                "precision",
+                format!("`bf16-mixed` is implemented for CLIP encoders; this {} encoder trains in `32`", arch.family()),
+            )),
         }
     }
 

@@ -22,14 +22,7 @@ pub struct Lora {
 impl Lora {
     /// `[b, t, in]` -> the adapter's addition `[b, t, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = match &self.dropout_mask {
-            // The last layer computes the class token only: its rows of the mask.
-            Some(mask) => {
-                let [b, t, d] = x.dims();
-                x * mask.clone().slice([0..b, 0..t, 0..d])
-            }
-            None => x,
-        };
+        let x = self.dropout(x);
         let down = x.matmul(self.lora_a.val().unsqueeze::<3>()); // [b, t, r]
         down.matmul(self.lora_b.val().unsqueeze::<3>()) * self.scaling // [b, t, out]
     }
@@ -38,17 +31,23 @@ impl Lora {
     /// products on bfloat16 operands with bfloat16 outputs, the scaling a bfloat16 product.
     pub fn forward_bf16(&self, x: Tensor<3>) -> Tensor<3> {
         use super::fused::bf16::round_bf16;
-        let x = match &self.dropout_mask {
+        let x = self.dropout(x);
+        let a = round_bf16(self.lora_a.val()).unsqueeze::<3>();
+        let b = round_bf16(self.lora_b.val()).unsqueeze::<3>();
+        let down = round_bf16(round_bf16(x).matmul(a)); // [b, t, r]
+        round_bf16(round_bf16(down.matmul(b)) * self.scaling) // [b, t, out]
+    }
+
+    /// `x` through the dropout mask of this pass, if there is one.
+    fn dropout(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.dropout_mask {
+            // The last layer computes the class token only: its rows of the mask.
             Some(mask) => {
                 let [b, t, d] = x.dims();
                 x * mask.clone().slice([0..b, 0..t, 0..d])
             }
             None => x,
-        };
-        let a = round_bf16(self.lora_a.val()).unsqueeze::<3>();
-        let b = round_bf16(self.lora_b.val()).unsqueeze::<3>();
-        let down = round_bf16(round_bf16(x).matmul(a)); // [b, t, r]
-        round_bf16(round_bf16(down.matmul(b)) * self.scaling) // [b, t, out]
+        }
     }
 
     /// The width of the adapter's input.

@@ -170,18 +170,11 @@ impl Trainer {
         let mut trainable = Trainable::select(&mut detector, &config.selection())?;
         detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
         if config.bf16_mixed() {
-            let family = detector.backbone.encoder.family();
-            let Some(clip) = detector.encoder.as_clip_mut() else {
-                return Err(Error::config(
-                    "precision",
-                    format!("`bf16-mixed` is implemented for CLIP encoders; this {family} encoder trains in `32`"),
-                ));
-            };
-            clip.round_transposed_weights();
-            obs.message(
-                "precision bf16-mixed: dfdet rounds to bfloat16 where autocast would and multiplies in f32 \
-                 (no native bfloat16 products yet), so this is slower than precision = \"32\"",
-            );
+            detector.encoder.prepare_bf16_mixed(&detector.backbone.encoder)?;
+            obs.message(&format!(
+                "precision bf16-mixed: bfloat16 products by {}",
+                crate::model::fused::onednn::bf16_products()
+            ));
         }
         let mut adam = AdamW::new(
             AdamWConfig { betas: config.betas, eps: config.eps, weight_decay: config.weight_decay },

@@ -818,6 +818,8 @@ fn cases() -> Vec<Case> {
         case("train: min_lr = nan", |d| train_with(d, "min_lr = nan"), 2, &["min_lr: NaN"]).then(no_run_folder),
         case("train: betas = [1, 1]", |d| train_with(d, "betas = [1.0, 1.0]"), 2, &["betas"]).then(no_run_folder),
         case("train: eps = -1", |d| train_with(d, "eps = -1.0"), 2, &["eps: -1"]).then(no_run_folder),
+        case("train: precision = fp8", |d| train_with(d, "precision = \"fp8\""), 2, &["precision", "bf16-mixed"])
+            .then(no_run_folder),
         case("train: weight_decay = -1", |d| train_with(d, "weight_decay = -1.0"), 2, &["weight_decay: -1"])
             .then(no_run_folder),
         case(

@@ -79,19 +79,6 @@ fn summary(dir: &Path) -> BTreeMap<(String, String, String, String), BTreeMap<St
         .collect()
 }
 
-/// p(fake) of every test frame of a training run (or, given `test/`, of a test run folder).
-fn test_probs(run: &Path) -> Vec<(String, f64)> {
-    let csv = if run.join("test_predictions.csv").is_file() { run.to_path_buf() } else { run.join("test") };
-    let text = std::fs::read_to_string(csv.join("test_predictions.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0].to_string(), f[3].parse().unwrap())
-        })
-        .collect()
-}
-
 /// Files with extension `ext` under `dir`.
 fn walk_count(dir: &Path, ext: &str) -> usize {
     std::fs::read_dir(dir)

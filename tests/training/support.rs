@@ -104,3 +104,16 @@ pub fn metrics(run: &Path) -> Vec<(usize, usize, String, f64)> {
 pub fn last_metric(run: &Path, name: &str) -> Option<f64> {
     metrics(run).into_iter().rev().find(|r| r.2 == name).map(|r| r.3)
 }
+
+/// p(fake) of every test frame of a training run (or, given `test/`, of a test run folder).
+pub fn test_probs(run: &Path) -> Vec<(String, f64)> {
+    let csv = if run.join("test_predictions.csv").is_file() { run.to_path_buf() } else { run.join("test") };
+    let text = std::fs::read_to_string(csv.join("test_predictions.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[3].parse().unwrap())
+        })
+        .collect()
+}

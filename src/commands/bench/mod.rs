@@ -12,6 +12,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use serde::Serialize;
 
+use crate::Result;
 use crate::cpu::CpuInfo;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
 pub use crate::model::checkpoint::random_checkpoint;
@@ -19,7 +20,6 @@ use crate::model::config::Backbone;
 use crate::model::fused::bf16::Autocast;
 use crate::model::fused::products::kernels;
 use crate::progress::Observer;
-use crate::{Error, Result};
 
 use crate::model::{Detector, Dtype};
 use crate::rng::Rng;
@@ -235,11 +235,7 @@ pub fn train_step(
     detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
     let _autocast = Autocast::bf16(bf16_mixed);
     if bf16_mixed {
-        detector
-            .encoder
-            .as_clip_mut()
-            .ok_or_else(|| Error::config("precision", "`bf16-mixed` is implemented for CLIP encoders".to_string()))?
-            .round_transposed_weights();
+        detector.encoder.prepare_bf16_mixed(&detector.backbone.encoder)?;
     }
     let mut adam = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, &trainable);
     let x = random_pixels(&backbone, batch, &device);

@@ -205,8 +205,9 @@ fn head_backward(
                 let span = r * kb..(r + 1) * kb;
                 kernels::exp_shifted(&mut a[span.clone()], lse[m0 + r], &mut a16[span], round);
             }
-            // gv += aᵀ g
-            mm(kb, d, qb, (&a16, 1, kb), (&g[m0 * d..], d, 1), 1.0, &mut part);
+            // gv += aᵀ g, with the rounded probabilities in bfloat16
+            let probs = if round { &a16 } else { &a };
+            mm(kb, d, qb, (probs, 1, kb), (&g[m0 * d..], d, 1), 1.0, &mut part);
             kernels::scale_add(&mut gv[keys.clone()], 1.0, &part[..kb * d], round);
             // ds = a (g vᵀ - Σ g·out)
             mm(qb, kb, d, (&g[m0 * d..], d, 1), (&v[n0 * d..], 1, d), 1.0, &mut da);

@@ -20,7 +20,7 @@ use std::cell::Cell;
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch};
 use burn::prelude::*;
@@ -85,33 +85,6 @@ where
 
     let prep = Round.prepare::<C>([x.node()]).compute_bound();
     prep.stateless(B::round_bf16(x.into_primitive()))
-}
-
-pub(super) fn autodiff_quick_gelu<B, C>(x: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>>
-where
-    B: Backend + FusedOps + FusedBackward,
-    C: CheckpointStrategy,
-{
-    #[derive(Debug)]
-    struct QuickGelu;
-
-    impl<B: Backend + FusedBackward> Backward<B, 1> for QuickGelu {
-        /// The input.
-        type State = B::FloatTensorPrimitive;
-
-        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let x = ops.state;
-            unary::<B, _>(ops.parents, ops.node, grads, |g| B::quick_gelu_bf16_backward(x, g));
-        }
-    }
-
-    match QuickGelu.prepare::<C>([x.node()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let input = x.into_primitive();
-            prep.finish(input.clone(), B::quick_gelu_bf16(input))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(B::quick_gelu_bf16(x.into_primitive())),
-    }
 }
 
 #[cfg(test)]

@@ -86,13 +86,10 @@ impl Blas {
         out: *mut f32,
         accumulate: bool,
     ) -> bool {
-        let (trans, ld) = match (rs, cs) {
-            (rs, 1) if rs >= n.max(1) as isize => (NO_TRANS, rs),
-            (1, cs) if cs >= k.max(1) as isize => (TRANS, cs),
-            _ => return false,
-        };
+        let Some((transposed, ld)) = rhs_layout(n, k, rs, cs) else { return false };
+        let trans = if transposed { TRANS } else { NO_TRANS };
         let int = |v: usize| c_int::try_from(v).ok();
-        let (Some(m), Some(n), Some(k), Some(ld)) = (int(m), int(n), int(k), int(ld as usize)) else { return false };
+        let (Some(m), Some(n), Some(k), Some(ld)) = (int(m), int(n), int(k), int(ld)) else { return false };
         let threads = c_int::try_from(rayon::current_num_threads()).unwrap_or(1);
         // SAFETY: by the caller's contract; the leading dimensions are those of the layouts.
         unsafe {
@@ -117,6 +114,16 @@ impl Blas {
             );
         }
         true
+    }
+}
+
+/// How a BLAS-style call reads a `[k, n]` right operand with strides `(rs, cs)`: `(transposed,
+/// leading dimension)` for a row-major matrix or a transposed one, `None` for any other layout.
+pub(super) fn rhs_layout(n: usize, k: usize, rs: isize, cs: isize) -> Option<(bool, usize)> {
+    match (rs, cs) {
+        (rs, 1) if rs >= n.max(1) as isize => Some((false, rs as usize)),
+        (1, cs) if cs >= k.max(1) as isize => Some((true, cs as usize)),
+        _ => None,
     }
 }
 

@@ -213,11 +213,15 @@ dispatched! {
 }
 
 dispatched! {
-    /// In place: `row ← exp(row - shift)`; `copy` gets the values rounded when `round`.
+    /// In place: `row ← exp(row - shift)`; when `round`, `copy` gets the values rounded.
     fn exp_shifted(row: &mut [f32], shift: f32, copy: &mut [f32], round: bool) {
-        for (x, c) in row.iter_mut().zip(copy.iter_mut()) {
+        for x in row.iter_mut() {
             *x = exp(*x - shift);
-            *c = maybe_bf16(*x, round);
+        }
+        if round {
+            for (c, x) in copy.iter_mut().zip(row.iter()) {
+                *c = bf16(*x);
+            }
         }
     }
 }

@@ -480,51 +480,49 @@ fn rows_per_task(n: usize) -> usize {
 // ------------------------------------------------------------------------------------------------
 // Autodiff: one backward step per operation.
 
-impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
-    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct QuickGelu;
+/// An element-wise operation whose backward pass reads its input: `forward(x)`, and
+/// `backward(x, grad)` when autodiff asks for the input's gradient.
+fn elementwise<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    forward: fn(FloatTensor<B>) -> FloatTensor<B>,
+    backward: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    struct Elementwise<B: Backend> {
+        backward: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    }
 
-        impl<B: Backend + FusedBackward> Backward<B, 1> for QuickGelu {
-            /// The input.
-            type State = B::FloatTensorPrimitive;
-
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let x = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |g| B::quick_gelu_backward(x, g));
-            }
-        }
-
-        match QuickGelu.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let input = x.into_primitive();
-                prep.finish(input.clone(), B::quick_gelu(input))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::quick_gelu(x.into_primitive())),
+    impl<B: Backend> std::fmt::Debug for Elementwise<B> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Elementwise")
         }
     }
 
+    impl<B: Backend> Backward<B, 1> for Elementwise<B> {
+        /// The input.
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let x = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |g| (self.backward)(x, g));
+        }
+    }
+
+    match (Elementwise { backward }).prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let input = x.into_primitive();
+            prep.finish(input.clone(), forward(input))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
+    }
+}
+
+impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        elementwise::<B, C>(x, B::quick_gelu, B::quick_gelu_backward)
+    }
+
     fn erf_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Gelu;
-
-        impl<B: Backend + FusedBackward> Backward<B, 1> for Gelu {
-            /// The input.
-            type State = B::FloatTensorPrimitive;
-
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let x = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |g| B::erf_gelu_backward(x, g));
-            }
-        }
-
-        match Gelu.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let input = x.into_primitive();
-                prep.finish(input.clone(), B::erf_gelu(input))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::erf_gelu(x.into_primitive())),
-        }
+        elementwise::<B, C>(x, B::erf_gelu, B::erf_gelu_backward)
     }
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -635,7 +633,7 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
     }
 
     fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        bf16::autodiff_quick_gelu::<B, C>(x)
+        elementwise::<B, C>(x, B::quick_gelu_bf16, B::quick_gelu_bf16_backward)
     }
 
     fn fused_attention(

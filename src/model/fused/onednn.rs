@@ -18,36 +18,10 @@ use libloading::Library;
 
 /// `dnnl_dim_t` is `int64_t`.
 type Dim = i64;
-type Sgemm = unsafe extern "C" fn(
-    c_char,
-    c_char,
-    Dim,
-    Dim,
-    Dim,
-    f32,
-    *const f32,
-    Dim,
-    *const f32,
-    Dim,
-    f32,
-    *mut f32,
-    Dim,
-) -> c_int;
-type GemmBf16 = unsafe extern "C" fn(
-    c_char,
-    c_char,
-    Dim,
-    Dim,
-    Dim,
-    f32,
-    *const u16,
-    Dim,
-    *const u16,
-    Dim,
-    f32,
-    *mut f32,
-    Dim,
-) -> c_int;
+/// `dnnl_sgemm` (`T` = f32) and `dnnl_gemm_bf16bf16f32` (`T` = bfloat16 bits): row-major
+/// `C = alpha · op(A) · op(B) + beta · C` with an f32 `C`.
+type Gemm<T> =
+    unsafe extern "C" fn(c_char, c_char, Dim, Dim, Dim, f32, *const T, Dim, *const T, Dim, f32, *mut f32, Dim) -> c_int;
 
 #[repr(C)]
 struct Version {
@@ -65,8 +39,8 @@ const SUCCESS: c_int = 0;
 
 /// oneDNN's products and what it says of itself.
 pub struct OneDnn {
-    sgemm: Sgemm,
-    gemm_bf16: Option<GemmBf16>,
+    sgemm: Gemm<f32>,
+    gemm_bf16: Option<Gemm<u16>>,
     /// Whether `dnnl_gemm_bf16bf16f32` runs on this CPU (oneDNN has a kernel for it).
     pub bf16: bool,
     /// `oneDNN <version>`.
@@ -83,8 +57,8 @@ impl OneDnn {
         let library = NAMES.iter().find_map(|n| unsafe { Library::new(n) }.ok())?;
         // SAFETY: the symbols are oneDNN's documented C functions, with these signatures.
         let mut dnnl = unsafe {
-            let sgemm = *library.get::<Sgemm>(b"dnnl_sgemm\0").ok()?;
-            let gemm_bf16 = library.get::<GemmBf16>(b"dnnl_gemm_bf16bf16f32\0").ok().map(|f| *f);
+            let sgemm = *library.get::<Gemm<f32>>(b"dnnl_sgemm\0").ok()?;
+            let gemm_bf16 = library.get::<Gemm<u16>>(b"dnnl_gemm_bf16bf16f32\0").ok().map(|f| *f);
             let version = library.get::<GetVersion>(b"dnnl_version\0").ok().map(|f| f()).filter(|v| !v.is_null());
             let description = match version {
                 Some(v) => format!("oneDNN {}.{}.{}", (*v).major, (*v).minor, (*v).patch),
@@ -100,15 +74,6 @@ impl OneDnn {
             unsafe { dnnl.gemm_bf16(2, 2, 2, [one; 4].as_ptr(), [one; 4].as_ptr(), 2, 1, out.as_mut_ptr(), false) }
                 && out == [2.0; 4];
         Some(dnnl)
-    }
-
-    /// `(trans, ld)` of a `[k, n]` right operand with strides `(rs, cs)`: row-major or transposed.
-    fn layout(n: usize, k: usize, rs: isize, cs: isize) -> Option<(c_char, Dim)> {
-        match (rs, cs) {
-            (rs, 1) if rs >= n.max(1) as isize => Some((b'N' as c_char, rs as Dim)),
-            (1, cs) if cs >= k.max(1) as isize => Some((b'T' as c_char, cs as Dim)),
-            _ => None,
-        }
     }
 
     /// `out[m, n] = lhs[m, k] · rhs (+ out when `accumulate`)`, f32, as
@@ -131,13 +96,8 @@ impl OneDnn {
         out: *mut f32,
         accumulate: bool,
     ) -> bool {
-        let Some((trans, ld)) = Self::layout(n, k, rs, cs) else { return false };
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        let (m, n, k) = (m as Dim, n as Dim, k as Dim);
-        // SAFETY: by the caller's contract; the leading dimensions are those of the layouts.
-        let status =
-            unsafe { (self.sgemm)(b'N' as c_char, trans, m, n, k, 1.0, lhs, k.max(1), rhs, ld, beta, out, n.max(1)) };
-        status == SUCCESS
+        // SAFETY: the caller's contract.
+        unsafe { call(self.sgemm, m, n, k, lhs, rhs, (rs, cs), out, accumulate) }
     }
 
     /// As [`Self::sgemm`] with bfloat16 operands (their bits) and f32 accumulation and output.
@@ -157,13 +117,36 @@ impl OneDnn {
         out: *mut f32,
         accumulate: bool,
     ) -> bool {
-        let (Some(gemm), Some((trans, ld))) = (self.gemm_bf16, Self::layout(n, k, rs, cs)) else { return false };
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        let (m, n, k) = (m as Dim, n as Dim, k as Dim);
-        // SAFETY: by the caller's contract; the leading dimensions are those of the layouts.
-        let status = unsafe { gemm(b'N' as c_char, trans, m, n, k, 1.0, lhs, k.max(1), rhs, ld, beta, out, n.max(1)) };
-        status == SUCCESS
+        let Some(gemm) = self.gemm_bf16 else { return false };
+        // SAFETY: the caller's contract.
+        unsafe { call(gemm, m, n, k, lhs, rhs, (rs, cs), out, accumulate) }
     }
+}
+
+/// One oneDNN product, `out[m, n] = lhs[m, k] · rhs (+ out when `accumulate`)`; `false` for a
+/// right operand's layout it does not take or when oneDNN reports an error.
+///
+/// # Safety
+/// As [`OneDnn::sgemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn call<T>(
+    gemm: Gemm<T>,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: *const T,
+    rhs: *const T,
+    (rs, cs): (isize, isize),
+    out: *mut f32,
+    accumulate: bool,
+) -> bool {
+    let Some((transposed, ld)) = super::blas::rhs_layout(n, k, rs, cs) else { return false };
+    let trans = if transposed { b'T' } else { b'N' } as c_char;
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    let (m, n, k, ld) = (m as Dim, n as Dim, k as Dim, ld as Dim);
+    // SAFETY: by the caller's contract; the leading dimensions are those of the layouts.
+    let status = unsafe { gemm(b'N' as c_char, trans, m, n, k, 1.0, lhs, k.max(1), rhs, ld, beta, out, n.max(1)) };
+    status == SUCCESS
 }
 
 /// oneDNN, if it can be loaded.
