@@ -51,11 +51,12 @@ fn checkpoint(weights: &str, backbone: Option<&str>) -> Result<Checkpoint> {
 }
 
 fn detector(weights: &str, backbone: Option<&str>, dtype: Dtype, device: &Device) -> Result<Detector> {
-    if let Some(note) = dtype.slower_here() {
+    let detector = Detector::from_checkpoint(checkpoint(weights, backbone)?, device, dtype)
+        .with_context(|| format!("building the model from `{weights}`"))?;
+    if let Some(note) = detector.slower_here() {
         eprintln!("note: {note}");
     }
-    Detector::from_checkpoint(checkpoint(weights, backbone)?, device, dtype.float())
-        .with_context(|| format!("building the model from `{weights}`"))
+    Ok(detector)
 }
 
 /// Writes to stdout. A reader that went away (`dfdet ... | head -1`) is not an error: what it
@@ -96,7 +97,7 @@ pub fn predict(args: PredictArgs) -> Result<Ended> {
     let result = commands::predict::predict(&detector, &device, &args.inputs, &settings, &mut bars);
     bars.finish();
     let mut predictions = result?;
-    predictions.about = commands::predict::About::new(weights, &detector, &dtype.resolve().to_string(), &settings);
+    predictions.about = commands::predict::About::new(weights, &detector, &settings);
     for e in &predictions.errors {
         eprintln!("error: {}: {}", e.path, e.reason);
     }
@@ -186,7 +187,7 @@ pub fn info(args: InfoArgs) -> Result<Ended> {
     }
     let ckpt = checkpoint(&args.weights, args.backbone.as_deref())?;
     let path = ckpt.path.clone();
-    let detector = Detector::from_checkpoint(ckpt, &Device::flex(), Dtype::F32.float())
+    let detector = Detector::from_checkpoint(ckpt, &Device::flex(), Dtype::F32)
         .with_context(|| format!("building the model from `{}`", args.weights))?;
     write_stdout(&commands::info::describe(&detector, &path))?;
     Ok(Ended::Done)
@@ -215,18 +216,13 @@ pub fn bench(args: BenchArgs) -> Result<Ended> {
             Some(w) => detector(w, None, Dtype::F32, &device)?,
             None => {
                 let backbone = dfdet::model::config::Backbone::resolve(&args.backbone)?;
-                Detector::from_checkpoint(
-                    commands::bench::random_checkpoint(&backbone, 0),
-                    &device,
-                    Dtype::F32.float(),
-                )?
+                Detector::from_checkpoint(commands::bench::random_checkpoint(&backbone, 0), &device, Dtype::F32)?
             }
         };
         let batch_size = args.batch.first().copied().unwrap_or(8);
         let server = dfdet::serve::Server {
             detector,
             weights: args.weights.clone().unwrap_or_else(|| format!("random {}", args.backbone)),
-            dtype: "f32".into(),
             settings: PredictSettings::new(batch_size, face_settings(&args.video)?),
             limits: dfdet::serve::Limits {
                 max_upload: 1 << 30,
@@ -461,7 +457,6 @@ pub fn serve(args: ServeArgs) -> Result<Ended> {
     let server = dfdet::serve::Server {
         detector,
         weights: weights.clone(),
-        dtype: dtype.resolve().to_string(),
         settings,
         limits: dfdet::serve::Limits {
             max_upload: args.max_upload_mb * 1_000_000,

@@ -14,7 +14,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use super::config::{EncoderConfig, HiddenAct};
 use super::fused::attention::{attention_bf16, attention_f32};
-use super::fused::bf16::{autocast_bf16, quick_gelu_bf16, round_bf16};
+use super::fused::bf16::{autocast_bf16, frozen_bf16, quick_gelu_bf16, round_bf16};
 use super::fused::norm;
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -100,15 +100,16 @@ pub struct Projection {
     /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
     /// it merged into the weight).
     pub lora: Option<Lora>,
-    /// Whether `weight_t` holds the weight rounded to bfloat16 (bf16-mixed training), so that
-    /// the products read it rather than round the weight on every pass.
+    /// Whether the products' operand (`weight_t` where kept, else `weight`) holds bfloat16
+    /// values already ([`frozen_bf16`]), so that bf16-mixed products read it rather than round
+    /// the weight on every pass.
     #[module(skip)]
-    pub weight_t_bf16: bool,
+    pub bf16_values: bool,
 }
 
 impl Projection {
     fn skeleton(device: &Device) -> Self {
-        Self { weight: empty(device), bias: empty(device), weight_t: None, lora: None, weight_t_bf16: false }
+        Self { weight: empty(device), bias: empty(device), weight_t: None, lora: None, bf16_values: false }
     }
 
     /// The weight and bias; the adapter's parameters are walked apart ([`Walker::lora`]).
@@ -136,8 +137,12 @@ impl Projection {
     fn linear_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = round_bf16(x);
         let bias = round_bf16(self.bias.val());
-        let y = match &self.weight_t {
-            Some(wt) if self.weight_t_bf16 => super::fused::linear(x, wt.clone().transpose(), wt.clone(), bias),
+        let y = match (&self.weight_t, self.bf16_values) {
+            (Some(wt), true) => super::fused::linear(x, wt.clone().transpose(), wt.clone(), bias),
+            (None, true) => {
+                let w = self.weight.val();
+                super::fused::linear(x, w.clone(), w.transpose(), bias)
+            }
             _ => {
                 let w = round_bf16(self.weight.val());
                 super::fused::linear(x, w.clone(), w.transpose(), bias)
@@ -422,19 +427,28 @@ impl VisionTransformer {
     pub fn keep_transposed_weights(&mut self, keep: bool) {
         for (_, proj) in self.projections_mut() {
             proj.weight_t = keep.then(|| transposed_copy(proj.weight.val()));
-            proj.weight_t_bf16 = false;
+            proj.bf16_values = false;
         }
     }
 
-    /// Rounds the kept copies ([`Self::keep_transposed_weights`]) to bfloat16 once, for
-    /// bf16-mixed training: the frozen weights autocast would cast on every pass. The weights
+    /// Makes the kept copies ([`Self::keep_transposed_weights`]) bfloat16 once ([`frozen_bf16`]),
+    /// for bf16-mixed training: the frozen weights autocast would cast on every pass. The weights
     /// themselves stay as loaded (a checkpoint saves them).
     pub fn round_transposed_weights(&mut self) {
         for (_, proj) in self.projections_mut() {
             if let Some(wt) = proj.weight_t.take() {
-                proj.weight_t = Some(round_bf16(wt));
-                proj.weight_t_bf16 = true;
+                proj.weight_t = Some(frozen_bf16(wt));
+                proj.bf16_values = true;
             }
+        }
+    }
+
+    /// Makes the projection weights themselves bfloat16 once ([`frozen_bf16`]), for inference in
+    /// bf16 under autocast, where nothing trains or saves them.
+    pub fn round_weights(&mut self) {
+        for (_, proj) in self.projections_mut() {
+            proj.weight = Param::from_tensor(frozen_bf16(proj.weight.val()));
+            proj.bf16_values = true;
         }
     }
 

@@ -5,8 +5,10 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use super::checkpoint::Checkpoint;
-use super::config::Backbone;
+use super::config::{Architecture, Backbone};
+use super::dtype::Dtype;
 use super::encoder::Encoder;
+use super::fused::bf16::Autocast;
 use super::head::{Head, HeadOutput};
 use super::lora::Lora;
 use super::params::{Entry, Loader, Selection, Visit};
@@ -20,25 +22,45 @@ pub struct Detector {
     pub head: Head,
     pub spec: ModelSpec,
     pub backbone: Backbone,
-    pub dtype: FloatDType,
+    /// What it computes in: f32 or bf16 ([`Dtype::resolve`]d for its encoder).
+    pub dtype: Dtype,
+    /// bf16 as PyTorch's autocast (CLIP): f32 storage, products of bfloat16 values.
+    autocast: bool,
 }
 
 impl Detector {
-    /// Builds the model from every tensor of `ckpt`; a tensor left unused is an error, so a
-    /// checkpoint that does not fit the backbone is never silently half-loaded.
-    pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, dtype: FloatDType) -> Result<Self> {
+    /// Builds the model from every tensor of `ckpt`, computing in `dtype` (`auto` resolved for
+    /// its encoder, [`Dtype::resolve`]); a tensor left unused is an error, so a checkpoint that
+    /// does not fit the backbone is never silently half-loaded.
+    pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, dtype: Dtype) -> Result<Self> {
         let Checkpoint { spec, backbone, mut tensors, .. } = ckpt;
-        let ld = Loader { device: device.clone(), dtype };
-        let encoder = Encoder::load(&ld, &mut tensors, &backbone.encoder)?;
+        let dtype = dtype.resolve(&backbone.encoder);
+        let autocast = dtype == Dtype::Bf16 && matches!(backbone.encoder, Architecture::Clip(_));
+        let storage = if dtype == Dtype::Bf16 && !autocast { FloatDType::BF16 } else { FloatDType::F32 };
+        let ld = Loader { device: device.clone(), dtype: storage };
+        let mut encoder = Encoder::load(&ld, &mut tensors, &backbone.encoder)?;
         let head = Head::load(&ld, &mut tensors, spec.head, backbone.encoder.hidden_size(), spec.num_classes)?;
         tensors.finish()?;
-        Ok(Self { encoder, head, spec, backbone, dtype })
+        if autocast {
+            encoder.prepare_bf16_inference();
+        }
+        Ok(Self { encoder, head, spec, backbone, dtype, autocast })
     }
 
     /// `[b, 3, s, s]` (f32 pixels, cast to the model's dtype here) -> logits and features.
     pub fn forward(&self, pixels: Tensor<4>) -> HeadOutput {
-        let pixels = if self.dtype == FloatDType::F32 { pixels } else { pixels.cast(self.dtype) };
+        // An f32 detector leaves the thread's setting alone (a bf16-mixed training run sets it).
+        let _autocast = self.autocast.then(|| Autocast::bf16(true));
+        let pixels = match self.dtype {
+            Dtype::Bf16 if !self.autocast => pixels.cast(FloatDType::BF16),
+            _ => pixels,
+        };
         self.head.forward(self.encoder.forward(pixels))
+    }
+
+    /// What to tell a user who chose bf16 where it is slower than f32 ([`Dtype::slower_here`]).
+    pub fn slower_here(&self) -> Option<String> {
+        self.dtype.slower_here(&self.backbone.encoder)
     }
 
     /// Class probabilities, one row per image: softmax of the logits, computed in f32.

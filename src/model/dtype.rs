@@ -3,55 +3,62 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
-/// Float type of the encoder's weights and activations (the head and the softmax stay f32).
+use super::config::Architecture;
+
+/// The float type the encoder computes in. For CLIP, bf16 is PyTorch's autocast to bfloat16, the
+/// precision the reference trains and tests in (`bf16-mixed`, docs/method.md §14): bfloat16
+/// products with f32 accumulation, the residual stream and LayerNorm in f32. For DINOv3 and the
+/// Perception Encoder, bf16 is the encoder's weights and activations in bfloat16. The softmax of
+/// the logits is f32 in both.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     F32,
     Bf16,
-    /// The faster of the two on this CPU ([`Dtype::resolve`]).
+    /// The faster of the two on this CPU for the encoder at hand ([`Dtype::resolve`]).
     #[default]
     Auto,
 }
 
-/// Whether dfdet multiplies bf16 matrices natively (bf16 products with f32 accumulation, e.g.
-/// AVX512-BF16). Not yet: its bf16 path converts to f32 around every product, so bf16 is slower
-/// than f32 on every CPU measured (BENCHMARKS.md), and `auto` is f32.
-pub const NATIVE_BF16_PRODUCTS: bool = false;
+/// Whether this CPU multiplies bfloat16 matrices natively for dfdet: oneDNN's
+/// `dnnl_gemm_bf16bf16f32` loads and has a kernel for it (AVX512-BF16, AMX). Elsewhere bf16
+/// means f32 products of bfloat16 values, a little slower than f32 (BENCHMARKS.md).
+pub fn native_bf16_products() -> bool {
+    super::fused::onednn::onednn().is_some_and(|d| d.bf16)
+}
 
 impl Dtype {
     /// The names accepted by [`FromStr`] and written by [`fmt::Display`].
     pub const NAMES: [&'static str; 3] = ["f32", "bf16", "auto"];
 
-    /// The float type computed in: `auto` is bf16 only where the CPU multiplies bf16 natively
-    /// and dfdet has products that use it, else f32.
-    pub fn resolve(self) -> Self {
+    /// The float type an encoder of `arch` computes in: `auto` is bf16 only for CLIP where the
+    /// CPU multiplies bf16 natively ([`native_bf16_products`]), else f32. DINOv3 and the
+    /// Perception Encoder compute bf16 in burn's bfloat16 tensors, slower than their f32
+    /// everywhere, so `auto` is f32 for them.
+    pub fn resolve(self, arch: &Architecture) -> Self {
         match self {
-            Self::Auto if NATIVE_BF16_PRODUCTS && crate::cpu::CpuInfo::detect().isa.contains(&"avx512bf16") => {
-                Self::Bf16
-            }
+            Self::Auto if matches!(arch, Architecture::Clip(_)) && native_bf16_products() => Self::Bf16,
             Self::Auto => Self::F32,
             other => other,
         }
     }
 
-    /// What to tell a user who asked for this type, once: bf16 is slower than f32 here.
-    pub fn slower_here(self) -> Option<String> {
-        (self == Self::Bf16 && !NATIVE_BF16_PRODUCTS).then(|| {
-            "bf16 is slower than f32 here: dfdet converts bf16 to f32 around its matrix products \
-             (native bf16 products are not implemented yet); --dtype f32 or auto is faster"
-                .to_string()
-        })
-    }
-
-    /// burn's float type (of [`Self::resolve`]).
-    pub fn float(self) -> FloatDType {
-        match self.resolve() {
-            Self::Bf16 => FloatDType::BF16,
-            _ => FloatDType::F32,
+    /// What to tell a user who asked for bf16 where it is slower than f32, once.
+    pub fn slower_here(self, arch: &Architecture) -> Option<String> {
+        match self {
+            Self::Bf16 if !matches!(arch, Architecture::Clip(_)) => Some(format!(
+                "bf16 is slower than f32 for this {} encoder: dfdet converts its bfloat16 tensors \
+                 to f32 around the matrix products; --dtype f32 or auto is faster",
+                arch.family()
+            )),
+            Self::Bf16 if !native_bf16_products() => Some(
+                "bf16 is a little slower than f32 on this CPU: it has no native bfloat16 products, so \
+                 dfdet multiplies the bfloat16 values in f32; --dtype f32 or auto is faster"
+                    .to_string(),
+            ),
+            _ => None,
         }
     }
 }

@@ -127,6 +127,15 @@ impl Encoder {
         }
     }
 
+    /// Readies a CLIP encoder for bf16 inference under autocast ([`super::Detector`]): its frozen
+    /// projection weights become bfloat16 once, instead of on every pass. Other families compute
+    /// bf16 in bfloat16 tensors and need nothing here.
+    pub fn prepare_bf16_inference(&mut self) {
+        if let Self::Clip(e) = self {
+            e.round_weights();
+        }
+    }
+
     /// Readies the encoder for bf16-mixed precision (after [`Self::keep_transposed_weights`]):
     /// the kept copies of the frozen weights are rounded to bfloat16 once. CLIP only; another
     /// family is refused naming the `precision` key.

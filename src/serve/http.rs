@@ -53,8 +53,6 @@ pub struct Server {
     pub detector: Detector,
     /// The weights as given, for `about` and `/v1/model`.
     pub weights: String,
-    /// The float type computed in.
-    pub dtype: String,
     /// How uploads are scored: batch size, face finding, faces per frame, photos as photos
     /// (each replaced per request when asked).
     pub settings: PredictSettings,
@@ -224,7 +222,7 @@ async fn model(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
                 "classes": d.spec.num_classes,
                 "tuning": format!("{:?}", d.spec.tuning),
                 "parameters": d.num_params(),
-                "dtype": s.dtype,
+                "dtype": s.detector.dtype.to_string(),
                 "kernels": crate::model::fused::products::kernels().name(),
                 "threads": rayon::current_num_threads(),
                 "face_detector": s.settings.faces.detector_name(),
@@ -438,7 +436,7 @@ async fn predict_upload(
     let job = tokio::task::spawn_blocking(move || {
         let s = &job_app.server;
         let result = predict(&s.detector, &job_app.device, &[job_path], &settings, &mut Silent).map(|mut p| {
-            p.about = About::new(&s.weights, &s.detector, &s.dtype, &settings);
+            p.about = About::new(&s.weights, &s.detector, &settings);
             p
         });
         job_app.running.fetch_sub(1, Ordering::SeqCst);

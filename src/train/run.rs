@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 
 use super::config::TrainConfig;
 use super::data::{FeatureCache, epoch_order, load_batch};
@@ -27,9 +26,9 @@ use crate::data::InputError;
 use crate::data::sets::Split;
 use crate::eval::unifalign::{alignment, uniformity};
 use crate::eval::video::frame_and_video;
-use crate::model::Detector;
 use crate::model::checkpoint::load_checkpoint;
 use crate::model::fused::bf16::Autocast;
+use crate::model::{Detector, Dtype};
 use crate::progress::Observer;
 use crate::rng::{Rng, Stream};
 use crate::score::{FrameScore, TestOutcome, test_split, write_test_outputs};
@@ -161,7 +160,7 @@ impl Trainer {
             (Some(root), true) => Some(FeatureStore::open(root, &ckpt.backbone, &ckpt.tensors, config.bf16_mixed())?),
             _ => None,
         };
-        let mut detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32)?;
+        let mut detector = Detector::from_checkpoint(ckpt, &device, Dtype::F32)?;
         detector.spec.run_name = Some(config.run_name.clone());
         detector.spec.precision = Some(if config.bf16_mixed() { "bf16-mixed" } else { "32-true" }.into());
         if let Some(l) = config.lora() {
@@ -584,7 +583,7 @@ impl Trainer {
         }
         let source = if best.is_dir() { best } else { self.dir.last() };
         let ckpt = load_checkpoint(&source.display().to_string(), None)?;
-        let detector = Detector::from_checkpoint(ckpt, &self.device, FloatDType::F32)?;
+        let detector = Detector::from_checkpoint(ckpt, &self.device, Dtype::F32)?;
         let out = self.dir.test();
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         obs.phase("test", tst.files.len(), 0);

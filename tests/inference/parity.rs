@@ -10,7 +10,7 @@ use dfdet::model::checkpoint::{HostTensor, TensorMap};
 use dfdet::model::clip::VisionTransformer;
 use dfdet::model::config::Backbone;
 use dfdet::model::params::Loader;
-use dfdet::model::{Detector, load_checkpoint};
+use dfdet::model::{Detector, Dtype, load_checkpoint};
 use dfdet::preprocess::pixels::load_rgb;
 
 use crate::common::{fixtures, read_json, samples};
@@ -81,7 +81,7 @@ fn checkpoint_probabilities_match_reference() {
     for (name, cases) in expected.as_object().unwrap() {
         let source = fixtures().join(name);
         let ckpt = load_checkpoint(source.to_str().unwrap(), None).unwrap();
-        let detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32).unwrap();
+        let detector = Detector::from_checkpoint(ckpt, &device, Dtype::F32).unwrap();
         let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(cases.clone()).unwrap();
         assert_eq!(cases.len(), 32, "{name}");
         let paths: Vec<PathBuf> = cases.keys().map(|k| samples().join(k)).collect();
@@ -130,19 +130,39 @@ fn every_product_library_matches_the_reference_end_to_end() {
     }
 }
 
-/// bf16 compute stays close to the fp32 reference (a smoke check of the bf16 path, not parity).
+/// `--dtype bf16` on CLIP is PyTorch's autocast to bfloat16, as the reference evaluates
+/// (`make_bf16_inference_fixtures.py`), on all 32 crops, for an LN-tuned checkpoint with a
+/// LinearNorm head and for a linear probe on a perturbed encoder. Autocast's logits are
+/// bfloat16: most of dfdet's are the same bits, the others one bfloat16 step away (f32 LayerNorm
+/// and the products' f32 summation order differ in the last bits, which sometimes moves a
+/// rounding; the training step's parity test sees the same), never more.
 #[test]
-fn bf16_probabilities_are_close() {
-    let expected = read_json("expected_probs.json");
+fn bf16_logits_match_pytorch_autocast() {
+    let expected = read_json("expected_probs_bf16.json");
     let device = Device::flex();
-    let name = "ckpt-ln-linearnorm.ckpt";
-    let ckpt = load_checkpoint(fixtures().join(name).to_str().unwrap(), None).unwrap();
-    let detector = Detector::from_checkpoint(ckpt, &device, FloatDType::BF16).unwrap();
-    let cases: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[name].clone()).unwrap();
-    let paths: Vec<PathBuf> = cases.keys().take(8).map(|k| samples().join(k)).collect();
-    let probs = detector.probabilities(batch(&paths, &detector.backbone, &device));
-    for (got, want) in probs.iter().zip(cases.values()) {
-        let diff = max_abs_diff(got, want);
-        assert!(diff <= 0.05, "bf16 |Δp| = {diff}");
+    for name in ["ckpt-ln-linearnorm.ckpt", "ckpt-linear.ckpt"] {
+        let ckpt = load_checkpoint(fixtures().join(name).to_str().unwrap(), None).unwrap();
+        let detector = Detector::from_checkpoint(ckpt, &device, Dtype::Bf16).unwrap();
+        assert_eq!(detector.dtype, Dtype::Bf16);
+        let want: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[name]["bf16_logits"].clone()).unwrap();
+        let probs: BTreeMap<String, Vec<f64>> = serde_json::from_value(expected[name]["bf16_mixed"].clone()).unwrap();
+        let paths: Vec<PathBuf> = want.keys().map(|k| samples().join(k)).collect();
+        let pixels = batch(&paths, &detector.backbone, &device);
+        let logits: Vec<f32> = detector.forward(pixels.clone()).logits.into_data().to_vec().unwrap();
+        let want: Vec<f64> = want.values().flatten().copied().collect();
+        let mut equal = 0;
+        for (i, (got, want)) in logits.iter().zip(&want).enumerate() {
+            let want = *want as f32;
+            // One bfloat16 step at the larger of the two: 2^(exponent - 7).
+            let step = f32::from_bits(got.abs().max(want.abs()).to_bits() & 0x7f80_0000) / 128.0;
+            assert!((got - want).abs() <= step, "{name} logit {i}: {got} against PyTorch's {want}");
+            equal += usize::from(got.to_bits() == want.to_bits());
+        }
+        eprintln!("{name}: {equal} of {} bf16 logits equal to PyTorch's, the others one step away", want.len());
+        assert!(equal * 4 >= want.len() * 3, "{name}: only {equal} of {} logits equal", want.len());
+        // And the probabilities a user sees, from them.
+        let got = detector.probabilities(pixels);
+        let worst = got.iter().zip(probs.values()).map(|(g, w)| max_abs_diff(g, w)).fold(0.0, f64::max);
+        assert!(worst <= 2e-3, "{name}: |Δp| to PyTorch's bf16 {worst:e}");
     }
 }

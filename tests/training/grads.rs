@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
-use dfdet::model::Detector;
+
 use dfdet::model::checkpoint::HostTensor;
 use dfdet::model::spec::{HeadKind, Tuning};
+use dfdet::model::{Detector, Dtype};
 use dfdet::preprocess::pixels::load_rgb;
 use dfdet::train::init::base_encoder;
 use dfdet::train::lora::{LoraConfig, attach};
@@ -51,7 +51,7 @@ fn setup(fx: &Value, tuning: &str, head: &str, transposed: bool) -> Setup {
     }
     let backbone = ckpt.backbone.clone();
     let device = Device::flex();
-    let mut detector = Detector::from_checkpoint(ckpt, &device, FloatDType::F32).unwrap();
+    let mut detector = Detector::from_checkpoint(ckpt, &device, Dtype::F32).unwrap();
     let trainable = if tuning == "lora" {
         let lora = &fx["lora"];
         let config = LoraConfig {

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
+
 use serde::Serialize;
 
 use crate::Result;
@@ -29,6 +29,9 @@ use crate::train::params::{LN_TARGETS, Selection, Trainable};
 use crate::train::slerp::SlerpPlan;
 
 pub mod products;
+pub mod work;
+
+use work::Work;
 
 /// One measured inference setting.
 #[derive(Debug, Clone, Serialize)]
@@ -40,13 +43,28 @@ pub struct BenchRow {
     pub dtype: String,
     /// The library of the f32 matrix products.
     pub kernels: String,
+    /// What multiplies bfloat16 values (bf16 on CLIP).
+    pub bf16_products: String,
     pub batch: usize,
     pub threads: usize,
     /// Median seconds per image over the timed passes.
     pub s_per_img: f64,
     pub img_per_s: f64,
+    /// The matrix products' arithmetic per second ([`Work`]; CLIP only).
+    pub gflops: Option<f64>,
+    /// `gflops` over the CPU's measured f32 peak ([`products::peak_gflops`], after the timed
+    /// passes).
+    pub of_peak: Option<f64>,
     /// Peak resident memory of the process during this setting, in MiB.
     pub peak_rss_mib: f64,
+}
+
+/// The work of one image through `backbone`'s products, where dfdet counts it (CLIP).
+fn work(backbone: &Backbone) -> Option<Work> {
+    match &backbone.encoder {
+        crate::model::config::Architecture::Clip(cfg) => Some(Work::clip(cfg)),
+        _ => None,
+    }
 }
 
 fn check_batches(batches: &[usize]) -> Result<()> {
@@ -91,10 +109,10 @@ pub fn inference(
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
     let mut rows = Vec::new();
-    for dtype in dtypes.iter().map(|d| d.resolve()) {
+    for dtype in dtypes.iter().map(|d| d.resolve(&backbone.encoder)) {
         reset_peak_rss();
         obs.message(&format!("{}: drawing random {dtype} weights", backbone.name));
-        let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype.float())?;
+        let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype)?;
         for &b in batches {
             obs.message(&format!("{dtype}, batch {b}: 1 warm-up + {iters} timed forward passes"));
             let x = random_pixels(&backbone, b, &device);
@@ -106,34 +124,54 @@ pub fn inference(
                 cpu: cpu.model.clone(),
                 isa: cpu.isa.join(" "),
                 backbone: backbone.name.clone(),
-                dtype: dtype.to_string(),
+                dtype: detector.dtype.to_string(),
                 kernels: kernels().name().into(),
+                bf16_products: crate::model::fused::onednn::bf16_products(),
                 batch: b,
                 threads,
                 s_per_img,
                 img_per_s: 1.0 / s_per_img,
+                gflops: work(&backbone).map(|w| w.forward_gflop(1) / s_per_img),
+                of_peak: None,
                 peak_rss_mib: peak_rss_mib(),
             });
+        }
+    }
+    if rows.iter().any(|r| r.gflops.is_some()) {
+        obs.message("measuring the peak of the FMA units on every thread");
+        let peak = products::peak_gflops();
+        for r in &mut rows {
+            r.of_peak = r.gflops.map(|g| g / peak);
         }
     }
     Ok(rows)
 }
 
+/// An optional number for a table or CSV: `-` or empty when absent.
+fn optional(x: Option<f64>, digits: usize, absent: &str) -> String {
+    x.map_or_else(|| absent.to_string(), |x| format!("{x:.digits$}"))
+}
+
 /// The inference rows as CSV, one row per setting with the CPU beside it.
 pub fn render_csv(rows: &[BenchRow]) -> String {
-    let mut s = String::from("cpu,isa,backbone,dtype,kernels,batch,threads,s_per_img,img_per_s,peak_rss_mib\n");
+    let mut s = String::from(
+        "cpu,isa,backbone,dtype,kernels,bf16_products,batch,threads,s_per_img,img_per_s,gflops,of_peak,peak_rss_mib\n",
+    );
     for r in rows {
         s += &format!(
-            "\"{}\",{},{},{},{},{},{},{:.6},{:.4},{:.0}\n",
+            "\"{}\",{},{},{},{},\"{}\",{},{},{:.6},{:.4},{},{},{:.0}\n",
             r.cpu.replace('"', "\"\""),
             r.isa,
             r.backbone,
             r.dtype,
             r.kernels,
+            r.bf16_products.replace('"', "\"\""),
             r.batch,
             r.threads,
             r.s_per_img,
             r.img_per_s,
+            optional(r.gflops, 2, ""),
+            optional(r.of_peak, 4, ""),
             r.peak_rss_mib
         );
     }
@@ -143,14 +181,24 @@ pub fn render_csv(rows: &[BenchRow]) -> String {
 /// A plain table of the inference rows, under a line naming the CPU.
 pub fn render_table(rows: &[BenchRow]) -> String {
     let mut s = match rows.first() {
-        Some(r) => format!("CPU: {} ({}); f32 products: {}\n", r.cpu, r.isa, r.kernels),
+        Some(r) => {
+            format!("CPU: {} ({}); f32 products: {}; bf16 products: {}\n", r.cpu, r.isa, r.kernels, r.bf16_products)
+        }
         None => String::new(),
     };
-    s += "backbone                        dtype  batch  threads  s/img    img/s   peak RSS MiB\n";
+    s += "backbone                        dtype  batch  threads  s/img    img/s   GFLOP/s  of peak  peak RSS MiB\n";
     for r in rows {
         s += &format!(
-            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>12.0}\n",
-            r.backbone, r.dtype, r.batch, r.threads, r.s_per_img, r.img_per_s, r.peak_rss_mib
+            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7}  {:>6}%  {:>12.0}\n",
+            r.backbone,
+            r.dtype,
+            r.batch,
+            r.threads,
+            r.s_per_img,
+            r.img_per_s,
+            optional(r.gflops, 1, "-"),
+            optional(r.of_peak.map(|p| 100.0 * p), 0, "-"),
+            r.peak_rss_mib
         );
     }
     s
@@ -174,6 +222,10 @@ pub struct TrainBenchRow {
     /// Median seconds per optimizer step over the timed steps (after one warm-up step).
     pub s_per_step: f64,
     pub s_per_img: f64,
+    /// The step's matrix products' arithmetic per second ([`Work`]; CLIP only).
+    pub gflops: Option<f64>,
+    /// `gflops` over the CPU's measured f32 peak (after the timed steps).
+    pub of_peak: Option<f64>,
     /// Peak resident memory of the process, in MiB.
     pub peak_rss_mib: f64,
 }
@@ -182,7 +234,7 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, peak RSS {:.0} MiB\n",
+            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, {} GFLOP/s ({}% of peak), peak RSS {:.0} MiB\n",
             self.cpu,
             self.isa,
             self.kernels,
@@ -193,6 +245,8 @@ impl TrainBenchRow {
             self.threads,
             self.s_per_step,
             self.s_per_img,
+            optional(self.gflops, 1, "-"),
+            optional(self.of_peak.map(|p| 100.0 * p), 0, "-"),
             self.peak_rss_mib
         )
     }
@@ -200,7 +254,7 @@ impl TrainBenchRow {
     /// CSV: a header and one row.
     pub fn render_csv(&self) -> String {
         format!(
-            "cpu,isa,kernels,bf16_products,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,peak_rss_mib\n\"{}\",{},{},\"{}\",{},{},{},{},{},{:.6},{:.6},{:.0}\n",
+            "cpu,isa,kernels,bf16_products,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,gflops,of_peak,peak_rss_mib\n\"{}\",{},{},\"{}\",{},{},{},{},{},{:.6},{:.6},{},{},{:.0}\n",
             self.cpu.replace('"', "\"\""),
             self.isa,
             self.kernels,
@@ -212,6 +266,8 @@ impl TrainBenchRow {
             self.trainable,
             self.s_per_step,
             self.s_per_img,
+            optional(self.gflops, 2, ""),
+            optional(self.of_peak, 4, ""),
             self.peak_rss_mib
         )
     }
@@ -229,7 +285,7 @@ pub fn train_step(
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
     let autodiff = crate::train::autodiff_device(&device);
-    let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, FloatDType::F32)?;
+    let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, Dtype::F32)?;
     let selection = Selection { ln_targets: LN_TARGETS.iter().map(|s| s.to_string()).collect(), ..Default::default() };
     let mut trainable = Trainable::select(&mut detector, &selection)?;
     detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
@@ -254,6 +310,12 @@ pub fn train_step(
     obs.message(&format!("LN-tuning step, mini-batch {batch}: 1 warm-up + {iters} timed steps"));
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
+    let peak_rss_mib = peak_rss_mib();
+    let gflops = work(&backbone).map(|w| w.step_gflop(batch) / s_per_step);
+    if gflops.is_some() {
+        obs.message("measuring the peak of the FMA units on every thread");
+    }
+    let of_peak = gflops.map(|g| g / products::peak_gflops());
     let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {
         cpu: cpu.model.clone(),
@@ -267,6 +329,8 @@ pub fn train_step(
         trainable: trainable.numel(),
         s_per_step,
         s_per_img: s_per_step / batch as f64,
-        peak_rss_mib: peak_rss_mib(),
+        gflops,
+        of_peak,
+        peak_rss_mib,
     })
 }

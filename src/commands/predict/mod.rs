@@ -69,14 +69,14 @@ pub struct About {
 
 impl About {
     /// The settings of a `predict` run with `detector` loaded from `weights`.
-    pub fn new(weights: &str, detector: &Detector, dtype: &str, settings: &PredictSettings) -> Self {
+    pub fn new(weights: &str, detector: &Detector, settings: &PredictSettings) -> Self {
         let faces = &settings.faces;
         Self {
             dfdet: env!("CARGO_PKG_VERSION").into(),
             weights: weights.into(),
             backbone: detector.backbone.name.clone(),
             head: format!("{:?}", detector.spec.head),
-            dtype: dtype.into(),
+            dtype: detector.dtype.to_string(),
             batch_size: settings.batch_size,
             video_frames: match faces.sampling {
                 Sampling::Linspace(n) => format!("linspace:{n}"),

@@ -54,6 +54,14 @@ pub fn autocast_bf16() -> bool {
     AUTOCAST.with(Cell::get)
 }
 
+/// A frozen weight as the bfloat16 values its products read, made once: bfloat16 storage where
+/// oneDNN multiplies bfloat16 natively (half the memory, and the product takes its bits as they
+/// are), else f32 storage of the rounded values (the f32 kernels then read them as they are, instead of
+/// widening the weight on every product).
+pub fn frozen_bf16<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    if crate::model::dtype::native_bf16_products() { w.cast(burn::tensor::FloatDType::BF16) } else { round_bf16(w) }
+}
+
 /// Every value rounded to bfloat16; differentiable, its gradient rounded to bfloat16 as well.
 pub fn round_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::round_bf16(x.into_dispatch()))

@@ -173,6 +173,11 @@ fn all_f32(xs: &[&FlexTensor]) -> bool {
     xs.iter().all(|x| x.dtype() == DType::F32)
 }
 
+/// A frozen weight [`matmul_2d`] multiplies by: f32, or bfloat16 storage.
+fn f32_or_bf16(w: &FlexTensor) -> bool {
+    matches!(w.dtype(), DType::F32 | DType::BF16)
+}
+
 /// Runs `kernel` on every row (length `row`) of `x` in place: on `x`'s buffer if it is the only
 /// owner, else on a copy made chunk by chunk just before the kernel reads it.
 fn map_rows(x: FlexTensor, row: usize, kernel: impl Fn(&mut [f32]) + Sync) -> FlexTensor {
@@ -211,12 +216,13 @@ fn zip_rows(grad: FlexTensor, other: FlexTensor, row: usize, kernel: impl Fn(&[f
 }
 
 /// `lhs · rhs (+ bias on every row)`, `lhs` contiguous `[m, k]`, `rhs` a 2-D tensor `[k, n]` of
-/// any strides (a transposed view included), into a new row-major `[m, n]` buffer.
+/// any strides (a transposed view included), f32 or bfloat16 (a frozen weight kept in bfloat16,
+/// [`bf16`]), into a new row-major `[m, n]` buffer.
 fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f32]>) -> Vec<f32> {
     let n = rhs.layout().shape()[1];
     let strides = rhs.layout().strides();
     let (rhs_rs, rhs_cs) = (strides[0], strides[1]);
-    let rhs_values: &[f32] = rhs.storage();
+    let start = rhs.layout().start_offset();
     let len = m * n;
     let mut out = Vec::<f32>::with_capacity(len);
     let read_dst = match bias {
@@ -238,23 +244,40 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
         }
         None => false,
     };
-    let rhs_span = &rhs_values[rhs.layout().start_offset()..];
-    if bf16_product(m, n, k, lhs, rhs_span, (rhs_rs, rhs_cs), &mut out, read_dst) {
-        // SAFETY: oneDNN wrote all m·n values (read_dst: the bias was there before).
-        unsafe { out.set_len(len) };
-        return out;
-    }
-    // SAFETY: `lhs` holds m·k values, `rhs` spans its layout inside its buffer, `out` has room
-    // for m·n values (initialised where gemm reads them, see above).
+    // A bfloat16 right operand: oneDNN's native product where it has one, else its values
+    // widened to f32 (exactly) for the f32 kernels.
+    let widened: Vec<f32>;
+    let rhs_values: &[f32] = if rhs.dtype() == DType::BF16 {
+        let bits: &[u16] = bytemuck::cast_slice(&rhs.storage::<half::bf16>()[start..]);
+        if native_bf16_product(m, n, k, lhs, Rhs::Bits(bits), (rhs_rs, rhs_cs), &mut out, read_dst) {
+            // SAFETY: oneDNN wrote all m·n values (read_dst: the bias was there before).
+            unsafe { out.set_len(len) };
+            return out;
+        }
+        widened = bits[..span(n, k, rhs_rs, rhs_cs).min(bits.len())]
+            .par_iter()
+            .map(|b| f32::from_bits(u32::from(*b) << 16))
+            .collect();
+        &widened
+    } else {
+        let values = &rhs.storage::<f32>()[start..];
+        if native_bf16_product(m, n, k, lhs, Rhs::Values(values), (rhs_rs, rhs_cs), &mut out, read_dst) {
+            // SAFETY: as above.
+            unsafe { out.set_len(len) };
+            return out;
+        }
+        values
+    };
+    // SAFETY: `lhs` holds m·k values, `rhs_values` spans the layout from its first value, `out`
+    // has room for m·n values (initialised where gemm reads them, see above).
     unsafe {
-        let rhs_ptr = rhs_values.as_ptr().add(rhs.layout().start_offset());
         products::product(
             products::kernels(),
             m,
             n,
             k,
             lhs.as_ptr(),
-            rhs_ptr,
+            rhs_values.as_ptr(),
             rhs_rs,
             rhs_cs,
             out.as_mut_ptr(),
@@ -265,17 +288,29 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
     out
 }
 
+/// How many values a `[k, n]` layout with non-negative strides `(rs, cs)` spans from its first.
+fn span(n: usize, k: usize, rs: isize, cs: isize) -> usize {
+    if n == 0 || k == 0 { 0 } else { (k - 1) * rs.max(0) as usize + (n - 1) * cs.max(0) as usize + 1 }
+}
+
+/// The right operand of [`native_bf16_product`]: f32 storage holding bfloat16 values, or
+/// bfloat16 storage (its bits).
+enum Rhs<'a> {
+    Values(&'a [f32]),
+    Bits(&'a [u16]),
+}
+
 /// Under bf16-mixed precision ([`bf16::Autocast`]) where oneDNN multiplies bfloat16 natively:
 /// `out = lhs · rhs (+ out)` with the operands as bfloat16 (they hold bfloat16 values there) and
 /// f32 accumulation; `false`, doing nothing, elsewhere. `out` has capacity for m·n values, the
 /// first m·n initialised when `accumulate`.
 #[allow(clippy::too_many_arguments)]
-fn bf16_product(
+fn native_bf16_product(
     m: usize,
     n: usize,
     k: usize,
     lhs: &[f32],
-    rhs: &[f32],
+    rhs: Rhs<'_>,
     (rs, cs): (isize, isize),
     out: &mut Vec<f32>,
     accumulate: bool,
@@ -284,8 +319,16 @@ fn bf16_product(
     if !bf16::autocast_bf16() || rayon::current_thread_index().is_some() || m * n * k == 0 || rs < 0 || cs < 0 {
         return false;
     }
-    let span = (k - 1) * rs as usize + (n - 1) * cs as usize + 1;
-    let (l, r) = (onednn::to_bf16_bits(&lhs[..m * k]), onednn::to_bf16_bits(&rhs[..span]));
+    let span = span(n, k, rs, cs);
+    let l = onednn::to_bf16_bits(&lhs[..m * k]);
+    let converted;
+    let r = match rhs {
+        Rhs::Bits(bits) => &bits[..span],
+        Rhs::Values(values) => {
+            converted = onednn::to_bf16_bits(&values[..span]);
+            &converted[..]
+        }
+    };
     // SAFETY: `l` holds m·k values, `r` spans the layout, `out` has room for m·n values.
     unsafe { dnnl.gemm_bf16(m, n, k, l.as_ptr(), r.as_ptr(), rs, cs, out.as_mut_ptr(), accumulate) }
 }
@@ -352,7 +395,7 @@ impl FusedOps for Flex {
         _weight_t: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if !all_f32(&[&x, &weight, &bias]) {
+        if !all_f32(&[&x, &bias]) || !f32_or_bf16(&weight) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(x, weight, Some(bias));
         }
         let bias = contiguous(bias);
@@ -441,7 +484,7 @@ impl FusedBackward for Flex {
     }
 
     fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !all_f32(&[&grad, &weight_t]) {
+        if !all_f32(&[&grad]) || !f32_or_bf16(&weight_t) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(grad, weight_t, None);
         }
         last_axis_times(grad, &weight_t, None)
@@ -752,5 +795,44 @@ mod tests {
         assert!(d2(w2.grad(&g2).unwrap(), w0.grad(&g0).unwrap()) < 1e-4);
         assert!(d3(x2.grad(&g2).unwrap(), x0.grad(&g0).unwrap()) < 1e-5);
         assert!(b2.grad(&g2).is_some());
+    }
+
+    /// A frozen weight kept in bfloat16 storage multiplies as the same values in f32 storage, bit
+    /// for bit, forward and backward, as `[in, out]` and through a transposed `[out, in]` copy,
+    /// with bf16-mixed on and off (on: oneDNN's native product where it has one, whose f32
+    /// accumulation may sum in another order, hence the tolerance there).
+    #[test]
+    fn bfloat16_weights_multiply_as_their_f32_values() {
+        use burn::tensor::FloatDType;
+        let device = Device::flex().autodiff();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = bf16::round_bf16(Tensor::<3>::random([2, 37, 24], normal, &device));
+        let w = bf16::round_bf16(Tensor::<2>::random([24, 40], normal, &device));
+        let b = Tensor::<1>::random([40], normal, &device);
+        let probe = Tensor::<3>::random([2, 37, 40], normal, &device);
+        let copy_t = Tensor::<2>::from_data(w.clone().transpose().into_data(), &device);
+        let native = crate::model::dtype::native_bf16_products();
+        for autocast in [false, true] {
+            let _autocast = bf16::Autocast::bf16(autocast);
+            let run = |w: Tensor<2>, wt: Tensor<2>| {
+                let xg = x.clone().require_grad();
+                let y = linear(xg.clone(), w, wt, b.clone());
+                let g = (y.clone() * probe.clone()).sum().backward();
+                let gx = xg.grad(&g).unwrap();
+                (y.into_data().to_vec::<f32>().unwrap(), gx.into_data().to_vec::<f32>().unwrap())
+            };
+            let want = run(w.clone(), copy_t.clone());
+            let (w16, t16) = (w.clone().cast(FloatDType::BF16), copy_t.clone().cast(FloatDType::BF16));
+            for got in [run(w16.clone(), w16.clone().transpose()), run(t16.clone().transpose(), t16.clone())] {
+                for (g, e) in [(&got.0, &want.0), (&got.1, &want.1)] {
+                    let worst = g.iter().zip(e).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    if autocast && native {
+                        assert!(worst < 1e-4, "autocast {autocast}: {worst}");
+                    } else {
+                        assert_eq!(g, e, "autocast {autocast}");
+                    }
+                }
+            }
+        }
     }
 }
