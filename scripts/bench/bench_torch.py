@@ -8,6 +8,10 @@ Perception Encoders (`--backbone vit_pe_core_large_patch14_336`: timm's model wi
 removed, at 224 pixels, as GenD runs it) need GenD's stack, scripts/fixtures/requirements-gend.txt.
 Usage: python scripts/bench/bench_torch.py --batch 1,8 --dtype f32,bf16 --iters 3 --threads 2
 Prints JSON rows with the fields of dfdet's BenchRow.
+
+CLIP's bf16 is `--bf16 autocast` by default: the f32 model under torch.autocast to bfloat16, what
+dfdet's `--dtype bf16` computes and how the reference evaluates (Lightning's bf16-mixed).
+`--bf16 cast` times the model cast to bfloat16 (`model.to(torch.bfloat16)`) instead.
 """
 
 import argparse
@@ -113,6 +117,8 @@ def main():
     ap.add_argument("--dtype", default="f32,bf16")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16", choices=["autocast", "cast"], default="autocast",
+                    help="CLIP's bf16: the f32 model under autocast (as dfdet), or the model cast to bfloat16")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,13 +132,14 @@ def main():
     cfg = CLIPVisionConfig(**PRESETS[args.backbone], attn_implementation="sdpa")
     rows = []
     for dtype_name in args.dtype.split(","):
-        dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        autocast = dtype_name == "bf16" and args.bf16 == "autocast"
+        dtype = torch.bfloat16 if dtype_name == "bf16" and not autocast else torch.float32
         reset_peak_rss()
         model = CLIPVisionModel(cfg).eval().to(dtype)
         head = torch.nn.Linear(cfg.hidden_size, 2).to(dtype)
         for b in [int(x) for x in args.batch.split(",")]:
             x = torch.randn(b, 3, cfg.image_size, cfg.image_size)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 def run():
                     f = model(x.to(dtype)).pooler_output
                     return head(F.normalize(f, dim=1)).float().softmax(1)

@@ -10,10 +10,12 @@ threads=${THREADS:-$(nproc)}
 batch=${BATCH:-1,8}
 dtype=${DTYPE:-f32,bf16}
 iters=${ITERS:-3}
+# PyTorch's bf16: `autocast` (as dfdet's bf16 computes) or `cast` (the model cast to bfloat16).
+bf16=${BF16:-autocast}
 cargo build --release --quiet
 out=$(mktemp -d)
 ./target/release/dfdet bench --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" --format json "$@" > "$out/dfdet.json"
-"$py" scripts/bench/bench_torch.py --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" > "$out/torch.json"
+"$py" scripts/bench/bench_torch.py --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" --bf16 "$bf16" > "$out/torch.json"
 "$py" - "$out/dfdet.json" "$out/torch.json" <<'PY'
 import json, sys
 ours, ref = (json.load(open(p)) for p in sys.argv[1:3])

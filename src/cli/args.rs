@@ -116,8 +116,9 @@ pub struct ModelArgs {
     /// checkpoint's own.
     #[arg(long)]
     pub backbone: Option<String>,
-    /// Float type to compute in (`auto`: the faster on this CPU, today f32 everywhere).
-    #[arg(long, default_value = "auto", value_parser = choice::<Dtype>(&Dtype::NAMES))]
+    /// Float type to compute in (`auto`: bf16 for CLIP where the CPU multiplies bfloat16
+    /// natively, else f32; `dfdet info --system` says which).
+    #[arg(long, env = "DFDET_DTYPE", default_value = "auto", value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Dtype,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -287,8 +288,10 @@ pub struct TestArgs {
     /// Images per forward pass.
     #[arg(short, long)]
     pub batch_size: Option<usize>,
-    /// Float type to compute in (default `auto`: the faster on this CPU, today f32 everywhere).
-    #[arg(long, value_parser = choice::<Dtype>(&Dtype::NAMES))]
+    /// Float type to compute in (default: the config's, else `auto`: bf16 for CLIP where the CPU
+    /// multiplies bfloat16 natively, else f32). `DFDET_DTYPE` set in the environment counts as
+    /// this option.
+    #[arg(long, env = "DFDET_DTYPE", value_parser = choice::<Dtype>(&Dtype::NAMES))]
     pub dtype: Option<Dtype>,
     /// Worker threads (default: all cores).
     #[arg(long)]

@@ -22,12 +22,7 @@ pub enum Dtype {
     Auto,
 }
 
-/// Whether this CPU multiplies bfloat16 matrices natively for dfdet: oneDNN's
-/// `dnnl_gemm_bf16bf16f32` loads and has a kernel for it (AVX512-BF16, AMX). Elsewhere bf16
-/// means f32 products of bfloat16 values, a little slower than f32 (BENCHMARKS.md).
-pub fn native_bf16_products() -> bool {
-    super::fused::onednn::onednn().is_some_and(|d| d.bf16)
-}
+pub use super::fused::onednn::native_bf16_products;
 
 impl Dtype {
     /// The names accepted by [`FromStr`] and written by [`fmt::Display`].

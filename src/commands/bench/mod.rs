@@ -52,8 +52,7 @@ pub struct BenchRow {
     pub img_per_s: f64,
     /// The matrix products' arithmetic per second ([`Work`]; CLIP only).
     pub gflops: Option<f64>,
-    /// `gflops` over the CPU's measured f32 peak ([`products::peak_gflops`], after the timed
-    /// passes).
+    /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
     pub of_peak: Option<f64>,
     /// Peak resident memory of the process during this setting, in MiB.
     pub peak_rss_mib: f64,
@@ -108,6 +107,7 @@ pub fn inference(
     let device = Device::flex();
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
+    let peak = work(&backbone).map(|_| measured_peak(obs));
     let mut rows = Vec::new();
     for dtype in dtypes.iter().map(|d| d.resolve(&backbone.encoder)) {
         reset_peak_rss();
@@ -137,14 +137,20 @@ pub fn inference(
             });
         }
     }
-    if rows.iter().any(|r| r.gflops.is_some()) {
-        obs.message("measuring the peak of the FMA units on every thread");
-        let peak = products::peak_gflops();
+    if let Some(peak) = peak {
         for r in &mut rows {
             r.of_peak = r.gflops.map(|g| g / peak);
         }
     }
     Ok(rows)
+}
+
+/// The CPU's f32 peak ([`products::peak_gflops`]), the best of three, measured before anything
+/// else runs: OpenBLAS's threads keep spinning for a while after a product and would take cores
+/// from the measurement.
+fn measured_peak(obs: &mut dyn Observer) -> f64 {
+    obs.message("measuring the peak of the FMA units on every thread");
+    (0..3).map(|_| products::peak_gflops()).fold(0.0, f64::max)
 }
 
 /// An optional number for a table or CSV: `-` or empty when absent.
@@ -224,7 +230,7 @@ pub struct TrainBenchRow {
     pub s_per_img: f64,
     /// The step's matrix products' arithmetic per second ([`Work`]; CLIP only).
     pub gflops: Option<f64>,
-    /// `gflops` over the CPU's measured f32 peak (after the timed steps).
+    /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
     pub of_peak: Option<f64>,
     /// Peak resident memory of the process, in MiB.
     pub peak_rss_mib: f64,
@@ -283,6 +289,7 @@ pub fn train_step(
 ) -> Result<TrainBenchRow> {
     check_batches(&[batch])?;
     let backbone = Backbone::resolve(backbone)?;
+    let peak = work(&backbone).map(|_| measured_peak(obs));
     let device = Device::flex();
     let autodiff = crate::train::autodiff_device(&device);
     let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, Dtype::F32)?;
@@ -310,12 +317,8 @@ pub fn train_step(
     obs.message(&format!("LN-tuning step, mini-batch {batch}: 1 warm-up + {iters} timed steps"));
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
-    let peak_rss_mib = peak_rss_mib();
     let gflops = work(&backbone).map(|w| w.step_gflop(batch) / s_per_step);
-    if gflops.is_some() {
-        obs.message("measuring the peak of the FMA units on every thread");
-    }
-    let of_peak = gflops.map(|g| g / products::peak_gflops());
+    let of_peak = gflops.zip(peak).map(|(g, p)| g / p);
     let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {
         cpu: cpu.model.clone(),
@@ -331,6 +334,6 @@ pub fn train_step(
         s_per_img: s_per_step / batch as f64,
         gflops,
         of_peak,
-        peak_rss_mib,
+        peak_rss_mib: peak_rss_mib(),
     })
 }

@@ -59,7 +59,7 @@ pub fn autocast_bf16() -> bool {
 /// are), else f32 storage of the rounded values (the f32 kernels then read them as they are, instead of
 /// widening the weight on every product).
 pub fn frozen_bf16<const D: usize>(w: Tensor<D>) -> Tensor<D> {
-    if crate::model::dtype::native_bf16_products() { w.cast(burn::tensor::FloatDType::BF16) } else { round_bf16(w) }
+    if super::onednn::native_bf16_products() { w.cast(burn::tensor::FloatDType::BF16) } else { round_bf16(w) }
 }
 
 /// Every value rounded to bfloat16; differentiable, its gradient rounded to bfloat16 as well.

@@ -164,6 +164,13 @@ pub fn bf16_products() -> String {
     }
 }
 
+/// Whether this CPU multiplies bfloat16 matrices natively for dfdet: oneDNN's
+/// `dnnl_gemm_bf16bf16f32` loads and has a kernel for it (AVX512-BF16, AMX). Elsewhere bf16
+/// means f32 products of bfloat16 values, a little slower than f32 (BENCHMARKS.md).
+pub fn native_bf16_products() -> bool {
+    onednn().is_some_and(|d| d.bf16)
+}
+
 /// `values` (bfloat16 values, or rounded to them to nearest even) as bfloat16 bits.
 pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
     values.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect()
