@@ -250,13 +250,12 @@ fn bench_csv_rows_name_the_cpu() {
 }
 
 /// Multiply-adds of one 224-pixel image through the tiny p14 CLIP (`tests/fixtures/tiny-clip-p14`:
-/// 2 layers, width 32, MLP 64, 16 x 16 patches of 3 x 14 x 14, read from its config), counted by hand: the patch
-/// embedding, a full first layer, and a last layer whose class token alone is queried.
+/// 2 layers, width 32, MLP 64, 16 x 16 patches of 3 x 14 x 14, read from its config), counted by
+/// hand: the patch embedding, a full first layer, and a last layer whose class token alone is
+/// queried.
 fn tiny_forward_macs() -> f64 {
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("tiny-clip-p14/config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-clip-p14/config.json")).unwrap()).unwrap();
     let v = &cfg["vision_config"];
     let num = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("vision_config.{k}"));
     let (d, f, layers) = (num("hidden_size"), num("intermediate_size"), num("num_hidden_layers"));
