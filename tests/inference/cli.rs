@@ -103,6 +103,50 @@ fn corrupt_file_among_good_ones() {
     assert_eq!(json["errors"][0]["path"].as_str().unwrap(), video.join("999.png").to_str().unwrap());
 }
 
+/// `--dtype bf16` (or `DFDET_DTYPE=bf16`) scores in bf16 and says so in `about`; `--dtype` beats
+/// the environment; a bad value in the environment is refused naming it; on a CPU without native
+/// bfloat16 products bf16 says it is slower there, and `auto` is f32.
+#[test]
+fn dtype_from_the_option_or_the_environment() {
+    let weights = fixtures().join(CKPT);
+    let crops = samples().join("datasets/CDFv2/Celeb-real/id0_0000");
+    let run = |env: Option<&str>, args: &[&str]| {
+        let mut c = dfdet();
+        c.args(["predict", "-w", weights.to_str().unwrap(), "-f", "json"]).args(args).arg(&crops);
+        if let Some(v) = env {
+            c.env("DFDET_DTYPE", v);
+        }
+        c.output().unwrap()
+    };
+    let p_fake = |json: &serde_json::Value| -> Vec<f64> {
+        json["frames"].as_array().unwrap().iter().map(|f| f["p_fake"].as_f64().unwrap()).collect()
+    };
+    let f32_run = run(None, &[]);
+    assert!(f32_run.status.success(), "{}", String::from_utf8_lossy(&f32_run.stderr));
+    let f32_json: serde_json::Value = serde_json::from_slice(&f32_run.stdout).unwrap();
+    assert_eq!(f32_json["about"]["dtype"], "f32");
+    for (env, args) in [(Some("bf16"), &[][..]), (Some("f32"), &["--dtype", "bf16"][..])] {
+        let out = run(env, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["about"]["dtype"], "bf16", "{env:?} {args:?}");
+        let (bf16, f32) = (p_fake(&json), p_fake(&f32_json));
+        assert_eq!(bf16.len(), 4);
+        let moved = bf16.iter().zip(&f32).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(moved > 0.0 && moved < 5e-3, "bf16 against f32: {moved}");
+        assert_eq!(stderr.contains("slower than f32"), !dfdet::model::dtype::native_bf16_products(), "{stderr}");
+    }
+    let out = run(Some("fp16"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fp16") && stderr.contains("--dtype"), "{stderr}");
+    if !dfdet::model::dtype::native_bf16_products() {
+        let auto: serde_json::Value = serde_json::from_slice(&run(Some("auto"), &[]).stdout).unwrap();
+        assert_eq!(auto["about"]["dtype"], "f32");
+    }
+}
+
 /// List files: relative paths resolve against the list's folder; a missing line names the list and line.
 #[test]
 fn list_file_with_relative_paths() {
