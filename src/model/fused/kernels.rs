@@ -156,6 +156,18 @@ dispatched! {
 }
 
 dispatched! {
+    /// `src` as bfloat16 bits in `dst` (as long): rounded to nearest even as [`bf16`], a NaN a
+    /// quiet NaN (as `half::bf16::from_f32`). The operands of oneDNN's native products.
+    fn to_bf16_bits(src: &[f32], dst: &mut [u16]) {
+        for (d, x) in dst.iter_mut().zip(src) {
+            let bits = x.to_bits();
+            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+            *d = if x.is_nan() { (bits >> 16) as u16 | 0x0040 } else { rounded };
+        }
+    }
+}
+
+dispatched! {
     /// In place: `x · sigmoid(1.702 x)` as PyTorch computes it on a bfloat16 tensor, three
     /// operations each rounded to bfloat16: `a = 1.702 x`, `s = sigmoid(a)`, `x · s`.
     fn quick_gelu_bf16(xs: &mut [f32]) {
@@ -372,6 +384,20 @@ dispatched! {
 
 #[cfg(test)]
 mod tests {
+    /// The vectorised conversion gives `half`'s bits for every value: a sweep of bit patterns
+    /// (normal, subnormal, ties, infinities, NaNs with payloads in the high or only the low bits).
+    #[test]
+    fn bf16_bits_are_halfs() {
+        let mut xs: Vec<f32> = (0..1u64 << 32).step_by(65_537).map(|b| f32::from_bits(b as u32)).collect();
+        xs.extend([0.0, -0.0, 1.0 + f32::EPSILON * 64.0, 1.0 + f32::EPSILON * 192.0, f32::INFINITY, f32::NEG_INFINITY]);
+        xs.extend([f32::from_bits(0x7f80_0001), f32::from_bits(0xffc0_0000), f32::from_bits(0x0000_8000)]);
+        let mut bits = vec![0u16; xs.len()];
+        super::to_bf16_bits(&xs, &mut bits);
+        for (x, b) in xs.iter().zip(&bits) {
+            assert_eq!(*b, half::bf16::from_f32(*x).to_bits(), "{:#010x}", x.to_bits());
+        }
+    }
+
     #[test]
     fn exp_is_within_two_ulp_of_libm() {
         let mut worst = 0.0f32;

@@ -173,7 +173,11 @@ pub fn native_bf16_products() -> bool {
 
 /// `values` (bfloat16 values, or rounded to them to nearest even) as bfloat16 bits.
 pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
-    values.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect()
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let mut bits = vec![0u16; values.len()];
+    bits.par_chunks_mut(CHUNK).zip(values.par_chunks(CHUNK)).for_each(|(d, s)| super::kernels::to_bf16_bits(s, d));
+    bits
 }
 
 #[cfg(test)]
