@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use super::checkpoint::Checkpoint;
-use super::config::{Architecture, Backbone};
+use super::config::Backbone;
 use super::dtype::Dtype;
 use super::encoder::Encoder;
 use super::fused::bf16::Autocast;
@@ -24,7 +24,7 @@ pub struct Detector {
     pub backbone: Backbone,
     /// What it computes in: f32 or bf16 ([`Dtype::resolve`]d for its encoder).
     pub dtype: Dtype,
-    /// bf16 as PyTorch's autocast (CLIP): f32 storage, products of bfloat16 values.
+    /// bf16 as PyTorch's autocast (CLIP, DINOv3): f32 storage, products of bfloat16 values.
     autocast: bool,
 }
 
@@ -35,7 +35,7 @@ impl Detector {
     pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, dtype: Dtype) -> Result<Self> {
         let Checkpoint { spec, backbone, mut tensors, .. } = ckpt;
         let dtype = dtype.resolve(&backbone.encoder);
-        let autocast = dtype == Dtype::Bf16 && matches!(backbone.encoder, Architecture::Clip(_));
+        let autocast = dtype == Dtype::Bf16 && super::dtype::autocasts(&backbone.encoder);
         let storage = if dtype == Dtype::Bf16 && !autocast { FloatDType::BF16 } else { FloatDType::F32 };
         let ld = Loader { device: device.clone(), dtype: storage };
         let mut encoder = Encoder::load(&ld, &mut tensors, &backbone.encoder)?;

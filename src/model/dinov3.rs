@@ -13,6 +13,8 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
+use super::fused::attention::attention_bf16;
+use super::fused::bf16::{autocast_bf16, frozen_bf16, round_bf16};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -280,8 +282,15 @@ impl Embeddings {
             .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
             .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
         let d = self.patch_bias.dims()[0];
-        let patches =
-            patches.matmul(self.patch_weight.val().unsqueeze::<3>()) + self.patch_bias.val().reshape([1, 1, d]); // [b, n, d]
+        let patches = if autocast_bf16() {
+            // bf16-mixed: the convolution on bfloat16 pixels, weight and bias, its output
+            // bfloat16; the concatenation with the f32 class and register tokens promotes to f32.
+            let weight = round_bf16(self.patch_weight.val()).unsqueeze::<3>();
+            let bias = round_bf16(self.patch_bias.val()).reshape([1, 1, d]);
+            round_bf16(round_bf16(patches).matmul(weight) + bias)
+        } else {
+            patches.matmul(self.patch_weight.val().unsqueeze::<3>()) + self.patch_bias.val().reshape([1, 1, d])
+        }; // [b, n, d]
         let r = self.register_tokens.dims()[0];
         let cls = self.cls_token.val().unsqueeze::<3>().expand([b as i64, 1, d as i64]); // [b, 1, d]
         let registers = self.register_tokens.val().unsqueeze::<3>().expand([b as i64, r as i64, d as i64]); // [b, r, d]
@@ -299,11 +308,21 @@ pub struct Linear {
     /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
     /// it merged into the weight).
     pub lora: Option<Lora>,
+    /// Whether `weight` holds bfloat16 values already ([`frozen_bf16`], bf16 inference), so that
+    /// bf16-mixed products read it rather than round it on every pass.
+    #[module(skip)]
+    pub bf16_values: bool,
 }
 
 impl Linear {
     pub(crate) fn skeleton(bias: bool, device: &Device) -> Self {
-        Self { weight: empty(device), bias: bias.then(|| empty(device)), lora: None }
+        Self { weight: empty(device), bias: bias.then(|| empty(device)), lora: None, bf16_values: false }
+    }
+
+    /// Makes the weight bfloat16 once ([`frozen_bf16`]), for inference in bf16 under autocast.
+    fn round_weight(&mut self) {
+        self.weight = Param::from_tensor(frozen_bf16(self.weight.val()));
+        self.bf16_values = true;
     }
 
     /// The weight and bias, then the adapter, if any, as peft names it under the module
@@ -319,10 +338,28 @@ impl Linear {
     /// `x W (+ b)`, plus the adapter's `dropout(x) A B · scaling` if there is one (peft's
     /// `lora.Linear.forward`): `[b, t, in]` -> `[b, t, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if autocast_bf16() && x.dtype() == burn::tensor::DType::F32 {
+            // bf16-mixed: the adapter's output and the sum are bfloat16 too.
+            return match &self.lora {
+                Some(adapter) => round_bf16(self.base_bf16(x.clone()) + adapter.forward_bf16(x)),
+                None => self.base_bf16(x),
+            };
+        }
         match &self.lora {
             Some(adapter) => self.base(x.clone()) + adapter.forward(x),
             None => self.base(x),
         }
+    }
+
+    /// `x W (+ b)` under bf16-mixed precision (autocast's `linear`): bfloat16 input, weight and
+    /// bias, f32 accumulation, a bfloat16 output.
+    fn base_bf16(&self, x: Tensor<3>) -> Tensor<3> {
+        let w = if self.bf16_values { self.weight.val() } else { round_bf16(self.weight.val()) };
+        let bias = match &self.bias {
+            Some(b) => round_bf16(b.val()),
+            None => Tensor::zeros([w.dims()[1]], &w.device()),
+        };
+        round_bf16(fused::linear(round_bf16(x), w.clone(), w.transpose(), bias))
     }
 
     /// `x W (+ b)`.
@@ -409,10 +446,16 @@ impl Attention {
         let k = rotate(heads(self.k_proj.forward(x.clone()), t), cos, sin);
         let v = heads(self.v_proj.forward(x), t);
         let scale = (hd as f64).powf(-0.5);
-        // Two batched products around the fused softmax, in training and inference alike: faster
-        // than burn's attention kernel here (see the Perception Encoder's `sdpa`).
-        let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
-        let ctx = fused::softmax_last(scores).matmul(v); // [b, h, tq, hd]
+        let ctx = if autocast_bf16() && v.dtype() == burn::tensor::DType::F32 {
+            // bf16-mixed: the rotation promoted the queries and keys to f32; autocast casts
+            // them back to bfloat16 for SDPA, PyTorch's CPU flash attention.
+            attention_bf16(round_bf16(q), round_bf16(k), v, scale)
+        } else {
+            // Two batched products around the fused softmax, in training and inference alike:
+            // faster than burn's attention kernel here (see the Perception Encoder's `sdpa`).
+            let scores = (q * scale).matmul(k.swap_dims(2, 3)); // [b, h, tq, t]
+            fused::softmax_last(scores).matmul(v) // [b, h, tq, hd]
+        };
         self.o_proj.forward(ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }
 }
@@ -445,20 +488,30 @@ impl Mlp {
         self.down_proj.walk(&mut w.pp("down_proj"), m, d)
     }
 
+    /// The activation; on a bfloat16 tensor under bf16-mixed precision, computed in f32 and
+    /// rounded once, as ATen's bfloat16 kernels do.
     fn act(&self, x: Tensor<3>) -> Tensor<3> {
-        match self.act {
+        let y = match self.act {
             Activation::Gelu => fused::gelu(x),
             Activation::Silu => silu(x),
-        }
+        };
+        if autocast_bf16() { round_bf16(y) } else { y }
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = match &self.gate_proj {
-            Some(gate) => self.act(gate.forward(x.clone())) * self.up_proj.forward(x),
+            Some(gate) => {
+                let h = self.act(gate.forward(x.clone())) * self.up_proj.forward(x);
+                if autocast_bf16() { round_bf16(h) } else { h }
+            }
             None => self.act(self.up_proj.forward(x)),
         };
         self.down_proj.forward(hidden)
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.gate_proj.iter_mut().chain([&mut self.up_proj, &mut self.down_proj])
     }
 }
 
@@ -544,6 +597,17 @@ pub struct Dinov3 {
 }
 
 impl Dinov3 {
+    /// Makes every projection weight bfloat16 once ([`frozen_bf16`]), for inference in bf16
+    /// under autocast, where nothing trains or saves them.
+    pub fn round_weights(&mut self) {
+        for layer in &mut self.layer {
+            let Attention { q_proj, k_proj, v_proj, o_proj, .. } = &mut layer.attention;
+            for linear in [q_proj, k_proj, v_proj, o_proj].into_iter().chain(layer.mlp.linears_mut()) {
+                linear.round_weight();
+            }
+        }
+    }
+
     /// Takes the model's tensors out of `map` (HF `DINOv3ViTModel` names under `prefix`: `""`
     /// for a hub folder, [`ROOT`] in a detector), checking every shape.
     pub fn load(ld: &Loader, map: &mut TensorMap, cfg: &Dinov3Config, prefix: &str) -> Result<Self> {
@@ -602,7 +666,7 @@ impl Dinov3 {
     }
 
     /// The rotary tables for `pixels`' patch grid, `[1, 1, n, hd]` each, on its device and dtype.
-    fn rope(&self, pixels: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub fn rope(&self, pixels: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [_, _, h, w] = pixels.dims();
         let (gh, gw) = (h / self.patch_size, w / self.patch_size);
         let (cos, sin) = rope_tables(gh, gw, self.head_dim, self.rope_theta, &self.coords);
@@ -742,6 +806,7 @@ mod tests {
             Param::from_tensor(Tensor::<2>::from_data(TensorData::new(v.clone(), shape), &device))
         };
         let linear = Linear {
+            bf16_values: false,
             weight: m2(&w, [d_in, d_out]),
             bias: Some(Param::from_tensor(Tensor::<1>::from_data(TensorData::new(b.clone(), [d_out]), &device))),
             lora: Some(Lora { lora_a: m2(&a, [d_in, r]), lora_b: m2(&bb, [r, d_out]), scaling: s, dropout_mask: None }),

@@ -127,12 +127,14 @@ impl Encoder {
         }
     }
 
-    /// Readies a CLIP encoder for bf16 inference under autocast ([`super::Detector`]): its frozen
-    /// projection weights become bfloat16 once, instead of on every pass. Other families compute
-    /// bf16 in bfloat16 tensors and need nothing here.
+    /// Readies a CLIP or DINOv3 encoder for bf16 inference under autocast ([`super::Detector`]):
+    /// its frozen projection weights become bfloat16 once, instead of on every pass. The
+    /// Perception Encoder computes bf16 in bfloat16 tensors and needs nothing here.
     pub fn prepare_bf16_inference(&mut self) {
-        if let Self::Clip(e) = self {
-            e.round_weights();
+        match self {
+            Self::Clip(e) => e.round_weights(),
+            Self::Dinov3(e) => e.round_weights(),
+            Self::Pe(_) => {}
         }
     }
 

@@ -38,6 +38,77 @@ pub fn max_diff(got: &[f32], want: &[f32]) -> f32 {
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
+/// bf16 on DINOv3 is PyTorch's autocast, as GenD trains and evaluates (bf16-mixed):
+/// `make_gend_bf16_fixtures.py` records transformers 4.56's outputs under autocast with CPU
+/// flash attention. Layer 0 of crop 0, step by step, is PyTorch's bit for bit but for a bfloat16
+/// step here and there (f32 LayerNorm and the products' summation order move a rounding now and
+/// then). The pooler output (the final LayerNorm's, f32) of most crops agrees to f32 precision;
+/// one flipped rounding in a crop moves its output by a fraction of bf16's own distance from f32,
+/// which bounds the rest. Both with the weights rounded on every pass (training's way) and made
+/// bfloat16 once (inference's).
+#[test]
+fn dinov3_bf16_matches_pytorch_autocast() {
+    use dfdet::model::fused::bf16::Autocast;
+    let dir = fixtures().join("tiny-dinov3");
+    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
+    let device = Device::flex();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut weights = read(&dir.join("model.safetensors"));
+    let mut model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
+    let mut pixels = read(&dir.join("pixels.safetensors"));
+    let x = pixels.remove("pixel_values").unwrap();
+    let [b, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let x = Tensor::<4>::from_data(TensorData::new(x.data, [b, c, h, w]), &device);
+    let want = read_json("dinov3_bf16.json");
+    assert_eq!(want["dtypes"]["sdpa"][0], "torch.float32", "autocast casts the rotated queries itself");
+    // How many bfloat16 steps (of the larger magnitude) apart two values are.
+    let bf16_steps =
+        |a: f32, b: f32| (a - b).abs() / (f32::from_bits(a.abs().max(b.abs()).to_bits() & 0x7f80_0000) / 128.0);
+
+    let _autocast = Autocast::bf16(true);
+    let x0 = x.clone().slice([0..1, 0..c, 0..h, 0..w]);
+    let (cos, sin) = model.rope(&x0);
+    let layer = &model.layer[0];
+    let emb = model.embeddings.forward(x0);
+    let normed = dfdet::model::fused::norm(&layer.norm1, cfg.layer_norm_eps, emb.clone());
+    let steps = [
+        ("embeddings", emb.clone()),
+        ("layer.0.attention.q_proj", layer.attention.q_proj.forward(normed.clone())),
+        ("layer.0.attention", layer.attention.forward(normed, &cos, &sin)),
+        ("layer.0", layer.forward(emb, &cos, &sin)),
+    ];
+    for (name, got) in steps {
+        let got: Vec<f32> = got.into_data().try_to_vec::<f32>().unwrap();
+        let want = rows(&want["layer0_bf16_mixed"][name]).concat();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let equal = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+        let worst = got.iter().zip(&want).map(|(a, b)| bf16_steps(*a, *b)).fold(0.0, f32::max);
+        eprintln!(
+            "{name}: {equal} of {} values equal to PyTorch's, at most {worst:.2} bfloat16 steps apart",
+            got.len()
+        );
+        assert!(equal * 20 >= got.len() * 19 && worst <= 1.0, "{name}: {equal} of {} equal, {worst} steps", got.len());
+    }
+
+    let (bf16, f32s) = (rows(&want["pooler_bf16_mixed"]).concat(), rows(&want["pooler_f32"]).concat());
+    let gap = max_diff(&bf16, &f32s);
+    assert!(gap > 1e-3, "the fixture does not exercise bfloat16 ({gap})");
+    let d = cfg.hidden_size;
+    for rounded_once in [false, true] {
+        if rounded_once {
+            model.round_weights();
+        }
+        let pooled: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let per_crop: Vec<f32> = pooled.chunks(d).zip(bf16.chunks(d)).map(|(g, w)| max_diff(g, w)).collect();
+        eprintln!(
+            "weights rounded once {rounded_once}: |Δ| per crop to PyTorch's bf16 {per_crop:?}; bf16 to f32 {gap:.1e}"
+        );
+        let agreeing = per_crop.iter().filter(|&&e| e <= 1e-6).count();
+        assert!(agreeing * 3 >= per_crop.len() * 2, "only {agreeing} of {} crops agree: {per_crop:?}", per_crop.len());
+        assert!(per_crop.iter().all(|&e| e <= 0.5 * gap), "{per_crop:?} against bf16's {gap}");
+    }
+}
+
 #[test]
 fn dinov3_matches_transformers() {
     let dir = fixtures().join("tiny-dinov3");
