@@ -401,10 +401,15 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let n = cos.dims()[2];
     let prefix = x.clone().slice([0..b, 0..h, 0..t - n, 0..hd]);
     let patches = x.slice([0..b, 0..h, t - n..t, 0..hd]);
-    let x1 = patches.clone().slice([0..b, 0..h, 0..n, 0..hd / 2]);
-    let x2 = patches.clone().slice([0..b, 0..h, 0..n, hd / 2..hd]);
+    // bf16-mixed: the patches are a bfloat16 tensor used twice, so autograd rounds the gradient
+    // of each use to bfloat16 before summing them; rounding the (bfloat16) values is the
+    // identity forward and does exactly that backward.
+    let (direct, halves) =
+        if autocast_bf16() { (round_bf16(patches.clone()), round_bf16(patches)) } else { (patches.clone(), patches) };
+    let x1 = halves.clone().slice([0..b, 0..h, 0..n, 0..hd / 2]);
+    let x2 = halves.slice([0..b, 0..h, 0..n, hd / 2..hd]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let patches = patches * cos.clone() + rotated * sin.clone();
+    let patches = direct * cos.clone() + rotated * sin.clone();
     Tensor::cat(vec![prefix, patches], 2)
 }
 

@@ -139,17 +139,22 @@ impl Encoder {
     }
 
     /// Readies the encoder for bf16-mixed precision (after [`Self::keep_transposed_weights`]):
-    /// the kept copies of the frozen weights are rounded to bfloat16 once. CLIP only; another
-    /// family is refused naming the `precision` key.
+    /// CLIP's kept copies of the frozen weights are rounded to bfloat16 once; DINOv3, which keeps
+    /// none, rounds its weights on every pass. The Perception Encoder is refused naming the
+    /// `precision` key.
     pub fn prepare_bf16_mixed(&mut self, arch: &Architecture) -> Result<()> {
         match self {
             Self::Clip(e) => {
                 e.round_transposed_weights();
                 Ok(())
             }
-            Self::Dinov3(_) | Self::Pe(_) => Err(Error::config(
+            Self::Dinov3(_) => Ok(()),
+            Self::Pe(_) => Err(Error::config(
                 "precision",
-                format!("`bf16-mixed` is implemented for CLIP encoders; this {} encoder trains in `32`", arch.family()),
+                format!(
+                    "`bf16-mixed` is implemented for CLIP and DINOv3 encoders; the {} trains in `32`",
+                    arch.family()
+                ),
             )),
         }
     }

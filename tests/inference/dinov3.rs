@@ -241,6 +241,82 @@ fn dinov3_layer_norm_gradients_match_pytorch() {
     eprintln!("DINOv3 LayerNorm gradients: largest relative error {:e} ({})", worst.0, worst.1);
 }
 
+/// LN-tuning's gradients in bf16-mixed precision (GenD trains in it): the same loss under
+/// autocast, against PyTorch's autocast gradients (`make_gend_bf16_fixtures.py`). On the first
+/// five crops, whose forward passes agree with PyTorch's to f32 precision, the gradients agree to
+/// f32 precision as well. With the sixth, whose forward pass has one bfloat16 rounding flipped
+/// (an f32 LayerNorm's last bits moved it), they stay within a fraction of bf16's own distance
+/// from the f32 gradients: the bound of the CLIP step's test, for the same reason.
+#[test]
+fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
+    use burn::module::Param;
+    use dfdet::model::fused::bf16::Autocast;
+    use dfdet::model::params::Slot;
+    let dir = fixtures().join("tiny-dinov3");
+    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
+    let device = Device::flex().autodiff();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let pixels = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
+    let v_all = rows(&read_json("dinov3_outputs.json")["ln_grad"]["v"]);
+    let fixture = read_json("dinov3_bf16.json");
+    for (key, crops, bound) in [("ln_grad_first_5", 5, None), ("ln_grad", 6, Some(0.6))] {
+        let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+        let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
+        model
+            .visit_params(&cfg, "", &mut |entry| {
+                let is_norm = entry.name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part));
+                if let (true, Slot::Vector(param)) = (is_norm, entry.slot) {
+                    let t = param.val().require_grad();
+                    tracked.push((entry.name.to_string(), t.clone()));
+                    *param = Param::from_tensor(t);
+                }
+                Ok(())
+            })
+            .unwrap();
+        let want = &fixture[key];
+        let v = &v_all[..crops];
+        let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [crops, v[0].len()]), &device);
+        let [_, c, h, w] = [pixels.shape[0], pixels.shape[1], pixels.shape[2], pixels.shape[3]];
+        let per_crop = c * h * w;
+        let x = TensorData::new(pixels.data[..crops * per_crop].to_vec(), [crops, c, h, w]);
+        let x = Tensor::<4>::from_data(x, &device);
+        let _autocast = Autocast::bf16(true);
+        let loss = (model.forward(x) * v).sum();
+        let value = f64::from(loss.clone().into_data().try_to_vec::<f32>().unwrap()[0]);
+        let (bf16_loss, f32_loss) =
+            (want["bf16_mixed"]["loss"].as_f64().unwrap(), want["f32"]["loss"].as_f64().unwrap());
+        let grads = loss.backward();
+        let (mut to_bf16, mut bf16_to_f32, mut scale) = (0f64, 0f64, 0f64);
+        for (name, t) in &tracked {
+            let got = t.grad(&grads).unwrap_or_else(|| panic!("no gradient for {name}")).into_data();
+            let got = got.try_to_vec::<f32>().unwrap();
+            let reference = |k: &str| -> Vec<f64> {
+                want[k]["grads"][name].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+            };
+            let (bf16, f32s) = (reference("bf16_mixed"), reference("f32"));
+            for ((g, b), f) in got.iter().zip(&bf16).zip(&f32s) {
+                to_bf16 = to_bf16.max((f64::from(*g) - b).abs());
+                bf16_to_f32 = bf16_to_f32.max((b - f).abs());
+                scale = scale.max(b.abs());
+            }
+        }
+        let ratio = to_bf16 / bf16_to_f32;
+        eprintln!(
+            "{crops} crops: loss {value} (PyTorch bf16 {bf16_loss}, f32 {f32_loss}); gradients {to_bf16:.2e} from PyTorch's bf16 ({ratio:.2}x of bf16's distance from f32, largest {scale:.2})"
+        );
+        match bound {
+            None => {
+                assert!((value - bf16_loss).abs() <= 1e-5 * bf16_loss.abs(), "{crops} crops: loss {value}");
+                assert!(to_bf16 <= 1e-5 * scale, "{crops} crops: gradients {to_bf16:e} from PyTorch's bf16");
+            }
+            Some(bound) => {
+                assert!((value - bf16_loss).abs() <= bound * (bf16_loss - f32_loss).abs(), "loss {value}");
+                assert!(ratio <= bound, "gradients {to_bf16:e} from PyTorch's bf16, bf16 to f32 {bf16_to_f32:e}");
+            }
+        }
+    }
+}
+
 /// Scores the 32 sample crops with `dfdet predict --weights <weights>` and checks p(fake)
 /// against the reference's `[p_real, p_fake]` per crop in `probs` (a fixture file); returns
 /// the largest difference.

@@ -322,16 +322,31 @@ fn bf16_mixed_training_follows_f32() {
     assert!(param_gap <= 0.5 * moved, "parameters differ by {param_gap:e}, moved {moved:e}");
 }
 
-/// bf16-mixed is CLIP's for now: another family is refused naming the key, before training.
+/// bf16-mixed on the Perception Encoder is refused naming the key, before training.
 #[test]
-fn bf16_mixed_on_other_encoders_is_refused() {
+fn bf16_mixed_on_the_perception_encoder_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     derived_dataset(tmp.path(), Some(2));
-    let dino = fixtures().join("tiny-dinov3");
-    let backbone = format!("backbone=\"{}\"", dino.display());
-    let cfg = config(tmp.path(), &[&backbone, "precision=\"bf16-mixed\"", "peft.ln_tuning.target_modules=[\"norm1\"]"]);
+    let checkpoint = format!("checkpoint=\"{}\"", fixtures().join("gend-pe-tiny").display());
+    let cfg = config(tmp.path(), &[&checkpoint, "precision=\"bf16-mixed\""]);
     let err = format!("{:#}", train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap_err());
-    assert!(err.contains("precision") && err.contains("CLIP") && err.contains("DINOv3"), "{err}");
+    assert!(
+        err.contains("precision") && err.contains("CLIP and DINOv3") && err.contains("Perception Encoder"),
+        "{err}"
+    );
+}
+
+/// DINOv3 LN-tuning in bf16-mixed precision, as GenD trains it (its gradients are checked
+/// against PyTorch's autocast in tests/inference/dinov3.rs): it learns the manipulation, and only
+/// the norms move.
+#[test]
+fn dinov3_ln_tuning_trains_in_bf16_mixed() {
+    let folder = fixtures().join("tiny-dinov3");
+    let arch = dfdet::model::config::Backbone::from_dir(&folder).unwrap().encoder;
+    let base = dfdet::train::init::encoder_tensors(&folder.join("model.safetensors"), &arch).unwrap();
+    let backbone = format!("backbone=\"{}\"", folder.display());
+    let norms = |n: &str| n.contains(".norm1.") || n.contains(".norm2.") || n.starts_with("backbone.norm.");
+    ln_tuning_on(&[&backbone, "precision=\"bf16-mixed\""], &base, "DINOv3", norms, 2 * (2 * 2 + 1));
 }
 
 /// bf16-mixed for the other ways of training: linear probing (features cached, in a feature
