@@ -153,6 +153,11 @@ fn measured_peak(obs: &mut dyn Observer) -> f64 {
     (0..3).map(|_| products::peak_gflops()).fold(0.0, f64::max)
 }
 
+/// A share as a percentage for a table, `-` when absent.
+fn percent(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_string(), |x| format!("{:.0}%", 100.0 * x))
+}
+
 /// An optional number for a table or CSV: `-` or empty when absent.
 fn optional(x: Option<f64>, digits: usize, absent: &str) -> String {
     x.map_or_else(|| absent.to_string(), |x| format!("{x:.digits$}"))
@@ -195,7 +200,7 @@ pub fn render_table(rows: &[BenchRow]) -> String {
     s += "backbone                        dtype  batch  threads  s/img    img/s   GFLOP/s  of peak  peak RSS MiB\n";
     for r in rows {
         s += &format!(
-            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7}  {:>6}%  {:>12.0}\n",
+            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7}  {:>7}  {:>12.0}\n",
             r.backbone,
             r.dtype,
             r.batch,
@@ -203,7 +208,7 @@ pub fn render_table(rows: &[BenchRow]) -> String {
             r.s_per_img,
             r.img_per_s,
             optional(r.gflops, 1, "-"),
-            optional(r.of_peak.map(|p| 100.0 * p), 0, "-"),
+            percent(r.of_peak),
             r.peak_rss_mib
         );
     }
@@ -240,7 +245,7 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, {} GFLOP/s ({}% of peak), peak RSS {:.0} MiB\n",
+            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, {} GFLOP/s ({} of peak), peak RSS {:.0} MiB\n",
             self.cpu,
             self.isa,
             self.kernels,
@@ -252,7 +257,7 @@ impl TrainBenchRow {
             self.s_per_step,
             self.s_per_img,
             optional(self.gflops, 1, "-"),
-            optional(self.of_peak.map(|p| 100.0 * p), 0, "-"),
+            percent(self.of_peak),
             self.peak_rss_mib
         )
     }
