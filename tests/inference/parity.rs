@@ -140,6 +140,11 @@ fn every_product_library_matches_the_reference_end_to_end() {
 fn bf16_logits_match_pytorch_autocast() {
     let expected = read_json("expected_probs_bf16.json");
     let device = Device::flex();
+    // Where oneDNN multiplies bfloat16 natively, its products sum in another order than the
+    // f32 kernels this agreement was measured with, so more roundings may move: up to two
+    // bfloat16 steps, half the logits equal, 3e-3 in probability, the bounds of a few flips.
+    let (steps, share, p_bound) =
+        if dfdet::model::dtype::native_bf16_products() { (2.0, 2, 3e-3) } else { (1.0, 3, 2e-3) };
     for name in ["ckpt-ln-linearnorm.ckpt", "ckpt-linear.ckpt"] {
         let ckpt = load_checkpoint(fixtures().join(name).to_str().unwrap(), None).unwrap();
         let detector = Detector::from_checkpoint(ckpt, &device, Dtype::Bf16).unwrap();
@@ -155,14 +160,14 @@ fn bf16_logits_match_pytorch_autocast() {
             let want = *want as f32;
             // One bfloat16 step at the larger of the two: 2^(exponent - 7).
             let step = f32::from_bits(got.abs().max(want.abs()).to_bits() & 0x7f80_0000) / 128.0;
-            assert!((got - want).abs() <= step, "{name} logit {i}: {got} against PyTorch's {want}");
+            assert!((got - want).abs() <= steps * step, "{name} logit {i}: {got} against PyTorch's {want}");
             equal += usize::from(got.to_bits() == want.to_bits());
         }
         eprintln!("{name}: {equal} of {} bf16 logits equal to PyTorch's, the others one step away", want.len());
-        assert!(equal * 4 >= want.len() * 3, "{name}: only {equal} of {} logits equal", want.len());
+        assert!(equal * 4 >= want.len() * share, "{name}: only {equal} of {} logits equal", want.len());
         // And the probabilities a user sees, from them.
         let got = detector.probabilities(pixels);
         let worst = got.iter().zip(probs.values()).map(|(g, w)| max_abs_diff(g, w)).fold(0.0, f64::max);
-        assert!(worst <= 2e-3, "{name}: |Δp| to PyTorch's bf16 {worst:e}");
+        assert!(worst <= p_bound, "{name}: |Δp| to PyTorch's bf16 {worst:e}");
     }
 }
