@@ -28,7 +28,7 @@ pub fn describe_system() -> String {
     line("in use", format!("{} ({why})", used.name()));
     line("bf16 kernels", crate::model::fused::onednn::bf16_products());
     let auto = if crate::model::dtype::native_bf16_products() { "bf16" } else { "f32" };
-    line("dtype auto", format!("{auto} for CLIP and DINOv3 encoders, f32 for PE"));
+    line("dtype auto", auto.to_string());
     if !Kernels::available().contains(&Kernels::OpenBlas) {
         line("note", "OpenBLAS not found (Debian: apt install libopenblas0-pthread)".into());
     }

@@ -22,45 +22,38 @@ pub struct Detector {
     pub head: Head,
     pub spec: ModelSpec,
     pub backbone: Backbone,
-    /// What it computes in: f32 or bf16 ([`Dtype::resolve`]d for its encoder).
+    /// What it computes in: f32 or bf16 ([`Dtype::resolve`]d).
     pub dtype: Dtype,
-    /// bf16 as PyTorch's autocast (CLIP, DINOv3): f32 storage, products of bfloat16 values.
-    autocast: bool,
 }
 
 impl Detector {
-    /// Builds the model from every tensor of `ckpt`, computing in `dtype` (`auto` resolved for
-    /// its encoder, [`Dtype::resolve`]); a tensor left unused is an error, so a checkpoint that
-    /// does not fit the backbone is never silently half-loaded.
+    /// Builds the model from every tensor of `ckpt`, computing in `dtype` (`auto` resolved,
+    /// [`Dtype::resolve`]); a tensor left unused is an error, so a checkpoint that does not fit
+    /// the backbone is never silently half-loaded.
     pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, dtype: Dtype) -> Result<Self> {
         let Checkpoint { spec, backbone, mut tensors, .. } = ckpt;
-        let dtype = dtype.resolve(&backbone.encoder);
-        let autocast = dtype == Dtype::Bf16 && super::dtype::autocasts(&backbone.encoder);
-        let storage = if dtype == Dtype::Bf16 && !autocast { FloatDType::BF16 } else { FloatDType::F32 };
-        let ld = Loader { device: device.clone(), dtype: storage };
+        let dtype = dtype.resolve();
+        let ld = Loader { device: device.clone(), dtype: FloatDType::F32 };
         let mut encoder = Encoder::load(&ld, &mut tensors, &backbone.encoder)?;
         let head = Head::load(&ld, &mut tensors, spec.head, backbone.encoder.hidden_size(), spec.num_classes)?;
         tensors.finish()?;
-        if autocast {
+        if dtype == Dtype::Bf16 {
             encoder.prepare_bf16_inference();
         }
-        Ok(Self { encoder, head, spec, backbone, dtype, autocast })
+        Ok(Self { encoder, head, spec, backbone, dtype })
     }
 
-    /// `[b, 3, s, s]` (f32 pixels, cast to the model's dtype here) -> logits and features.
+    /// `[b, 3, s, s]` f32 pixels -> logits and features, in the detector's dtype (bf16: under
+    /// autocast, [`Autocast`]).
     pub fn forward(&self, pixels: Tensor<4>) -> HeadOutput {
         // An f32 detector leaves the thread's setting alone (a bf16-mixed training run sets it).
-        let _autocast = self.autocast.then(|| Autocast::bf16(true));
-        let pixels = match self.dtype {
-            Dtype::Bf16 if !self.autocast => pixels.cast(FloatDType::BF16),
-            _ => pixels,
-        };
+        let _autocast = (self.dtype == Dtype::Bf16).then(|| Autocast::bf16(true));
         self.head.forward(self.encoder.forward(pixels))
     }
 
     /// What to tell a user who chose bf16 where it is slower than f32 ([`Dtype::slower_here`]).
     pub fn slower_here(&self) -> Option<String> {
-        self.dtype.slower_here(&self.backbone.encoder)
+        self.dtype.slower_here()
     }
 
     /// Class probabilities, one row per image: softmax of the logits, computed in f32.

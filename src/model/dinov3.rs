@@ -320,7 +320,7 @@ impl Linear {
     }
 
     /// Makes the weight bfloat16 once ([`frozen_bf16`]), for inference in bf16 under autocast.
-    fn round_weight(&mut self) {
+    pub(crate) fn round_weight(&mut self) {
         self.weight = Param::from_tensor(frozen_bf16(self.weight.val()));
         self.bf16_values = true;
     }

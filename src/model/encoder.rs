@@ -12,7 +12,7 @@ use super::lora::{self, Lora, Rows, Site};
 use super::params::{Loader, Visit};
 use super::pe::{self, Pe};
 use super::tensors::TensorMap;
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug)]
 pub enum Encoder {
@@ -127,35 +127,22 @@ impl Encoder {
         }
     }
 
-    /// Readies a CLIP or DINOv3 encoder for bf16 inference under autocast ([`super::Detector`]):
-    /// its frozen projection weights become bfloat16 once, instead of on every pass. The
-    /// Perception Encoder computes bf16 in bfloat16 tensors and needs nothing here.
+    /// Readies the encoder for bf16 inference under autocast ([`super::Detector`]): its frozen
+    /// projection weights become bfloat16 once, instead of on every pass.
     pub fn prepare_bf16_inference(&mut self) {
         match self {
             Self::Clip(e) => e.round_weights(),
             Self::Dinov3(e) => e.round_weights(),
-            Self::Pe(_) => {}
+            Self::Pe(e) => e.round_weights(),
         }
     }
 
     /// Readies the encoder for bf16-mixed precision (after [`Self::keep_transposed_weights`]):
-    /// CLIP's kept copies of the frozen weights are rounded to bfloat16 once; DINOv3, which keeps
-    /// none, rounds its weights on every pass. The Perception Encoder is refused naming the
-    /// `precision` key.
-    pub fn prepare_bf16_mixed(&mut self, arch: &Architecture) -> Result<()> {
-        match self {
-            Self::Clip(e) => {
-                e.round_transposed_weights();
-                Ok(())
-            }
-            Self::Dinov3(_) => Ok(()),
-            Self::Pe(_) => Err(Error::config(
-                "precision",
-                format!(
-                    "`bf16-mixed` is implemented for CLIP and DINOv3 encoders; the {} trains in `32`",
-                    arch.family()
-                ),
-            )),
+    /// CLIP's kept copies of the frozen weights are rounded to bfloat16 once; DINOv3 and the
+    /// Perception Encoder, which keep none, round their weights on every pass.
+    pub fn prepare_bf16_mixed(&mut self) {
+        if let Self::Clip(e) = self {
+            e.round_transposed_weights();
         }
     }
 

@@ -33,6 +33,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::dinov3::Linear;
+use super::fused::attention::attention_bf16;
+use super::fused::bf16::{autocast_bf16, round_bf16};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -269,7 +271,14 @@ fn rotate_pairs(x: Tensor<4>) -> Tensor<4> {
 fn rotate(x: Tensor<4>, sin: &Tensor<4>, cos: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, hd] = x.dims();
     let n = cos.dims()[2];
-    let rope = |p: Tensor<4>| p.clone() * cos.clone() + rotate_pairs(p) * sin.clone();
+    // bf16-mixed: the patches are a bfloat16 tensor used twice, so autograd rounds the gradient
+    // of each use before summing them; rounding the (bfloat16) values is the identity forward
+    // and does exactly that backward.
+    let twice = |p: Tensor<4>| if autocast_bf16() { (round_bf16(p.clone()), round_bf16(p)) } else { (p.clone(), p) };
+    let rope = |p: Tensor<4>| {
+        let (direct, pairs) = twice(p);
+        direct * cos.clone() + rotate_pairs(pairs) * sin.clone()
+    };
     if n == t {
         return rope(x);
     }
@@ -322,7 +331,14 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(fused::gelu(self.fc1.forward(x)))
+        let hidden = fused::gelu(self.fc1.forward(x));
+        // bf16-mixed: the GELU of a bfloat16 tensor, computed in f32 and rounded once.
+        let hidden = if autocast_bf16() { round_bf16(hidden) } else { hidden };
+        self.fc2.forward(hidden)
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.fc1, &mut self.fc2]
     }
 }
 
@@ -356,7 +372,13 @@ impl Attention {
         };
         let q = rotate(part(0), sin, cos);
         let k = rotate(part(1), sin, cos);
-        let ctx = sdpa(q, k, part(2)); // [b, h, t, hd]
+        let ctx = if autocast_bf16() && q.dtype() == burn::tensor::DType::F32 {
+            // bf16-mixed: timm rotates in f32 and casts back (`type_as(v)`); SDPA on bfloat16
+            // is PyTorch's CPU flash attention.
+            attention_bf16(round_bf16(q), round_bf16(k), part(2), (hd as f64).powf(-0.5))
+        } else {
+            sdpa(q, k, part(2))
+        }; // [b, h, t, hd]
         self.proj.forward(ctx.swap_dims(1, 2).reshape([b, t, d]))
     }
 }
@@ -447,6 +469,17 @@ impl AttentionPool {
         let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
         let k = heads(kv.clone().slice([0..b, 0..t, 0..d]));
         let v = heads(kv.slice([0..b, 0..t, d..2 * d]));
+        if autocast_bf16() && v.dtype() == burn::tensor::DType::F32 {
+            // bf16-mixed: the pool runs in bfloat16 throughout, its LayerNorm (on a bfloat16
+            // input: f32 inside, a bfloat16 output) and residual sum included.
+            let ctx = attention_bf16(q, k, v, (hd as f64).powf(-0.5));
+            let pooled = self.proj.forward(ctx.swap_dims(1, 2).reshape([b, 1, d])); // [b, 1, d]
+            // `pooled` is a bfloat16 tensor used twice: rounding its (bfloat16) values is the
+            // identity forward and, backward, rounds the LayerNorm's input gradient before the
+            // sum with the residual's, as autograd does.
+            let normed = round_bf16(norm(&self.norm, self.eps, round_bf16(pooled.clone())));
+            return round_bf16(pooled + self.mlp.forward(normed)).reshape([b, d]);
+        }
         let pooled = self.proj.forward(sdpa(q, k, v).swap_dims(1, 2).reshape([b, 1, d])); // [b, 1, d]
         let pooled = pooled.clone() + self.mlp.forward(norm(&self.norm, self.eps, pooled));
         pooled.reshape([b, d])
@@ -474,6 +507,21 @@ pub struct Pe {
 }
 
 impl Pe {
+    /// Makes every projection weight bfloat16 once ([`super::fused::bf16::frozen_bf16`]), for
+    /// inference in bf16 under autocast, where nothing trains or saves them.
+    pub fn round_weights(&mut self) {
+        for block in &mut self.blocks {
+            let Block { attn, mlp, .. } = block;
+            for linear in [&mut attn.qkv, &mut attn.proj].into_iter().chain(mlp.linears_mut()) {
+                linear.round_weight();
+            }
+        }
+        let AttentionPool { q, kv, proj, mlp, .. } = &mut self.attn_pool;
+        for linear in [q, kv, proj].into_iter().chain(mlp.linears_mut()) {
+            linear.round_weight();
+        }
+    }
+
     /// Takes the model's tensors out of `map` (timm state-dict names under `prefix`, e.g. `""`
     /// for timm's own file, `backbone.` inside GenD's), checking every shape.
     pub fn load(ld: &Loader, map: &mut TensorMap, cfg: &PeConfig, prefix: &str) -> Result<Self> {
@@ -612,9 +660,18 @@ impl Pe {
             .reshape([b, c, gh, p, gw, p]) // [b, c, gh, p, gw, p]
             .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
             .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
-        let x = patches.clone().matmul(self.patch_embed.val().unsqueeze::<3>()); // [b, n, d]
+        let x = if autocast_bf16() && patches.dtype() == burn::tensor::DType::F32 {
+            // bf16-mixed: the convolution on bfloat16 pixels and weight, its output bfloat16
+            // (the class token and the position embedding, f32, promote the sum to f32).
+            let weight = round_bf16(self.patch_embed.val()).unsqueeze::<3>();
+            round_bf16(round_bf16(patches.clone()).matmul(weight))
+        } else {
+            patches.clone().matmul(self.patch_embed.val().unsqueeze::<3>())
+        }; // [b, n, d]
         // peft's `lora.Conv2d`: the same patches through A (a convolution) and B (1x1).
         let x = match &self.patch_embed_lora {
+            // bf16-mixed: the adapter's output and the sum are bfloat16 too.
+            Some(adapter) if autocast_bf16() => round_bf16(x + adapter.forward_bf16(patches)),
             Some(adapter) => x + adapter.forward(patches),
             None => x,
         };

@@ -5,7 +5,7 @@
 //! reference's example training run (run.py `get_train_config`): CLIP ViT-L/14, LN-tuning,
 //! LinearNorm head, cross-entropy, slerp on, batch 128, lr 8e-5 -> 5e-5, no weight decay,
 //! 10 epochs, seed 42; and f32 (`precision = "32"`), where the reference trains in bf16-mixed
-//! (`precision = "bf16-mixed"` here too, for CLIP and DINOv3 encoders: docs/method.md §14).
+//! (`precision = "bf16-mixed"` here too: docs/method.md §14).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -160,8 +160,7 @@ pub struct TrainConfig {
     /// encoder (`dfdet study` shares one between its linear-probing cells).
     pub feature_cache_dir: Option<PathBuf>,
     /// `"32"` / `"32-true"`: f32 throughout; `"bf16-mixed"`: autocast to bfloat16 as the
-    /// reference trains (CLIP and DINOv3 encoders; parameters, gradients and optimizer state
-    /// stay f32).
+    /// reference trains (parameters, gradients and optimizer state stay f32).
     pub precision: String,
 }
 

@@ -331,3 +331,127 @@ fn bf16_gend_folders_score_close() {
         }
     }
 }
+
+/// bf16 on the Perception Encoder is PyTorch's autocast, as GenD trains and evaluates
+/// (`make_gend_bf16_fixtures.py`, timm 1.0.20 on PyTorch 2.8): the rotated queries and keys cast
+/// back to bfloat16, and the attention pool in bfloat16 throughout. The final norm's tokens of
+/// crop 0 (f32) agree to f32 precision, and the features (bfloat16) of all six crops are
+/// PyTorch's but for values a bfloat16 step away where f32 LayerNorm or the products' summation
+/// order moved a rounding; with the weights rounded on every pass and made bfloat16 once.
+#[test]
+fn pe_bf16_matches_pytorch_autocast() {
+    use dfdet::model::fused::bf16::Autocast;
+    let (cfg, dir) = tiny();
+    let device = Device::flex();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+    let x = pixels(&dir, &device);
+    let [b, c, h, w] = x.dims();
+    let want = read_json("pe_bf16.json");
+    assert_eq!(want["dtypes"]["attn_pool"][1], "torch.bfloat16", "the pool's output is bfloat16");
+    // Where oneDNN multiplies bfloat16 natively its products sum in another order than the f32
+    // kernels this agreement was measured with: there only the bound of flipped roundings holds.
+    let native = dfdet::model::dtype::native_bf16_products();
+    let bf16_steps =
+        |a: f32, b: f32| (a - b).abs() / (f32::from_bits(a.abs().max(b.abs()).to_bits() & 0x7f80_0000) / 128.0);
+    let agreement = |got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len());
+        let equal = got.iter().zip(want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+        let worst = got.iter().zip(want).map(|(a, b)| bf16_steps(*a, *b)).fold(0.0, f32::max);
+        (equal, worst)
+    };
+    let (features, f32s) = (rows(&want["features_bf16_mixed"]).concat(), rows(&want["features_f32"]).concat());
+    let gap = max_diff(&features, &f32s);
+    assert!(gap > 1e-3, "the fixture does not exercise bfloat16 ({gap})");
+    for rounded_once in [false, true] {
+        if rounded_once {
+            model.round_weights();
+        }
+        let _autocast = Autocast::bf16(true);
+        let tokens = values(model.forward_features(x.clone().slice([0..1, 0..c, 0..h, 0..w])));
+        let (equal, worst) = agreement(&tokens, &rows(&want["block0_bf16_mixed"]["norm"]).concat());
+        eprintln!("final norm, crop 0: {equal} of {} equal, at most {worst:.2} bfloat16 steps", tokens.len());
+        // f32 values (LayerNorm's): equal to f32 precision, a small fraction of a bfloat16 step.
+        assert!(native || worst <= 0.1, "final norm: {equal} equal, {worst} steps");
+        let got = values(model.forward(x.clone()));
+        assert_eq!(got.len(), b * cfg.embed_dim);
+        let (equal, worst) = agreement(&got, &features);
+        let diff = max_diff(&got, &features);
+        eprintln!(
+            "features, weights rounded once {rounded_once}: {equal} of {} equal, at most {worst:.2} bfloat16 steps ({diff:.1e}; bf16 to f32 {gap:.1e})",
+            got.len()
+        );
+        assert!(native || (equal * 4 >= got.len() * 3 && worst <= 2.0), "features: {equal} equal, {worst} steps");
+        assert!(diff <= 0.5 * gap, "features: {diff} from PyTorch's bf16, bf16 to f32 {gap}");
+    }
+}
+
+/// LN-tuning's gradients in bf16-mixed precision (GenD trains in it): the same loss under
+/// autocast against PyTorch's autocast gradients (`make_gend_bf16_fixtures.py`). The forward
+/// passes agree bit for bit (above) and the backward pass rounds where autograd does (each use of
+/// the rotated bfloat16 queries and keys, the pool's LayerNorm input and its residual, rounded
+/// before they are summed), so the gradients agree to f32 precision, but for a rounding flipped
+/// here and there: in this fixture one value in the pool's MLP backward lands on the other side
+/// of a rounding (likeliest: the erf GELU's derivative is not ATen's to the last bit), which
+/// moves the pool norm's two gradients by a bfloat16 step. So: the loss equal, all but two gradient tensors to f32 precision, and all of
+/// them within the CLIP step's bound of bf16's distance from f32.
+#[test]
+fn pe_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
+    use burn::module::Param;
+    use dfdet::model::fused::bf16::Autocast;
+    use dfdet::model::params::Slot;
+    let (cfg, dir) = tiny();
+    let device = Device::flex().autodiff();
+    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+    let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
+    model
+        .visit_params(&cfg, "", &mut |entry| {
+            if ["norm_pre", "norm1", "norm2", "norm"].iter().any(|k| entry.name.contains(k)) {
+                let Slot::Vector(param) = entry.slot else { panic!("{} is not a vector", entry.name) };
+                let t = param.val().require_grad();
+                tracked.push((entry.name.to_string(), t.clone()));
+                *param = Param::from_tensor(t);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let want = &read_json("pe_bf16.json")["ln_grad"];
+    let v = rows(&read_json("pe_outputs.json")["ln_grad"]["v"]);
+    let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [v.len(), v[0].len()]), &device);
+    let _autocast = Autocast::bf16(true);
+    let loss = (model.forward(pixels(&dir, &device)) * v).sum();
+    let value = f64::from(values(loss.clone())[0]);
+    let (bf16_loss, f32_loss) = (want["bf16_mixed"]["loss"].as_f64().unwrap(), want["f32"]["loss"].as_f64().unwrap());
+    let grads = loss.backward();
+    let (mut to_bf16, mut bf16_to_f32, mut scale) = (0f64, 0f64, 0f64);
+    let mut per_tensor = Vec::new();
+    for (name, t) in &tracked {
+        let got = values(t.grad(&grads).unwrap_or_else(|| panic!("no gradient for {name}")));
+        let reference = |k: &str| -> Vec<f64> {
+            want[k]["grads"][name].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        };
+        let (bf16, f32s) = (reference("bf16_mixed"), reference("f32"));
+        let mut worst = 0f64;
+        for ((g, b), f) in got.iter().zip(&bf16).zip(&f32s) {
+            worst = worst.max((f64::from(*g) - b).abs());
+            bf16_to_f32 = bf16_to_f32.max((b - f).abs());
+            scale = scale.max(b.abs());
+        }
+        to_bf16 = to_bf16.max(worst);
+        per_tensor.push((name.clone(), worst));
+    }
+    let ratio = to_bf16 / bf16_to_f32;
+    let off: Vec<&(String, f64)> = per_tensor.iter().filter(|(_, e)| *e > 1e-5 * scale).collect();
+    eprintln!(
+        "PE bf16-mixed: loss {value} (PyTorch bf16 {bf16_loss}, f32 {f32_loss}); gradients {to_bf16:.2e} from PyTorch's bf16 ({ratio:.2}x of bf16's distance from f32, largest {scale:.2}); beyond f32 precision: {off:?}"
+    );
+    assert!(bf16_to_f32 > 1e-3 * scale, "the fixture does not exercise bfloat16");
+    assert!(ratio <= 0.6, "gradients {to_bf16:e} from PyTorch's bf16, bf16 to f32 {bf16_to_f32:e}");
+    // Where oneDNN multiplies bfloat16 natively, another summation order than the agreement was
+    // measured with: only the bound above holds there.
+    if !dfdet::model::dtype::native_bf16_products() {
+        assert!((value - bf16_loss).abs() <= 1e-5 * bf16_loss.abs(), "loss {value}");
+        assert!(off.len() <= 2, "{} of {} gradient tensors beyond f32 precision: {off:?}", off.len(), per_tensor.len());
+    }
+}

@@ -322,18 +322,23 @@ fn bf16_mixed_training_follows_f32() {
     assert!(param_gap <= 0.5 * moved, "parameters differ by {param_gap:e}, moved {moved:e}");
 }
 
-/// bf16-mixed on the Perception Encoder is refused naming the key, before training.
+/// The Perception Encoder's LN-tuning in bf16-mixed precision, fine-tuning a GenD detector (its
+/// gradients are checked against PyTorch's autocast in tests/inference/pe.rs): it learns the
+/// manipulation, and only the norms move.
 #[test]
-fn bf16_mixed_on_the_perception_encoder_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    derived_dataset(tmp.path(), Some(2));
-    let checkpoint = format!("checkpoint=\"{}\"", fixtures().join("gend-pe-tiny").display());
-    let cfg = config(tmp.path(), &[&checkpoint, "precision=\"bf16-mixed\""]);
-    let err = format!("{:#}", train(&cfg, &mut Silent, &AtomicBool::new(false)).unwrap_err());
-    assert!(
-        err.contains("precision") && err.contains("CLIP and DINOv3") && err.contains("Perception Encoder"),
-        "{err}"
-    );
+fn pe_ln_tuning_trains_in_bf16_mixed() {
+    let gend = fixtures().join("gend-pe-tiny");
+    let base = dfdet::model::load_checkpoint(gend.to_str().unwrap(), None).unwrap().tensors;
+    let checkpoint = format!("checkpoint=\"{}\"", gend.display());
+    let norms = |n: &str| {
+        n.starts_with("backbone.norm_pre.")
+            || n.contains(".norm1.")
+            || n.contains(".norm2.")
+            || n.starts_with("backbone.norm.")
+            || n.starts_with("backbone.attn_pool.norm.")
+    };
+    let sets = [checkpoint.as_str(), "max_epochs=10", "lr=3e-2", "precision=\"bf16-mixed\""];
+    ln_tuning_on(&sets, &base, "Perception Encoder", norms, 2 * (1 + 2 * 2 + 2));
 }
 
 /// DINOv3 LN-tuning in bf16-mixed precision, as GenD trains it (its gradients are checked

@@ -109,7 +109,7 @@ pub fn inference(
     let cpu = CpuInfo::detect();
     let peak = work(&backbone).map(|_| measured_peak(obs));
     let mut rows = Vec::new();
-    for dtype in dtypes.iter().map(|d| d.resolve(&backbone.encoder)) {
+    for dtype in dtypes.iter().map(|d| d.resolve()) {
         reset_peak_rss();
         obs.message(&format!("{}: drawing random {dtype} weights", backbone.name));
         let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype)?;
@@ -303,7 +303,7 @@ pub fn train_step(
     detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
     let _autocast = Autocast::bf16(bf16_mixed);
     if bf16_mixed {
-        detector.encoder.prepare_bf16_mixed(&detector.backbone.encoder)?;
+        detector.encoder.prepare_bf16_mixed();
     }
     let mut adam = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, &trainable);
     let x = random_pixels(&backbone, batch, &device);
