@@ -9,8 +9,6 @@ use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use super::config::{EncoderConfig, HiddenAct};
 use super::fused::attention::{attention_bf16, attention_f32};
@@ -119,7 +117,7 @@ impl Projection {
 
     /// `[b, t, in]` -> `[b, t, out]`: the projection plus its adapter, if it has one.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if autocast_bf16() && x.dtype() == burn::tensor::DType::F32 {
+        if autocast_bf16() {
             // bf16-mixed: the adapter's output and the sum are bfloat16 too.
             return match &self.lora {
                 Some(adapter) => round_bf16(self.linear_bf16(x.clone()) + adapter.forward_bf16(x)),
@@ -154,13 +152,9 @@ impl Projection {
     /// `x W + b`: one fused matrix product with bias in f32 (its backward pass computes only
     /// the input's gradient when the weight is frozen), burn's `linear` otherwise.
     fn linear<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if x.dtype() == burn::tensor::DType::F32 {
-            let w = self.weight.val();
-            let wt = self.weight_t.clone().unwrap_or_else(|| w.clone().transpose());
-            super::fused::linear(x, w, wt, self.bias.val())
-        } else {
-            burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()))
-        }
+        let w = self.weight.val();
+        let wt = self.weight_t.clone().unwrap_or_else(|| w.clone().transpose());
+        super::fused::linear(x, w, wt, self.bias.val())
     }
 }
 
@@ -232,14 +226,10 @@ impl SelfAttention {
         let ctx = if autocast_bf16() {
             // bf16-mixed: PyTorch's CPU flash attention on bfloat16 (scores in f32).
             attention_bf16(q, k, v, scale)
-        } else if q.dtype() == burn::tensor::DType::F32 {
+        } else {
             // One pass per head over blocks of keys, in inference and training (its backward
             // recomputes the probabilities rather than keeping them).
             attention_f32(q, k, v, scale)
-        } else {
-            // Other dtypes (bf16 inference): burn's attention.
-            let opts = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-            attention(q, k, v, None, None, opts)
         }; // [b, h, tq, hd]
         self.out_proj.forward(ctx.swap_dims(1, 2).reshape([b, tq, d])) // [b, tq, d]
     }

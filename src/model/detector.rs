@@ -2,7 +2,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 
 use super::checkpoint::Checkpoint;
 use super::config::Backbone;
@@ -33,7 +32,7 @@ impl Detector {
     pub fn from_checkpoint(ckpt: Checkpoint, device: &Device, dtype: Dtype) -> Result<Self> {
         let Checkpoint { spec, backbone, mut tensors, .. } = ckpt;
         let dtype = dtype.resolve();
-        let ld = Loader { device: device.clone(), dtype: FloatDType::F32 };
+        let ld = Loader { device: device.clone() };
         let mut encoder = Encoder::load(&ld, &mut tensors, &backbone.encoder)?;
         let head = Head::load(&ld, &mut tensors, spec.head, backbone.encoder.hidden_size(), spec.num_classes)?;
         tensors.finish()?;
@@ -58,7 +57,7 @@ impl Detector {
 
     /// Class probabilities, one row per image: softmax of the logits, computed in f32.
     pub fn probabilities(&self, pixels: Tensor<4>) -> Vec<Vec<f32>> {
-        let logits = self.forward(pixels).logits.cast(FloatDType::F32);
+        let logits = self.forward(pixels).logits;
         let [b, c] = logits.dims();
         let probs = burn::tensor::activation::softmax(logits, 1);
         let data: Vec<f32> = probs.into_data().try_into_vec::<f32>().expect("f32 tensor");

@@ -338,7 +338,7 @@ impl Linear {
     /// `x W (+ b)`, plus the adapter's `dropout(x) A B · scaling` if there is one (peft's
     /// `lora.Linear.forward`): `[b, t, in]` -> `[b, t, out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if autocast_bf16() && x.dtype() == burn::tensor::DType::F32 {
+        if autocast_bf16() {
             // bf16-mixed: the adapter's output and the sum are bfloat16 too.
             return match &self.lora {
                 Some(adapter) => round_bf16(self.base_bf16(x.clone()) + adapter.forward_bf16(x)),
@@ -365,17 +365,11 @@ impl Linear {
     /// `x W (+ b)`.
     fn base(&self, x: Tensor<3>) -> Tensor<3> {
         let w = self.weight.val();
-        if x.dtype() == burn::tensor::DType::F32 {
-            let bias = match &self.bias {
-                Some(b) => b.val(),
-                None => Tensor::zeros([w.dims()[1]], &w.device()),
-            };
-            fused::linear(x, w.clone(), w.transpose(), bias)
-        } else {
-            // Other dtypes (bf16): burn's own, the bias only where there is one (a zero bias
-            // made here would be f32).
-            burn::tensor::module::linear(x, w, self.bias.as_ref().map(|b| b.val()))
-        }
+        let bias = match &self.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([w.dims()[1]], &w.device()),
+        };
+        fused::linear(x, w.clone(), w.transpose(), bias)
     }
 
     /// The linear as a place for an adapter, named `name`, from `d_in` to `d_out`.
@@ -451,7 +445,7 @@ impl Attention {
         let k = rotate(heads(self.k_proj.forward(x.clone()), t), cos, sin);
         let v = heads(self.v_proj.forward(x), t);
         let scale = (hd as f64).powf(-0.5);
-        let ctx = if autocast_bf16() && v.dtype() == burn::tensor::DType::F32 {
+        let ctx = if autocast_bf16() {
             // bf16-mixed: the rotation promoted the queries and keys to f32; autocast casts
             // them back to bfloat16 for SDPA, PyTorch's CPU flash attention.
             attention_bf16(round_bf16(q), round_bf16(k), v, scale)
@@ -670,16 +664,13 @@ impl Dinov3 {
         sites
     }
 
-    /// The rotary tables for `pixels`' patch grid, `[1, 1, n, hd]` each, on its device and dtype.
+    /// The rotary tables for `pixels`' patch grid, `[1, 1, n, hd]` each, on its device.
     pub fn rope(&self, pixels: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [_, _, h, w] = pixels.dims();
         let (gh, gw) = (h / self.patch_size, w / self.patch_size);
         let (cos, sin) = rope_tables(gh, gw, self.head_dim, self.rope_theta, &self.coords);
         let device = pixels.device();
-        let table = |v: Vec<f32>| {
-            let t = Tensor::<4>::from_data(TensorData::new(v, [1, 1, gh * gw, self.head_dim]), &device);
-            if pixels.dtype() == burn::tensor::DType::F32 { t } else { t.cast(pixels.dtype()) }
-        };
+        let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, gh * gw, self.head_dim]), &device);
         (table(cos), table(sin))
     }
 

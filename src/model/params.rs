@@ -12,7 +12,6 @@ use std::fmt::Display;
 use burn::module::Param;
 use burn::nn::LayerNorm;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 
 use super::lora::{Lora, module_matches};
 use super::spec::Tuning;
@@ -222,19 +221,17 @@ pub(crate) fn empty<const D: usize>(device: &Device) -> Param<Tensor<D>> {
     Param::from_tensor(Tensor::zeros([0; D], device))
 }
 
-/// Builds burn tensors from checkpoint tensors, on one device and in one float dtype.
+/// Builds burn tensors from checkpoint tensors, on one device, in f32 (bf16 computes on f32
+/// storage, [`super::fused::bf16`]).
 #[derive(Debug, Clone)]
 pub struct Loader {
     pub device: Device,
-    pub dtype: FloatDType,
 }
 
 impl Loader {
-    /// A tensor of rank `D` from host data, cast to the loader's dtype.
+    /// A tensor of rank `D` from host data.
     pub fn tensor<const D: usize>(&self, t: HostTensor) -> Tensor<D> {
-        let data = TensorData::new(t.data, t.shape);
-        let x = Tensor::<D>::from_data(data, &self.device);
-        if self.dtype == FloatDType::F32 { x } else { x.cast(self.dtype) }
+        Tensor::<D>::from_data(TensorData::new(t.data, t.shape), &self.device)
     }
 
     /// Takes the entry's tensor out of `map` (its shape checked) into the entry's slot.

@@ -372,7 +372,7 @@ impl Attention {
         };
         let q = rotate(part(0), sin, cos);
         let k = rotate(part(1), sin, cos);
-        let ctx = if autocast_bf16() && q.dtype() == burn::tensor::DType::F32 {
+        let ctx = if autocast_bf16() {
             // bf16-mixed: timm rotates in f32 and casts back (`type_as(v)`); SDPA on bfloat16
             // is PyTorch's CPU flash attention.
             attention_bf16(round_bf16(q), round_bf16(k), part(2), (hd as f64).powf(-0.5))
@@ -469,7 +469,7 @@ impl AttentionPool {
         let heads = |y: Tensor<3>| y.reshape([b, t, h, hd]).swap_dims(1, 2); // [b, h, t, hd]
         let k = heads(kv.clone().slice([0..b, 0..t, 0..d]));
         let v = heads(kv.slice([0..b, 0..t, d..2 * d]));
-        if autocast_bf16() && v.dtype() == burn::tensor::DType::F32 {
+        if autocast_bf16() {
             // bf16-mixed: the pool runs in bfloat16 throughout, its LayerNorm (on a bfloat16
             // input: f32 inside, a bfloat16 output) and residual sum included.
             let ctx = attention_bf16(q, k, v, (hd as f64).powf(-0.5));
@@ -619,10 +619,8 @@ impl Pe {
         }
         let [rows, d] = pos.dims();
         let prefix = rows - g * g;
-        let dtype = pos.dtype();
         let device = pos.device();
         let grid = pos.clone().slice([prefix..rows, 0..d]);
-        let grid = if dtype == burn::tensor::DType::F32 { grid } else { grid.cast(burn::tensor::FloatDType::F32) };
         let matrix = |out: usize| {
             let m = resize_matrix(Filter::Bicubic, g, out);
             Tensor::<2>::from_data(TensorData::new(m, [out, g]), &device)
@@ -630,19 +628,15 @@ impl Pe {
         // Width: [g, gw, g] x [g, g, d] -> [g, gw, d]; height: [gh, g] x [g, gw·d] -> [gh, gw·d].
         let wide = matrix(gw).unsqueeze::<3>().expand([g as i64, gw as i64, g as i64]).matmul(grid.reshape([g, g, d]));
         let resampled = matrix(gh).matmul(wide.reshape([g, gw * d])).reshape([gh * gw, d]);
-        let resampled = if dtype == burn::tensor::DType::F32 { resampled } else { resampled.cast(dtype) };
         if prefix == 0 { resampled } else { Tensor::cat(vec![pos.slice([0..prefix, 0..d]), resampled], 0) }
     }
 
-    /// The rotary tables for a `gh` x `gw` grid, `[1, 1, gh·gw, hd]` each, on `like`'s device and dtype.
+    /// The rotary tables for a `gh` x `gw` grid, `[1, 1, gh·gw, hd]` each, on `like`'s device.
     fn rope(&self, gh: usize, gw: usize, like: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (sin, cos) = rope_tables(gh, gw, &self.cfg);
         let hd = self.cfg.head_dim();
         let device = like.device();
-        let table = |v: Vec<f32>| {
-            let t = Tensor::<4>::from_data(TensorData::new(v, [1, 1, gh * gw, hd]), &device);
-            if like.dtype() == burn::tensor::DType::F32 { t } else { t.cast(like.dtype()) }
-        };
+        let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, gh * gw, hd]), &device);
         (table(sin), table(cos))
     }
 
@@ -660,7 +654,7 @@ impl Pe {
             .reshape([b, c, gh, p, gw, p]) // [b, c, gh, p, gw, p]
             .permute([0, 2, 4, 1, 3, 5]) // [b, gh, gw, c, p, p]
             .reshape([b, gh * gw, c * p * p]); // [b, n, c·p·p]
-        let x = if autocast_bf16() && patches.dtype() == burn::tensor::DType::F32 {
+        let x = if autocast_bf16() {
             // bf16-mixed: the convolution on bfloat16 pixels and weight, its output bfloat16
             // (the class token and the position embedding, f32, promote the sum to f32).
             let weight = round_bf16(self.patch_embed.val()).unsqueeze::<3>();

@@ -4,7 +4,6 @@
 //! reference processor's, so that this checks the encoder alone.
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use dfdet::model::dinov3::{Dinov3, Dinov3Config};
 use dfdet::model::params::Loader;
 use dfdet::model::tensors::{HostTensor, TensorMap};
@@ -52,7 +51,7 @@ fn dinov3_bf16_matches_pytorch_autocast() {
     let dir = fixtures().join("tiny-dinov3");
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut weights = read(&dir.join("model.safetensors"));
     let mut model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
     let mut pixels = read(&dir.join("pixels.safetensors"));
@@ -127,7 +126,7 @@ fn dinov3_matches_transformers() {
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     assert_eq!((cfg.num_register_tokens, cfg.key_bias, cfg.use_gated_mlp), (4, false, false));
     let device = Device::flex();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut weights = read(&dir.join("model.safetensors"));
     let model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
     weights.finish().expect("every tensor of the checkpoint is used");
@@ -209,7 +208,7 @@ fn dinov3_layer_norm_gradients_match_pytorch() {
     let dir = fixtures().join("tiny-dinov3");
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex().autodiff();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
     let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
     model
@@ -267,7 +266,7 @@ fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     let dir = fixtures().join("tiny-dinov3");
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex().autodiff();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let pixels = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
     let v_all = rows(&read_json("dinov3_outputs.json")["ln_grad"]["v"]);
     let fixture = read_json("dinov3_bf16.json");

@@ -5,7 +5,6 @@
 //! (eval mode, no dropout).
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use dfdet::model::dinov3::{Dinov3, Dinov3Config};
 use dfdet::model::lora::{Lora, add_adapters};
 use dfdet::model::params::{Entry, Loader, is_adapter};
@@ -62,7 +61,7 @@ fn dinov3_lora_matches_peft() {
     let dir = fixtures().join("tiny-dinov3");
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut weights = read(&dir.join("model.safetensors"));
     let mut model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
     let plain: Vec<f32> = model.forward(pixels(&dir, &device)).into_data().try_to_vec::<f32>().unwrap();
@@ -93,7 +92,7 @@ fn pe_lora_matches_peft() {
     let dir = fixtures().join("tiny-pe");
     let cfg = PeConfig::from_json(&dir.join("config.json")).unwrap();
     let device = Device::flex();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut weights = read(&dir.join("model.safetensors"));
     let mut model = Pe::load(&loader, &mut weights, &cfg, "").unwrap();
     let plain: Vec<f32> = model.forward(pixels(&dir, &device)).into_data().try_to_vec::<f32>().unwrap();

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use dfdet::model::checkpoint::{HostTensor, TensorMap};
 use dfdet::model::clip::VisionTransformer;
 use dfdet::model::config::Backbone;
@@ -53,7 +52,7 @@ fn encoder_pooler_output_matches_transformers() {
         let dir = fixtures().join(folder);
         let backbone = Backbone::from_dir(&dir).unwrap();
         let mut map = vision_tensors(&dir);
-        let ld = Loader { device: device.clone(), dtype: FloatDType::F32 };
+        let ld = Loader { device: device.clone() };
         let encoder = VisionTransformer::load(&ld, &mut map, backbone.encoder.as_clip().unwrap()).unwrap();
         map.finish().unwrap();
 

@@ -6,7 +6,6 @@
 //! encoder alone; the pixel test checks dfdet's pipeline against those pixels.
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use dfdet::model::params::Loader;
 use dfdet::model::pe::{GridIndexing, Pe, PeConfig, rope_tables};
 
@@ -47,7 +46,7 @@ fn pe_matches_timm() {
     assert_eq!(serde_json::to_value(&cfg).unwrap(), serde_json::Value::Object(built));
     assert!(cfg.native_grid() > cfg.grid(), "the fixture exercises the position embedding's resampling");
     let device = Device::flex();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut weights = read(&dir.join("model.safetensors"));
     let model = Pe::load(&loader, &mut weights, &cfg, "").unwrap();
     weights.finish().expect("every tensor of the checkpoint is used");
@@ -172,7 +171,7 @@ fn pe_layer_norm_gradients_match_pytorch() {
     use dfdet::model::params::Slot;
     let (cfg, dir) = tiny();
     let device = Device::flex().autodiff();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
     let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
     model
@@ -343,7 +342,7 @@ fn pe_bf16_matches_pytorch_autocast() {
     use dfdet::model::fused::bf16::Autocast;
     let (cfg, dir) = tiny();
     let device = Device::flex();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
     let x = pixels(&dir, &device);
     let [b, c, h, w] = x.dims();
@@ -402,7 +401,7 @@ fn pe_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     use dfdet::model::params::Slot;
     let (cfg, dir) = tiny();
     let device = Device::flex().autodiff();
-    let loader = Loader { device: device.clone(), dtype: FloatDType::F32 };
+    let loader = Loader { device: device.clone() };
     let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
     let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
     model
