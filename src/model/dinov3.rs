@@ -14,7 +14,7 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::fused::attention::attention_bf16;
-use super::fused::bf16::{autocast_bf16, frozen_bf16, round_bf16};
+use super::fused::bf16::{autocast_bf16, for_two_uses, frozen_bf16, round_bf16, rounded_under_autocast};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -355,21 +355,22 @@ impl Linear {
     /// bias, f32 accumulation, a bfloat16 output.
     fn base_bf16(&self, x: Tensor<3>) -> Tensor<3> {
         let w = if self.bf16_values { self.weight.val() } else { round_bf16(self.weight.val()) };
-        let bias = match &self.bias {
-            Some(b) => round_bf16(b.val()),
-            None => Tensor::zeros([w.dims()[1]], &w.device()),
-        };
+        let bias = round_bf16(self.bias_or_zeros());
         round_bf16(fused::linear(round_bf16(x), w.clone(), w.transpose(), bias))
     }
 
     /// `x W (+ b)`.
     fn base(&self, x: Tensor<3>) -> Tensor<3> {
         let w = self.weight.val();
-        let bias = match &self.bias {
+        fused::linear(x, w.clone(), w.transpose(), self.bias_or_zeros())
+    }
+
+    /// The bias, or zeros where the config leaves it out.
+    fn bias_or_zeros(&self) -> Tensor<1> {
+        match &self.bias {
             Some(b) => b.val(),
-            None => Tensor::zeros([w.dims()[1]], &w.device()),
-        };
-        fused::linear(x, w.clone(), w.transpose(), bias)
+            None => Tensor::zeros([self.weight.dims()[1]], &self.weight.device()),
+        }
     }
 
     /// The linear as a place for an adapter, named `name`, from `d_in` to `d_out`.
@@ -395,11 +396,7 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let n = cos.dims()[2];
     let prefix = x.clone().slice([0..b, 0..h, 0..t - n, 0..hd]);
     let patches = x.slice([0..b, 0..h, t - n..t, 0..hd]);
-    // bf16-mixed: the patches are a bfloat16 tensor used twice, so autograd rounds the gradient
-    // of each use to bfloat16 before summing them; rounding the (bfloat16) values is the
-    // identity forward and does exactly that backward.
-    let (direct, halves) =
-        if autocast_bf16() { (round_bf16(patches.clone()), round_bf16(patches)) } else { (patches.clone(), patches) };
+    let (direct, halves) = for_two_uses(patches);
     let x1 = halves.clone().slice([0..b, 0..h, 0..n, 0..hd / 2]);
     let x2 = halves.slice([0..b, 0..h, 0..n, hd / 2..hd]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
@@ -490,20 +487,16 @@ impl Mlp {
     /// The activation; on a bfloat16 tensor under bf16-mixed precision, computed in f32 and
     /// rounded once, as ATen's bfloat16 kernels do.
     fn act(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = match self.act {
+        rounded_under_autocast(match self.act {
             Activation::Gelu => fused::gelu(x),
             Activation::Silu => silu(x),
-        };
-        if autocast_bf16() { round_bf16(y) } else { y }
+        })
     }
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = match &self.gate_proj {
-            Some(gate) => {
-                let h = self.act(gate.forward(x.clone())) * self.up_proj.forward(x);
-                if autocast_bf16() { round_bf16(h) } else { h }
-            }
+            Some(gate) => rounded_under_autocast(self.act(gate.forward(x.clone())) * self.up_proj.forward(x)),
             None => self.act(self.up_proj.forward(x)),
         };
         self.down_proj.forward(hidden)

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dinov3::Linear;
 use super::fused::attention::attention_bf16;
-use super::fused::bf16::{autocast_bf16, round_bf16};
+use super::fused::bf16::{autocast_bf16, for_two_uses, round_bf16, rounded_under_autocast};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -271,12 +271,8 @@ fn rotate_pairs(x: Tensor<4>) -> Tensor<4> {
 fn rotate(x: Tensor<4>, sin: &Tensor<4>, cos: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, hd] = x.dims();
     let n = cos.dims()[2];
-    // bf16-mixed: the patches are a bfloat16 tensor used twice, so autograd rounds the gradient
-    // of each use before summing them; rounding the (bfloat16) values is the identity forward
-    // and does exactly that backward.
-    let twice = |p: Tensor<4>| if autocast_bf16() { (round_bf16(p.clone()), round_bf16(p)) } else { (p.clone(), p) };
     let rope = |p: Tensor<4>| {
-        let (direct, pairs) = twice(p);
+        let (direct, pairs) = for_two_uses(p);
         direct * cos.clone() + rotate_pairs(pairs) * sin.clone()
     };
     if n == t {
@@ -331,10 +327,7 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = fused::gelu(self.fc1.forward(x));
-        // bf16-mixed: the GELU of a bfloat16 tensor, computed in f32 and rounded once.
-        let hidden = if autocast_bf16() { round_bf16(hidden) } else { hidden };
-        self.fc2.forward(hidden)
+        self.fc2.forward(rounded_under_autocast(fused::gelu(self.fc1.forward(x))))
     }
 
     fn linears_mut(&mut self) -> [&mut Linear; 2] {
@@ -474,11 +467,9 @@ impl AttentionPool {
             // input: f32 inside, a bfloat16 output) and residual sum included.
             let ctx = attention_bf16(q, k, v, (hd as f64).powf(-0.5));
             let pooled = self.proj.forward(ctx.swap_dims(1, 2).reshape([b, 1, d])); // [b, 1, d]
-            // `pooled` is a bfloat16 tensor used twice: rounding its (bfloat16) values is the
-            // identity forward and, backward, rounds the LayerNorm's input gradient before the
-            // sum with the residual's, as autograd does.
-            let normed = round_bf16(norm(&self.norm, self.eps, round_bf16(pooled.clone())));
-            return round_bf16(pooled + self.mlp.forward(normed)).reshape([b, d]);
+            let (residual, to_norm) = for_two_uses(pooled);
+            let normed = round_bf16(norm(&self.norm, self.eps, to_norm));
+            return round_bf16(residual + self.mlp.forward(normed)).reshape([b, d]);
         }
         let pooled = self.proj.forward(sdpa(q, k, v).swap_dims(1, 2).reshape([b, 1, d])); // [b, 1, d]
         let pooled = pooled.clone() + self.mlp.forward(norm(&self.norm, self.eps, pooled));

@@ -32,6 +32,28 @@ pub fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Makes every vector parameter whose name `select` picks track its gradient, through one walk
+/// over the model's parameters (`visit_params`): the tracked tensors, named, in walk order.
+pub fn track_vectors(
+    visit_params: impl FnOnce(&mut dfdet::model::params::Visit<'_>) -> dfdet::Result<()>,
+    select: impl Fn(&str) -> bool,
+) -> Vec<(String, Tensor<1>)> {
+    use burn::module::Param;
+    use dfdet::model::params::Slot;
+    let mut tracked = Vec::new();
+    visit_params(&mut |entry| {
+        if select(entry.name) {
+            let Slot::Vector(param) = entry.slot else { panic!("{} is not a vector", entry.name) };
+            let t = param.val().require_grad();
+            tracked.push((entry.name.to_string(), t.clone()));
+            *param = Param::from_tensor(t);
+        }
+        Ok(())
+    })
+    .unwrap();
+    tracked
+}
+
 pub fn max_diff(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
@@ -203,25 +225,15 @@ fn dinov3_pixels_match_the_reference_processor() {
 /// float64, eval mode (no random rescaling of the rotary coordinates).
 #[test]
 fn dinov3_layer_norm_gradients_match_pytorch() {
-    use burn::module::Param;
-    use dfdet::model::params::Slot;
     let dir = fixtures().join("tiny-dinov3");
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex().autodiff();
     let loader = Loader { device: device.clone() };
     let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
-    let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
-    model
-        .visit_params(&cfg, "", &mut |entry| {
-            let is_norm = entry.name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part));
-            if let (true, Slot::Vector(param)) = (is_norm, entry.slot) {
-                let t = param.val().require_grad();
-                tracked.push((entry.name.to_string(), t.clone()));
-                *param = Param::from_tensor(t);
-            }
-            Ok(())
-        })
-        .unwrap();
+    let tracked = track_vectors(
+        |visit| model.visit_params(&cfg, "", visit),
+        |name| name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part)),
+    );
     let want = &read_json("dinov3_outputs.json")["ln_grad"];
     assert_eq!(tracked.len(), want["grads"].as_object().unwrap().len(), "the LayerNorm parameters");
 
@@ -260,9 +272,7 @@ fn dinov3_layer_norm_gradients_match_pytorch() {
 /// from the f32 gradients: the bound of the CLIP step's test, for the same reason.
 #[test]
 fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
-    use burn::module::Param;
     use dfdet::model::fused::bf16::Autocast;
-    use dfdet::model::params::Slot;
     let dir = fixtures().join("tiny-dinov3");
     let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex().autodiff();
@@ -275,18 +285,10 @@ fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     let native = dfdet::model::dtype::native_bf16_products();
     for (key, crops, bound) in [("ln_grad_first_5", 5, None), ("ln_grad", 6, Some(0.6))] {
         let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
-        let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
-        model
-            .visit_params(&cfg, "", &mut |entry| {
-                let is_norm = entry.name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part));
-                if let (true, Slot::Vector(param)) = (is_norm, entry.slot) {
-                    let t = param.val().require_grad();
-                    tracked.push((entry.name.to_string(), t.clone()));
-                    *param = Param::from_tensor(t);
-                }
-                Ok(())
-            })
-            .unwrap();
+        let tracked = track_vectors(
+            |visit| model.visit_params(&cfg, "", visit),
+            |name| name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part)),
+        );
         let want = &fixture[key];
         let v = &v_all[..crops];
         let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [crops, v[0].len()]), &device);

@@ -10,7 +10,7 @@ use dfdet::model::params::Loader;
 use dfdet::model::pe::{GridIndexing, Pe, PeConfig, rope_tables};
 
 use crate::common::{fixtures, read_json};
-use crate::dinov3::{assert_info, max_diff, read};
+use crate::dinov3::{assert_info, max_diff, read, track_vectors};
 
 fn numbers(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
@@ -18,6 +18,11 @@ fn numbers(v: &serde_json::Value) -> Vec<f32> {
 
 fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
     v.as_array().unwrap().iter().map(numbers).collect()
+}
+
+/// GenD's LN-tuning rule for the Perception Encoder: a name containing one of these.
+fn gend_ln_rule(name: &str) -> bool {
+    ["norm_pre", "norm1", "norm2", "norm"].iter().any(|k| name.contains(k))
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -167,24 +172,11 @@ fn pe_pixels_match_timm_s_transform() {
 /// float64, eval mode.
 #[test]
 fn pe_layer_norm_gradients_match_pytorch() {
-    use burn::module::Param;
-    use dfdet::model::params::Slot;
     let (cfg, dir) = tiny();
     let device = Device::flex().autodiff();
     let loader = Loader { device: device.clone() };
     let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
-    let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
-    model
-        .visit_params(&cfg, "", &mut |entry| {
-            if ["norm_pre", "norm1", "norm2", "norm"].iter().any(|k| entry.name.contains(k)) {
-                let Slot::Vector(param) = entry.slot else { panic!("{} is not a vector", entry.name) };
-                let t = param.val().require_grad();
-                tracked.push((entry.name.to_string(), t.clone()));
-                *param = Param::from_tensor(t);
-            }
-            Ok(())
-        })
-        .unwrap();
+    let tracked = track_vectors(|visit| model.visit_params(&cfg, "", visit), gend_ln_rule);
     let want = &read_json("pe_outputs.json")["ln_grad"];
     let selected: Vec<&str> = want["selected"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     let ours: Vec<&str> = tracked.iter().map(|(n, _)| n.as_str()).collect();
@@ -396,25 +388,12 @@ fn pe_bf16_matches_pytorch_autocast() {
 /// them within the CLIP step's bound of bf16's distance from f32.
 #[test]
 fn pe_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
-    use burn::module::Param;
     use dfdet::model::fused::bf16::Autocast;
-    use dfdet::model::params::Slot;
     let (cfg, dir) = tiny();
     let device = Device::flex().autodiff();
     let loader = Loader { device: device.clone() };
     let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
-    let mut tracked: Vec<(String, Tensor<1>)> = Vec::new();
-    model
-        .visit_params(&cfg, "", &mut |entry| {
-            if ["norm_pre", "norm1", "norm2", "norm"].iter().any(|k| entry.name.contains(k)) {
-                let Slot::Vector(param) = entry.slot else { panic!("{} is not a vector", entry.name) };
-                let t = param.val().require_grad();
-                tracked.push((entry.name.to_string(), t.clone()));
-                *param = Param::from_tensor(t);
-            }
-            Ok(())
-        })
-        .unwrap();
+    let tracked = track_vectors(|visit| model.visit_params(&cfg, "", visit), gend_ln_rule);
     let want = &read_json("pe_bf16.json")["ln_grad"];
     let v = rows(&read_json("pe_outputs.json")["ln_grad"]["v"]);
     let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [v.len(), v[0].len()]), &device);

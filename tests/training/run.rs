@@ -157,6 +157,16 @@ fn dinov3_ln_tuning_trains_the_norms_and_learns() {
     ln_tuning_on(&[&backbone], &base, "DINOv3", norms, 2 * (2 * 2 + 1));
 }
 
+/// The tensors LN-tuning trains in a GenD PE detector: `norm_pre`, `norm1`, `norm2`, the final
+/// `norm` and the attention pool's `norm`.
+fn pe_norms(n: &str) -> bool {
+    n.starts_with("backbone.norm_pre.")
+        || n.contains(".norm1.")
+        || n.contains(".norm2.")
+        || n.starts_with("backbone.norm.")
+        || n.starts_with("backbone.attn_pool.norm.")
+}
+
 /// The Perception Encoder, fine-tuning a GenD detector (at GenD's 224 pixels): `norm_pre`,
 /// `norm1`, `norm2`, the final `norm` and the attention pool's `norm` train (GenD's
 /// `unfreeze_layers`, substrings of timm's names).
@@ -165,14 +175,13 @@ fn pe_ln_tuning_trains_the_norms_and_learns() {
     let gend = fixtures().join("gend-pe-tiny");
     let base = dfdet::model::load_checkpoint(gend.to_str().unwrap(), None).unwrap().tensors;
     let checkpoint = format!("checkpoint=\"{}\"", gend.display());
-    let norms = |n: &str| {
-        n.starts_with("backbone.norm_pre.")
-            || n.contains(".norm1.")
-            || n.contains(".norm2.")
-            || n.starts_with("backbone.norm.")
-            || n.starts_with("backbone.attn_pool.norm.")
-    };
-    ln_tuning_on(&[&checkpoint, "max_epochs=10", "lr=3e-2"], &base, "Perception Encoder", norms, 2 * (1 + 2 * 2 + 2));
+    ln_tuning_on(
+        &[&checkpoint, "max_epochs=10", "lr=3e-2"],
+        &base,
+        "Perception Encoder",
+        pe_norms,
+        2 * (1 + 2 * 2 + 2),
+    );
 }
 
 /// LoRA (peft's semantics) on one of GenD's other encoders, set up by `sets_given`, with
@@ -330,15 +339,8 @@ fn pe_ln_tuning_trains_in_bf16_mixed() {
     let gend = fixtures().join("gend-pe-tiny");
     let base = dfdet::model::load_checkpoint(gend.to_str().unwrap(), None).unwrap().tensors;
     let checkpoint = format!("checkpoint=\"{}\"", gend.display());
-    let norms = |n: &str| {
-        n.starts_with("backbone.norm_pre.")
-            || n.contains(".norm1.")
-            || n.contains(".norm2.")
-            || n.starts_with("backbone.norm.")
-            || n.starts_with("backbone.attn_pool.norm.")
-    };
     let sets = [checkpoint.as_str(), "max_epochs=10", "lr=3e-2", "precision=\"bf16-mixed\""];
-    ln_tuning_on(&sets, &base, "Perception Encoder", norms, 2 * (1 + 2 * 2 + 2));
+    ln_tuning_on(&sets, &base, "Perception Encoder", pe_norms, 2 * (1 + 2 * 2 + 2));
 }
 
 /// DINOv3 LN-tuning in bf16-mixed precision, as GenD trains it (its gradients are checked

@@ -62,6 +62,20 @@ pub fn frozen_bf16<const D: usize>(w: Tensor<D>) -> Tensor<D> {
     if super::onednn::native_bf16_products() { w.cast(burn::tensor::FloatDType::BF16) } else { round_bf16(w) }
 }
 
+/// `x`, a result of an element-wise operation, as that operation leaves it: rounded to bfloat16
+/// under bf16-mixed precision (ATen's bfloat16 kernels compute in f32 and round once), unchanged
+/// otherwise.
+pub fn rounded_under_autocast<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if autocast_bf16() { round_bf16(x) } else { x }
+}
+
+/// `x` for two uses: under bf16-mixed precision a bfloat16 tensor used twice has the gradient
+/// of each use rounded to bfloat16 by autograd before they are summed; rounding the (bfloat16)
+/// values is the identity forward and does exactly that backward.
+pub fn for_two_uses<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+    if autocast_bf16() { (round_bf16(x.clone()), round_bf16(x)) } else { (x.clone(), x) }
+}
+
 /// Every value rounded to bfloat16; differentiable, its gradient rounded to bfloat16 as well.
 pub fn round_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::round_bf16(x.into_dispatch()))

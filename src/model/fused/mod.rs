@@ -244,29 +244,25 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
         }
         None => false,
     };
-    // A bfloat16 right operand: oneDNN's native product where it has one, else its values
-    // widened to f32 (exactly) for the f32 kernels.
+    let operand = match rhs.dtype() {
+        DType::BF16 => Rhs::Bits(bytemuck::cast_slice(&rhs.storage::<half::bf16>()[start..])),
+        _ => Rhs::Values(&rhs.storage::<f32>()[start..]),
+    };
+    if native_bf16_product(m, n, k, lhs, &operand, (rhs_rs, rhs_cs), &mut out, read_dst) {
+        // SAFETY: oneDNN wrote all m·n values (read_dst: the bias was there before).
+        unsafe { out.set_len(len) };
+        return out;
+    }
+    // A bfloat16 operand without the native product: its values widened to f32 (exactly) for
+    // the f32 kernels.
     let widened: Vec<f32>;
-    let rhs_values: &[f32] = if rhs.dtype() == DType::BF16 {
-        let bits: &[u16] = bytemuck::cast_slice(&rhs.storage::<half::bf16>()[start..]);
-        if native_bf16_product(m, n, k, lhs, Rhs::Bits(bits), (rhs_rs, rhs_cs), &mut out, read_dst) {
-            // SAFETY: oneDNN wrote all m·n values (read_dst: the bias was there before).
-            unsafe { out.set_len(len) };
-            return out;
+    let rhs_values: &[f32] = match operand {
+        Rhs::Values(values) => values,
+        Rhs::Bits(bits) => {
+            let span = span(n, k, rhs_rs, rhs_cs).min(bits.len());
+            widened = bits[..span].par_iter().map(|b| f32::from_bits(u32::from(*b) << 16)).collect();
+            &widened
         }
-        widened = bits[..span(n, k, rhs_rs, rhs_cs).min(bits.len())]
-            .par_iter()
-            .map(|b| f32::from_bits(u32::from(*b) << 16))
-            .collect();
-        &widened
-    } else {
-        let values = &rhs.storage::<f32>()[start..];
-        if native_bf16_product(m, n, k, lhs, Rhs::Values(values), (rhs_rs, rhs_cs), &mut out, read_dst) {
-            // SAFETY: as above.
-            unsafe { out.set_len(len) };
-            return out;
-        }
-        values
     };
     // SAFETY: `lhs` holds m·k values, `rhs_values` spans the layout from its first value, `out`
     // has room for m·n values (initialised where gemm reads them, see above).
@@ -310,7 +306,7 @@ fn native_bf16_product(
     n: usize,
     k: usize,
     lhs: &[f32],
-    rhs: Rhs<'_>,
+    rhs: &Rhs<'_>,
     (rs, cs): (isize, isize),
     out: &mut Vec<f32>,
     accumulate: bool,
