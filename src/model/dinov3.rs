@@ -14,7 +14,8 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::fused::attention::attention_bf16;
-use super::fused::bf16::{autocast_bf16, for_two_uses, frozen_bf16, round_bf16, rounded_under_autocast};
+use super::fused::bf16::{autocast_bf16, frozen_bf16, round_bf16, rounded_under_autocast};
+use super::fused::rotary::{Pairs, rotary};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -389,21 +390,6 @@ pub struct Attention {
     num_heads: usize,
 }
 
-/// `x · cos + rotate_half(x) · sin` on the last `n` tokens of `x` (`[b, h, t, hd]`), where
-/// `rotate_half([x1, x2]) = [-x2, x1]`; the first `t - n` tokens pass unchanged.
-fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let [b, h, t, hd] = x.dims();
-    let n = cos.dims()[2];
-    let prefix = x.clone().slice([0..b, 0..h, 0..t - n, 0..hd]);
-    let patches = x.slice([0..b, 0..h, t - n..t, 0..hd]);
-    let (direct, halves) = for_two_uses(patches);
-    let x1 = halves.clone().slice([0..b, 0..h, 0..n, 0..hd / 2]);
-    let x2 = halves.slice([0..b, 0..h, 0..n, hd / 2..hd]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let patches = direct * cos.clone() + rotated * sin.clone();
-    Tensor::cat(vec![prefix, patches], 2)
-}
-
 impl Attention {
     fn skeleton(cfg: &Dinov3Config, device: &Device) -> Self {
         Self {
@@ -438,8 +424,8 @@ impl Attention {
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, n, h, hd]).swap_dims(1, 2); // [b, h, n, hd]
         let q = heads(self.q_proj.forward(xq), tq);
         // Only patches rotate: a query block of the prefix tokens alone passes unchanged.
-        let q = if tq == t { rotate(q, cos, sin) } else { q };
-        let k = rotate(heads(self.k_proj.forward(x.clone()), t), cos, sin);
+        let q = if tq == t { rotary(q, cos, sin, Pairs::Halves) } else { q };
+        let k = rotary(heads(self.k_proj.forward(x.clone()), t), cos, sin, Pairs::Halves);
         let v = heads(self.v_proj.forward(x), t);
         let scale = (hd as f64).powf(-0.5);
         let ctx = if autocast_bf16() {

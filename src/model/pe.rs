@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::dinov3::Linear;
 use super::fused::attention::attention_bf16;
 use super::fused::bf16::{autocast_bf16, for_two_uses, round_bf16, rounded_under_autocast};
+use super::fused::rotary::{Pairs, rotary};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -256,33 +257,6 @@ pub fn rope_tables(gh: usize, gw: usize, cfg: &PeConfig) -> (Vec<f32>, Vec<f32>)
     (sin, cos)
 }
 
-/// timm's interleaved rotation `[x0, x1, x2, x3, ...] -> [-x1, x0, -x3, x2, ...]` over the last
-/// axis of `[b, h, n, hd]`.
-fn rotate_pairs(x: Tensor<4>) -> Tensor<4> {
-    let [b, h, n, hd] = x.dims();
-    let pairs = x.reshape([b, h, n, hd / 2, 2]);
-    let even = pairs.clone().slice([0..b, 0..h, 0..n, 0..hd / 2, 0..1]);
-    let odd = pairs.slice([0..b, 0..h, 0..n, 0..hd / 2, 1..2]);
-    Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, n, hd])
-}
-
-/// `x · cos + rotate_pairs(x) · sin` on the last `n` tokens of `x` (`[b, h, t, hd]`, tables
-/// `[1, 1, n, hd]`); the first `t - n` (prefix) tokens pass unchanged.
-fn rotate(x: Tensor<4>, sin: &Tensor<4>, cos: &Tensor<4>) -> Tensor<4> {
-    let [b, h, t, hd] = x.dims();
-    let n = cos.dims()[2];
-    let rope = |p: Tensor<4>| {
-        let (direct, pairs) = for_two_uses(p);
-        direct * cos.clone() + rotate_pairs(pairs) * sin.clone()
-    };
-    if n == t {
-        return rope(x);
-    }
-    let prefix = x.clone().slice([0..b, 0..h, 0..t - n, 0..hd]);
-    let patches = x.slice([0..b, 0..h, t - n..t, 0..hd]);
-    Tensor::cat(vec![prefix, rope(patches)], 2)
-}
-
 /// Scaled dot-product attention of `q` `[b, h, tq, hd]` over `k`, `v` `[b, h, t, hd]`:
 /// `[b, h, tq, hd]`, scale `hd^-0.5`. Written as two batched products around the fused softmax,
 /// which measured 3 % faster than burn's attention kernel on the L/14 encoder at batch 8 (its
@@ -363,8 +337,8 @@ impl Attention {
         let part = |k: usize| {
             qkv.clone().slice([0..b, 0..t, k * d..(k + 1) * d]).reshape([b, t, h, hd]).swap_dims(1, 2) // [b, h, t, hd]
         };
-        let q = rotate(part(0), sin, cos);
-        let k = rotate(part(1), sin, cos);
+        let q = rotary(part(0), cos, sin, Pairs::Interleaved);
+        let k = rotary(part(1), cos, sin, Pairs::Interleaved);
         let ctx = if autocast_bf16() {
             // bf16-mixed: timm rotates in f32 and casts back (`type_as(v)`); SDPA on bfloat16
             // is PyTorch's CPU flash attention.

@@ -58,6 +58,15 @@ pub trait FusedOps: Backend {
         scale: f64,
         bf16: bool,
     ) -> FloatTensor<Self>;
+    /// The rotary embedding on the last `n` tokens of `x` `[b, h, t, hd]` (tables `cos`, `sin`
+    /// `[1, 1, n, hd]`; pairs interleaved or halves), under bf16-mixed precision when `bf16`.
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        bf16: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// The backward kernels the autodiff implementation calls on the backend beneath it.
@@ -99,6 +108,14 @@ pub trait FusedBackward: Backend {
         scale: f64,
         bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// The gradient of [`FusedOps::rotary`] for `x`.
+    fn rotary_backward(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        bf16: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// `x · sigmoid(1.702 x)`, differentiable.
@@ -421,6 +438,16 @@ impl FusedOps for Flex {
     ) -> FloatTensor<Self> {
         attention::attention_forward(q, k, v, scale, bf16).0
     }
+
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        _bf16: bool,
+    ) -> FloatTensor<Self> {
+        rotary::rotary_forward(x, cos, sin, interleaved)
+    }
 }
 
 impl FusedBackward for Flex {
@@ -508,6 +535,16 @@ impl FusedBackward for Flex {
         bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         attention::attention_backward(qkv, out_lse, grad, scale, bf16)
+    }
+
+    fn rotary_backward(
+        grad: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        bf16: bool,
+    ) -> FloatTensor<Self> {
+        rotary::rotary_backward(grad, cos, sin, interleaved, bf16)
     }
 }
 
@@ -684,6 +721,16 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
     ) -> FloatTensor<Self> {
         attention::autodiff_attention::<B, C>(q, k, v, scale, bf16)
     }
+
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        interleaved: bool,
+        bf16: bool,
+    ) -> FloatTensor<Self> {
+        rotary::autodiff_rotary::<B, C>(x, cos, sin, interleaved, bf16)
+    }
 }
 
 pub mod attention;
@@ -692,6 +739,7 @@ pub mod blas;
 mod kernels;
 pub mod onednn;
 pub mod products;
+pub mod rotary;
 
 #[cfg(test)]
 mod tests {
