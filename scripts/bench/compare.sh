@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs dfdet's and PyTorch's inference benchmark back to back (same machine, same settings)
 # and prints their ratio. Usage: scripts/bench/compare.sh [PYTHON] [extra dfdet bench flags]
-# PYTHON: an interpreter with torch==2.6.0 transformers==4.50.0 (default: python3).
+# PYTHON: an interpreter with torch==2.6.0 transformers==4.50.0 (default: python3); for GenD's
+# encoders (BACKBONE=facebook/dinov3-vitl16-pretrain-lvd1689m, vit_pe_core_large_patch14_336)
+# one with GenD's pins (scripts/fixtures/requirements-gend.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=${1:-python3}
@@ -12,10 +14,11 @@ dtype=${DTYPE:-f32,bf16}
 iters=${ITERS:-3}
 # PyTorch's bf16: `autocast` (as dfdet's bf16 computes) or `cast` (the model cast to bfloat16).
 bf16=${BF16:-autocast}
+backbone=${BACKBONE:-openai/clip-vit-large-patch14}
 cargo build --release --quiet
 out=$(mktemp -d)
-./target/release/dfdet bench --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" --format json "$@" > "$out/dfdet.json"
-"$py" scripts/bench/bench_torch.py --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" --bf16 "$bf16" > "$out/torch.json"
+./target/release/dfdet bench --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" --backbone "$backbone" --format json "$@" > "$out/dfdet.json"
+"$py" scripts/bench/bench_torch.py --threads "$threads" --batch "$batch" --dtype "$dtype" --iters "$iters" --bf16 "$bf16" --backbone "$backbone" > "$out/torch.json"
 "$py" - "$out/dfdet.json" "$out/torch.json" <<'PY'
 import json, sys
 ours, ref = (json.load(open(p)) for p in sys.argv[1:3])
