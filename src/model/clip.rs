@@ -169,7 +169,7 @@ pub struct SelfAttention {
 }
 
 /// `weight` `[in, out]` as a contiguous `[out, in]` tensor.
-fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
+pub(crate) fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
     let device = weight.device();
     let [rows, cols] = weight.dims();
     let values = weight.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 values");

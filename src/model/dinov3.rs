@@ -306,24 +306,51 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     /// `[out]`; none where the config leaves the bias out (DINOv3's `k_proj`).
     pub bias: Option<Param<Tensor<1>>>,
+    /// Training only: the frozen weight as a contiguous `[out, in]` copy for the backward pass
+    /// ([`Linear::keep_transposed`]).
+    pub weight_t: Option<Tensor<2>>,
     /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
     /// it merged into the weight).
     pub lora: Option<Lora>,
-    /// Whether `weight` holds bfloat16 values already ([`frozen_bf16`], bf16 inference), so that
-    /// bf16-mixed products read it rather than round it on every pass.
+    /// Whether the products' operand (`weight_t` where kept, else `weight`) holds bfloat16
+    /// values already ([`frozen_bf16`]), so that bf16-mixed products read it rather than round
+    /// the weight on every pass.
     #[module(skip)]
     pub bf16_values: bool,
 }
 
 impl Linear {
     pub(crate) fn skeleton(bias: bool, device: &Device) -> Self {
-        Self { weight: empty(device), bias: bias.then(|| empty(device)), lora: None, bf16_values: false }
+        Self {
+            weight: empty(device),
+            bias: bias.then(|| empty(device)),
+            weight_t: None,
+            lora: None,
+            bf16_values: false,
+        }
     }
 
     /// Makes the weight bfloat16 once ([`frozen_bf16`]), for inference in bf16 under autocast.
     pub(crate) fn round_weight(&mut self) {
         self.weight = Param::from_tensor(frozen_bf16(self.weight.val()));
+        self.weight_t = None;
         self.bf16_values = true;
+    }
+
+    /// Keeps a contiguous `[out, in]` copy of the weight for training with the weight frozen, or
+    /// drops it (see [`super::clip::VisionTransformer::keep_transposed_weights`]).
+    pub(crate) fn keep_transposed(&mut self, keep: bool) {
+        self.weight_t = keep.then(|| super::clip::transposed_copy(self.weight.val()));
+        self.bf16_values = false;
+    }
+
+    /// Makes the kept copy ([`Self::keep_transposed`]) bfloat16 once, for bf16-mixed training;
+    /// the weight itself stays as loaded (a checkpoint saves it).
+    pub(crate) fn round_transposed(&mut self) {
+        if let Some(wt) = self.weight_t.take() {
+            self.weight_t = Some(frozen_bf16(wt));
+            self.bf16_values = true;
+        }
     }
 
     /// The weight and bias, then the adapter, if any, as peft names it under the module
@@ -355,15 +382,23 @@ impl Linear {
     /// `x W (+ b)` under bf16-mixed precision (autocast's `linear`): bfloat16 input, weight and
     /// bias, f32 accumulation, a bfloat16 output.
     fn base_bf16(&self, x: Tensor<3>) -> Tensor<3> {
-        let w = if self.bf16_values { self.weight.val() } else { round_bf16(self.weight.val()) };
         let bias = round_bf16(self.bias_or_zeros());
-        round_bf16(fused::linear(round_bf16(x), w.clone(), w.transpose(), bias))
+        let (w, wt) = match (&self.weight_t, self.bf16_values) {
+            (Some(wt), true) => (wt.clone().transpose(), wt.clone()),
+            (None, true) => (self.weight.val(), self.weight.val().transpose()),
+            _ => {
+                let w = round_bf16(self.weight.val());
+                (w.clone(), w.transpose())
+            }
+        };
+        round_bf16(fused::linear(round_bf16(x), w, wt, bias))
     }
 
     /// `x W (+ b)`.
     fn base(&self, x: Tensor<3>) -> Tensor<3> {
         let w = self.weight.val();
-        fused::linear(x, w.clone(), w.transpose(), self.bias_or_zeros())
+        let wt = self.weight_t.clone().unwrap_or_else(|| w.clone().transpose());
+        fused::linear(x, w, wt, self.bias_or_zeros())
     }
 
     /// The bias, or zeros where the config leaves it out.
@@ -578,12 +613,26 @@ impl Dinov3 {
     /// Makes every projection weight bfloat16 once ([`frozen_bf16`]), for inference in bf16
     /// under autocast, where nothing trains or saves them.
     pub fn round_weights(&mut self) {
-        for layer in &mut self.layer {
+        self.linears_mut().for_each(Linear::round_weight);
+    }
+
+    /// Keeps `[out, in]` copies of the projection weights for the backward pass, or drops them
+    /// (as [`super::clip::VisionTransformer::keep_transposed_weights`]).
+    pub fn keep_transposed_weights(&mut self, keep: bool) {
+        self.linears_mut().for_each(|l| l.keep_transposed(keep));
+    }
+
+    /// Makes the kept copies bfloat16 once, for bf16-mixed training.
+    pub fn round_transposed_weights(&mut self) {
+        self.linears_mut().for_each(Linear::round_transposed);
+    }
+
+    /// Every projection of the layers.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layer.iter_mut().flat_map(|layer| {
             let Attention { q_proj, k_proj, v_proj, o_proj, .. } = &mut layer.attention;
-            for linear in [q_proj, k_proj, v_proj, o_proj].into_iter().chain(layer.mlp.linears_mut()) {
-                linear.round_weight();
-            }
-        }
+            [q_proj, k_proj, v_proj, o_proj].into_iter().chain(layer.mlp.linears_mut())
+        })
     }
 
     /// Takes the model's tensors out of `map` (HF `DINOv3ViTModel` names under `prefix`: `""`
@@ -782,6 +831,7 @@ mod tests {
         };
         let linear = Linear {
             bf16_values: false,
+            weight_t: None,
             weight: m2(&w, [d_in, d_out]),
             bias: Some(Param::from_tensor(Tensor::<1>::from_data(TensorData::new(b.clone(), [d_out]), &device))),
             lora: Some(Lora { lora_a: m2(&a, [d_in, r]), lora_b: m2(&bb, [r, d_out]), scaling: s, dropout_mask: None }),

@@ -119,8 +119,11 @@ impl Encoder {
         }
     }
 
-    /// Keeps transposed copies of frozen projection weights for the backward pass (see
-    /// [`VisionTransformer::keep_transposed_weights`]); DINOv3's projections have none.
+    /// Keeps transposed copies of frozen projection weights for the backward pass in f32 (see
+    /// [`VisionTransformer::keep_transposed_weights`]): CLIP's, whose LN-tuning step they make
+    /// 1.14-1.17x faster. DINOv3's step measured the same with and without them (OpenBLAS, AVX2;
+    /// BENCHMARKS.md), so DINOv3 and the Perception Encoder keep them only for bf16-mixed
+    /// ([`Self::prepare_bf16_mixed`]), where they save rounding the weights on every pass.
     pub fn keep_transposed_weights(&mut self, keep: bool) {
         if let Self::Clip(e) = self {
             e.keep_transposed_weights(keep);
@@ -138,11 +141,20 @@ impl Encoder {
     }
 
     /// Readies the encoder for bf16-mixed precision (after [`Self::keep_transposed_weights`]):
-    /// CLIP's kept copies of the frozen weights are rounded to bfloat16 once; DINOv3 and the
-    /// Perception Encoder, which keep none, round their weights on every pass.
-    pub fn prepare_bf16_mixed(&mut self) {
-        if let Self::Clip(e) = self {
-            e.round_transposed_weights();
+    /// with `frozen_projections` (the projections' weights do not train), bfloat16 copies of
+    /// them are made once, which the products read forward and backward; otherwise the weights
+    /// are rounded on every pass, as autocast casts them.
+    pub fn prepare_bf16_mixed(&mut self, frozen_projections: bool) {
+        match self {
+            Self::Clip(e) => e.round_transposed_weights(),
+            Self::Dinov3(e) => {
+                e.keep_transposed_weights(frozen_projections);
+                e.round_transposed_weights();
+            }
+            Self::Pe(e) => {
+                e.keep_transposed_weights(frozen_projections);
+                e.round_transposed_weights();
+            }
         }
     }
 

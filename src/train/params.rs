@@ -20,6 +20,7 @@ use burn::tensor::Gradients;
 use crate::model::Detector;
 use crate::model::checkpoint::HostTensor;
 use crate::model::clip::{ATTENTION_PROJECTIONS, MLP_PROJECTIONS, ROOT};
+use crate::model::dinov3;
 use crate::model::lora::Lora;
 pub use crate::model::params::{LN_TARGETS, Layout, Selection, host};
 use crate::model::params::{Slot, is_adapter};
@@ -159,12 +160,20 @@ impl Trainable {
 
     /// Whether the backward pass goes through the encoder's projections while they stay frozen
     /// (LN-tuning, LoRA): then keeping their transposed weights pays
-    /// ([`VisionTransformer::keep_transposed_weights`]).
+    /// ([`VisionTransformer::keep_transposed_weights`]). Any trained tensor of a module named as
+    /// a projection of any encoder counts as a trained projection (`patch_embed.proj` too: no
+    /// copies is only slower, a copy of a trained weight would be stale).
     pub fn backward_through_frozen_projections(&self) -> bool {
-        let in_encoder = |name: &str| name.strip_prefix(ROOT).is_some_and(|rest| rest.starts_with('.'));
+        /// DINOv3's and the Perception Encoder's projections, beside CLIP's.
+        const OTHER_PROJECTIONS: [&str; 8] = ["o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj", "q", "kv"];
+        let in_encoder = |name: &str| {
+            [ROOT, dinov3::ROOT].iter().any(|root| name.strip_prefix(root).is_some_and(|rest| rest.starts_with('.')))
+        };
         let is_projection = |name: &str| {
             in_encoder(name)
-                && name.split('.').any(|m| ATTENTION_PROJECTIONS.contains(&m) || MLP_PROJECTIONS.contains(&m))
+                && name.split('.').any(|m| {
+                    ATTENTION_PROJECTIONS.contains(&m) || MLP_PROJECTIONS.contains(&m) || OTHER_PROJECTIONS.contains(&m)
+                })
                 && !is_adapter(name)
         };
         let encoder_trains = self.params.iter().any(|p| in_encoder(&p.name));

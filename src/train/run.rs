@@ -169,7 +169,7 @@ impl Trainer {
         let mut trainable = Trainable::select(&mut detector, &config.selection())?;
         detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
         if config.bf16_mixed() {
-            detector.encoder.prepare_bf16_mixed();
+            detector.encoder.prepare_bf16_mixed(trainable.backward_through_frozen_projections());
             obs.message(&format!(
                 "precision bf16-mixed: bfloat16 products by {}",
                 crate::model::fused::onednn::bf16_products()

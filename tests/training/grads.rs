@@ -181,6 +181,27 @@ fn ln_tuning_selects_every_layer_norm_and_the_head() {
     }
 }
 
+/// The same rule on GenD's DINOv3 and Perception Encoder detectors, whose encoder is
+/// `backbone.*` and whose projections CLIP does not name (`o_proj`, `qkv`): copies for LN-tuning,
+/// none once a projection trains (a copy would go stale, and bf16-mixed products read it).
+#[test]
+fn gend_encoders_keep_weight_copies_only_while_their_projections_are_frozen() {
+    for (folder, projection) in [("gend-dinov3-tiny", "o_proj"), ("gend-pe-tiny", "qkv")] {
+        let ckpt =
+            dfdet::model::load_checkpoint(crate::common::fixtures().join(folder).to_str().unwrap(), None).unwrap();
+        let mut detector = Detector::from_checkpoint(ckpt, &Device::flex(), Dtype::F32).unwrap();
+        let norms = vec!["norm1".to_string()];
+        for (selection, keep) in [
+            (Selection { ln_targets: norms.clone(), ..Default::default() }, true),
+            (Selection { ln_targets: norms.clone(), unfreeze: vec![projection.into()], ..Default::default() }, false),
+            (Selection::default(), false),
+        ] {
+            let t = Trainable::select(&mut detector, &selection).unwrap();
+            assert_eq!(t.backward_through_frozen_projections(), keep, "{folder}: {selection:?}");
+        }
+    }
+}
+
 /// ‖a - b‖² and ‖b‖² of one tensor.
 fn sq_dist(a: &[f32], b: &[f64]) -> (f64, f64) {
     assert_eq!(a.len(), b.len());

@@ -303,7 +303,7 @@ pub fn train_step(
     detector.encoder.keep_transposed_weights(trainable.backward_through_frozen_projections());
     let _autocast = Autocast::bf16(bf16_mixed);
     if bf16_mixed {
-        detector.encoder.prepare_bf16_mixed();
+        detector.encoder.prepare_bf16_mixed(trainable.backward_through_frozen_projections());
     }
     let mut adam = AdamW::new(AdamWConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, &trainable);
     let x = random_pixels(&backbone, batch, &device);
