@@ -16,7 +16,7 @@ use super::fused::bf16::{autocast_bf16, frozen_bf16, quick_gelu_bf16, round_bf16
 use super::fused::norm;
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
-use super::tensors::{TensorMap, transpose};
+use super::tensors::TensorMap;
 use crate::Result;
 
 /// Where the encoder's tensors live in a checkpoint: HF's `CLIPVisionModel.vision_model`.
@@ -166,14 +166,6 @@ pub struct SelfAttention {
     pub v_proj: Projection,
     pub out_proj: Projection,
     num_heads: usize,
-}
-
-/// `weight` `[in, out]` as a contiguous `[out, in]` tensor.
-pub(crate) fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
-    let device = weight.device();
-    let [rows, cols] = weight.dims();
-    let values = weight.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 values");
-    Tensor::from_data(TensorData::new(transpose(&values, rows, cols), [cols, rows]), &device)
 }
 
 impl SelfAttention {
@@ -416,7 +408,7 @@ impl VisionTransformer {
     /// Only frozen weights may be kept: a trained weight would leave its copy stale.
     pub fn keep_transposed_weights(&mut self, keep: bool) {
         for (_, proj) in self.projections_mut() {
-            proj.weight_t = keep.then(|| transposed_copy(proj.weight.val()));
+            proj.weight_t = keep.then(|| super::fused::transposed_copy(proj.weight.val()));
             proj.bf16_values = false;
         }
     }

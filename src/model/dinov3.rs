@@ -340,7 +340,7 @@ impl Linear {
     /// Keeps a contiguous `[out, in]` copy of the weight for training with the weight frozen, or
     /// drops it (see [`super::clip::VisionTransformer::keep_transposed_weights`]).
     pub(crate) fn keep_transposed(&mut self, keep: bool) {
-        self.weight_t = keep.then(|| super::clip::transposed_copy(self.weight.val()));
+        self.weight_t = keep.then(|| fused::transposed_copy(self.weight.val()));
         self.bf16_values = false;
     }
 

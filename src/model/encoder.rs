@@ -121,9 +121,10 @@ impl Encoder {
 
     /// Keeps transposed copies of frozen projection weights for the backward pass in f32 (see
     /// [`VisionTransformer::keep_transposed_weights`]): CLIP's, whose LN-tuning step they make
-    /// 1.14-1.17x faster. DINOv3's step measured the same with and without them (OpenBLAS, AVX2;
-    /// BENCHMARKS.md), so DINOv3 and the Perception Encoder keep them only for bf16-mixed
-    /// ([`Self::prepare_bf16_mixed`]), where they save rounding the weights on every pass.
+    /// 1.14-1.17x faster. DINOv3's step measured about the same with and without them (1.02x
+    /// for 1.2 GB more, OpenBLAS on AVX2; BENCHMARKS.md), so DINOv3 and the Perception Encoder
+    /// keep them only for bf16-mixed ([`Self::prepare_bf16_mixed`]), where they save rounding
+    /// the weights on every pass.
     pub fn keep_transposed_weights(&mut self, keep: bool) {
         if let Self::Clip(e) = self {
             e.keep_transposed_weights(keep);

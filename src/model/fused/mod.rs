@@ -167,6 +167,15 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, weight_t: Tensor<
     ))
 }
 
+/// `weight` `[in, out]` as a contiguous `[out, in]` tensor: the `weight_t` of [`linear`] kept
+/// for training with the weight frozen.
+pub fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
+    let device = weight.device();
+    let [rows, cols] = weight.dims();
+    let values = weight.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 values");
+    Tensor::from_data(TensorData::new(super::tensors::transpose(&values, rows, cols), [cols, rows]), &device)
+}
+
 // ------------------------------------------------------------------------------------------------
 // Flex: host kernels on f32 storage.
 //
