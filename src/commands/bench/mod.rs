@@ -50,7 +50,7 @@ pub struct BenchRow {
     /// Median seconds per image over the timed passes.
     pub s_per_img: f64,
     pub img_per_s: f64,
-    /// The matrix products' arithmetic per second ([`Work`]; CLIP only).
+    /// The matrix products' arithmetic per second ([`Work`]).
     pub gflops: Option<f64>,
     /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
     pub of_peak: Option<f64>,
@@ -59,10 +59,15 @@ pub struct BenchRow {
 }
 
 /// The work of one image through `backbone`'s products, where dfdet counts it (CLIP).
-fn work(backbone: &Backbone) -> Option<Work> {
+/// The encoder's products per image at the benchmark's pixel size, in bf16-mixed precision or
+/// not (DINOv3's and the Perception Encoder's attention differ in their backward products).
+fn work(backbone: &Backbone, bf16_mixed: bool) -> Work {
+    use crate::model::config::Architecture;
+    let size = backbone.pixels.size();
     match &backbone.encoder {
-        crate::model::config::Architecture::Clip(cfg) => Some(Work::clip(cfg)),
-        _ => None,
+        Architecture::Clip(cfg) => Work::clip(cfg),
+        Architecture::Dinov3(cfg) => Work::dinov3(cfg, size, bf16_mixed),
+        Architecture::Pe(cfg) => Work::pe(cfg, size, bf16_mixed),
     }
 }
 
@@ -107,7 +112,7 @@ pub fn inference(
     let device = Device::flex();
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
-    let peak = work(&backbone).map(|_| measured_peak(obs));
+    let peak = measured_peak(obs);
     let mut rows = Vec::new();
     for dtype in dtypes.iter().map(|d| d.resolve()) {
         reset_peak_rss();
@@ -131,16 +136,14 @@ pub fn inference(
                 threads,
                 s_per_img,
                 img_per_s: 1.0 / s_per_img,
-                gflops: work(&backbone).map(|w| w.forward_gflop(1) / s_per_img),
+                gflops: Some(work(&backbone, false).forward_gflop(1) / s_per_img),
                 of_peak: None,
                 peak_rss_mib: peak_rss_mib(),
             });
         }
     }
-    if let Some(peak) = peak {
-        for r in &mut rows {
-            r.of_peak = r.gflops.map(|g| g / peak);
-        }
+    for r in &mut rows {
+        r.of_peak = r.gflops.map(|g| g / peak);
     }
     Ok(rows)
 }
@@ -233,7 +236,7 @@ pub struct TrainBenchRow {
     /// Median seconds per optimizer step over the timed steps (after one warm-up step).
     pub s_per_step: f64,
     pub s_per_img: f64,
-    /// The step's matrix products' arithmetic per second ([`Work`]; CLIP only).
+    /// The step's matrix products' arithmetic per second ([`Work`]).
     pub gflops: Option<f64>,
     /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
     pub of_peak: Option<f64>,
@@ -294,7 +297,7 @@ pub fn train_step(
 ) -> Result<TrainBenchRow> {
     check_batches(&[batch])?;
     let backbone = Backbone::resolve(backbone)?;
-    let peak = work(&backbone).map(|_| measured_peak(obs));
+    let peak = measured_peak(obs);
     let device = Device::flex();
     let autodiff = crate::train::autodiff_device(&device);
     let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, Dtype::F32)?;
@@ -322,8 +325,8 @@ pub fn train_step(
     obs.message(&format!("LN-tuning step, mini-batch {batch}: 1 warm-up + {iters} timed steps"));
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
-    let gflops = work(&backbone).map(|w| w.step_gflop(batch) / s_per_step);
-    let of_peak = gflops.zip(peak).map(|(g, p)| g / p);
+    let gflops = Some(work(&backbone, bf16_mixed).step_gflop(batch) / s_per_step);
+    let of_peak = gflops.map(|g| g / peak);
     let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {
         cpu: cpu.model.clone(),
