@@ -306,8 +306,8 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     /// `[out]`; none where the config leaves the bias out (DINOv3's `k_proj`).
     pub bias: Option<Param<Tensor<1>>>,
-    /// Training only: the frozen weight as a contiguous `[out, in]` copy for the backward pass
-    /// ([`Linear::keep_transposed`]).
+    /// bf16-mixed training only: the frozen weight as a contiguous `[out, in]` bfloat16 copy
+    /// ([`Linear::keep_bf16_copy`]).
     pub weight_t: Option<Tensor<2>>,
     /// The LoRA adapter while training with LoRA; none otherwise (a trained checkpoint holds
     /// it merged into the weight).
@@ -331,26 +331,19 @@ impl Linear {
     }
 
     /// Makes the weight bfloat16 once ([`frozen_bf16`]), for inference in bf16 under autocast.
-    pub(crate) fn round_weight(&mut self) {
+    pub fn round_weight(&mut self) {
         self.weight = Param::from_tensor(frozen_bf16(self.weight.val()));
         self.weight_t = None;
         self.bf16_values = true;
     }
 
-    /// Keeps a contiguous `[out, in]` copy of the weight for training with the weight frozen, or
-    /// drops it (see [`super::clip::VisionTransformer::keep_transposed_weights`]).
-    pub(crate) fn keep_transposed(&mut self, keep: bool) {
-        self.weight_t = keep.then(|| fused::transposed_copy(self.weight.val()));
-        self.bf16_values = false;
-    }
-
-    /// Makes the kept copy ([`Self::keep_transposed`]) bfloat16 once, for bf16-mixed training;
-    /// the weight itself stays as loaded (a checkpoint saves it).
-    pub(crate) fn round_transposed(&mut self) {
-        if let Some(wt) = self.weight_t.take() {
-            self.weight_t = Some(frozen_bf16(wt));
-            self.bf16_values = true;
-        }
+    /// For bf16-mixed training: with the weight `frozen`, a bfloat16 copy of it as `[out, in]`
+    /// made once ([`frozen_bf16`] of [`fused::transposed_copy`]), which the products read forward
+    /// and backward while the weight itself stays as loaded (a checkpoint saves it); otherwise
+    /// none, and the weight is rounded on every pass.
+    pub fn keep_bf16_copy(&mut self, frozen: bool) {
+        self.weight_t = frozen.then(|| frozen_bf16(fused::transposed_copy(self.weight.val())));
+        self.bf16_values = frozen;
     }
 
     /// The weight and bias, then the adapter, if any, as peft names it under the module
@@ -610,25 +603,8 @@ pub struct Dinov3 {
 }
 
 impl Dinov3 {
-    /// Makes every projection weight bfloat16 once ([`frozen_bf16`]), for inference in bf16
-    /// under autocast, where nothing trains or saves them.
-    pub fn round_weights(&mut self) {
-        self.linears_mut().for_each(Linear::round_weight);
-    }
-
-    /// Keeps `[out, in]` copies of the projection weights for the backward pass, or drops them
-    /// (as [`super::clip::VisionTransformer::keep_transposed_weights`]).
-    pub fn keep_transposed_weights(&mut self, keep: bool) {
-        self.linears_mut().for_each(|l| l.keep_transposed(keep));
-    }
-
-    /// Makes the kept copies bfloat16 once, for bf16-mixed training.
-    pub fn round_transposed_weights(&mut self) {
-        self.linears_mut().for_each(Linear::round_transposed);
-    }
-
     /// Every projection of the layers.
-    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         self.layer.iter_mut().flat_map(|layer| {
             let Attention { q_proj, k_proj, v_proj, o_proj, .. } = &mut layer.attention;
             [q_proj, k_proj, v_proj, o_proj].into_iter().chain(layer.mlp.linears_mut())

@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::clip::{self, VisionTransformer};
 use super::config::Architecture;
-use super::dinov3::{self, Coords, Dinov3};
+use super::dinov3::{self, Coords, Dinov3, Linear};
 use super::lora::{self, Lora, Rows, Site};
 use super::params::{Loader, Visit};
 use super::pe::{self, Pe};
@@ -136,8 +136,8 @@ impl Encoder {
     pub fn prepare_bf16_inference(&mut self) {
         match self {
             Self::Clip(e) => e.round_weights(),
-            Self::Dinov3(e) => e.round_weights(),
-            Self::Pe(e) => e.round_weights(),
+            Self::Dinov3(e) => e.linears_mut().for_each(Linear::round_weight),
+            Self::Pe(e) => e.linears_mut().for_each(Linear::round_weight),
         }
     }
 
@@ -148,14 +148,8 @@ impl Encoder {
     pub fn prepare_bf16_mixed(&mut self, frozen_projections: bool) {
         match self {
             Self::Clip(e) => e.round_transposed_weights(),
-            Self::Dinov3(e) => {
-                e.keep_transposed_weights(frozen_projections);
-                e.round_transposed_weights();
-            }
-            Self::Pe(e) => {
-                e.keep_transposed_weights(frozen_projections);
-                e.round_transposed_weights();
-            }
+            Self::Dinov3(e) => e.linears_mut().for_each(|l| l.keep_bf16_copy(frozen_projections)),
+            Self::Pe(e) => e.linears_mut().for_each(|l| l.keep_bf16_copy(frozen_projections)),
         }
     }
 

@@ -472,25 +472,8 @@ pub struct Pe {
 }
 
 impl Pe {
-    /// Makes every projection weight bfloat16 once ([`super::fused::bf16::frozen_bf16`]), for
-    /// inference in bf16 under autocast, where nothing trains or saves them.
-    pub fn round_weights(&mut self) {
-        self.linears_mut().for_each(Linear::round_weight);
-    }
-
-    /// Keeps `[out, in]` copies of the projection weights for the backward pass, or drops them
-    /// (as [`super::clip::VisionTransformer::keep_transposed_weights`]).
-    pub fn keep_transposed_weights(&mut self, keep: bool) {
-        self.linears_mut().for_each(|l| l.keep_transposed(keep));
-    }
-
-    /// Makes the kept copies bfloat16 once, for bf16-mixed training.
-    pub fn round_transposed_weights(&mut self) {
-        self.linears_mut().for_each(Linear::round_transposed);
-    }
-
     /// Every projection of the blocks and the attention pool.
-    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         let blocks = self.blocks.iter_mut().flat_map(|block| {
             let Block { attn, mlp, .. } = block;
             [&mut attn.qkv, &mut attn.proj].into_iter().chain(mlp.linears_mut())

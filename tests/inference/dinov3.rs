@@ -24,6 +24,22 @@ pub fn read(path: &std::path::Path) -> TensorMap {
     map
 }
 
+/// The tiny DINOv3 fixture on `device`: its folder, config and model.
+pub fn tiny_dinov3(device: &Device) -> (std::path::PathBuf, Dinov3Config, Dinov3) {
+    let dir = fixtures().join("tiny-dinov3");
+    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
+    let loader = Loader { device: device.clone() };
+    let model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+    (dir, cfg, model)
+}
+
+/// A fixture folder's `pixel_values` `[b, 3, h, w]` on `device`.
+pub fn pixels(dir: &std::path::Path, device: &Device) -> Tensor<4> {
+    let x = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
+    let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    Tensor::<4>::from_data(TensorData::new(x.data, shape), device)
+}
+
 pub fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
     v.as_array()
         .unwrap()
@@ -70,16 +86,10 @@ pub fn max_diff(got: &[f32], want: &[f32]) -> f32 {
 #[test]
 fn dinov3_bf16_matches_pytorch_autocast() {
     use dfdet::model::fused::bf16::Autocast;
-    let dir = fixtures().join("tiny-dinov3");
-    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex();
-    let loader = Loader { device: device.clone() };
-    let mut weights = read(&dir.join("model.safetensors"));
-    let mut model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
-    let mut pixels = read(&dir.join("pixels.safetensors"));
-    let x = pixels.remove("pixel_values").unwrap();
-    let [b, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-    let x = Tensor::<4>::from_data(TensorData::new(x.data, [b, c, h, w]), &device);
+    let (dir, cfg, mut model) = tiny_dinov3(&device);
+    let x = pixels(&dir, &device);
+    let [_, c, h, w] = x.dims();
     let want = read_json("dinov3_bf16.json");
     assert_eq!(want["dtypes"]["sdpa"][0], "torch.float32", "autocast casts the rotated queries itself");
     // Where oneDNN multiplies bfloat16 natively, its products sum in another order than the f32
@@ -125,7 +135,7 @@ fn dinov3_bf16_matches_pytorch_autocast() {
     let d = cfg.hidden_size;
     for rounded_once in [false, true] {
         if rounded_once {
-            model.round_weights();
+            model.linears_mut().for_each(|l| l.round_weight());
         }
         let pooled: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
         let per_crop: Vec<f32> = pooled.chunks(d).zip(bf16.chunks(d)).map(|(g, w)| max_diff(g, w)).collect();
@@ -225,11 +235,8 @@ fn dinov3_pixels_match_the_reference_processor() {
 /// float64, eval mode (no random rescaling of the rotary coordinates).
 #[test]
 fn dinov3_layer_norm_gradients_match_pytorch() {
-    let dir = fixtures().join("tiny-dinov3");
-    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex().autodiff();
-    let loader = Loader { device: device.clone() };
-    let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+    let (dir, cfg, mut model) = tiny_dinov3(&device);
     let tracked = track_vectors(
         |visit| model.visit_params(&cfg, "", visit),
         |name| name.split('.').any(|part| ["norm1", "norm2", "norm"].contains(&part)),
@@ -273,11 +280,9 @@ fn dinov3_layer_norm_gradients_match_pytorch() {
 #[test]
 fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     use dfdet::model::fused::bf16::Autocast;
-    let dir = fixtures().join("tiny-dinov3");
-    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex().autodiff();
-    let loader = Loader { device: device.clone() };
-    let pixels = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
+    let (dir, cfg, _) = tiny_dinov3(&device);
+    let all_pixels = pixels(&dir, &device);
     let v_all = rows(&read_json("dinov3_outputs.json")["ln_grad"]["v"]);
     let fixture = read_json("dinov3_bf16.json");
     // Where oneDNN multiplies bfloat16 natively its products sum in another order than the f32
@@ -287,10 +292,9 @@ fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     // (`Encoder::prepare_bf16_mixed`): the same numbers.
     let cases = [("ln_grad_first_5", 5, None), ("ln_grad", 6, Some(0.6))];
     for ((key, crops, bound), copies) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
-        let mut model = Dinov3::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
+        let mut model = tiny_dinov3(&device).2;
         if copies {
-            model.keep_transposed_weights(true);
-            model.round_transposed_weights();
+            model.linears_mut().for_each(|l| l.keep_bf16_copy(true));
         }
         let tracked = track_vectors(
             |visit| model.visit_params(&cfg, "", visit),
@@ -299,10 +303,8 @@ fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
         let want = &fixture[key];
         let v = &v_all[..crops];
         let v = Tensor::<2>::from_data(TensorData::new(v.concat(), [crops, v[0].len()]), &device);
-        let [_, c, h, w] = [pixels.shape[0], pixels.shape[1], pixels.shape[2], pixels.shape[3]];
-        let per_crop = c * h * w;
-        let x = TensorData::new(pixels.data[..crops * per_crop].to_vec(), [crops, c, h, w]);
-        let x = Tensor::<4>::from_data(x, &device);
+        let [_, c, h, w] = all_pixels.dims();
+        let x = all_pixels.clone().slice([0..crops, 0..c, 0..h, 0..w]);
         let _autocast = Autocast::bf16(true);
         let loss = (model.forward(x) * v).sum();
         let value = f64::from(loss.clone().into_data().try_to_vec::<f32>().unwrap()[0]);

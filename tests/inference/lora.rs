@@ -5,20 +5,13 @@
 //! (eval mode, no dropout).
 
 use burn::prelude::*;
-use dfdet::model::dinov3::{Dinov3, Dinov3Config};
 use dfdet::model::lora::{Lora, add_adapters};
 use dfdet::model::params::{Entry, Loader, is_adapter};
 use dfdet::model::pe::{Pe, PeConfig};
 use dfdet::model::tensors::TensorMap;
 
 use crate::common::{fixtures, read_json};
-use crate::dinov3::read;
-
-fn pixels(dir: &std::path::Path, device: &Device) -> Tensor<4> {
-    let x = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
-    let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-    Tensor::<4>::from_data(TensorData::new(x.data, shape), device)
-}
+use crate::dinov3::{pixels, read, tiny_dinov3};
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
@@ -58,12 +51,8 @@ fn fill_adapters<'a>(
 fn dinov3_lora_matches_peft() {
     let want = read_json("lora_outputs.json");
     let fx = &want["dinov3"];
-    let dir = fixtures().join("tiny-dinov3");
-    let cfg = Dinov3Config::from_hf_config(&dir.join("config.json")).unwrap();
     let device = Device::flex();
-    let loader = Loader { device: device.clone() };
-    let mut weights = read(&dir.join("model.safetensors"));
-    let mut model = Dinov3::load(&loader, &mut weights, &cfg, "").unwrap();
+    let (dir, cfg, mut model) = tiny_dinov3(&device);
     let plain: Vec<f32> = model.forward(pixels(&dir, &device)).into_data().try_to_vec::<f32>().unwrap();
     let effect = max_diff(&plain, &fx["pooler_output"]);
     assert!(effect > 1e-2, "the adapters change the output ({effect})");
@@ -73,7 +62,7 @@ fn dinov3_lora_matches_peft() {
     adapted.sort();
     assert_eq!(adapted, strings(&fx["modules"]), "the modules peft adapted");
     let mut adapters = read(&fixtures().join("lora/dinov3.safetensors"));
-    model.visit_params(&cfg, "", &mut fill_adapters(&loader, &mut adapters)).unwrap();
+    model.visit_params(&cfg, "", &mut fill_adapters(&Loader { device: device.clone() }, &mut adapters)).unwrap();
     adapters.finish().expect("every adapter of the fixture is used");
 
     let pooled: Vec<f32> = model.forward(pixels(&dir, &device)).into_data().try_to_vec::<f32>().unwrap();

@@ -10,7 +10,7 @@ use dfdet::model::params::Loader;
 use dfdet::model::pe::{GridIndexing, Pe, PeConfig, rope_tables};
 
 use crate::common::{fixtures, read_json};
-use crate::dinov3::{assert_info, max_diff, read, track_vectors};
+use crate::dinov3::{assert_info, max_diff, pixels, read, track_vectors};
 
 fn numbers(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
@@ -32,12 +32,6 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn tiny() -> (PeConfig, std::path::PathBuf) {
     let dir = fixtures().join("tiny-pe");
     (PeConfig::from_json(&dir.join("config.json")).unwrap(), dir)
-}
-
-fn pixels(dir: &std::path::Path, device: &Device) -> Tensor<4> {
-    let x = read(&dir.join("pixels.safetensors")).remove("pixel_values").unwrap();
-    let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-    Tensor::<4>::from_data(TensorData::new(x.data, shape), device)
 }
 
 #[test]
@@ -356,7 +350,7 @@ fn pe_bf16_matches_pytorch_autocast() {
     assert!(gap > 1e-3, "the fixture does not exercise bfloat16 ({gap})");
     for rounded_once in [false, true] {
         if rounded_once {
-            model.round_weights();
+            model.linears_mut().for_each(|l| l.round_weight());
         }
         let _autocast = Autocast::bf16(true);
         let tokens = values(model.forward_features(x.clone().slice([0..1, 0..c, 0..h, 0..w])));
@@ -397,8 +391,7 @@ fn pe_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     for copies in [false, true] {
         let mut model = Pe::load(&loader, &mut read(&dir.join("model.safetensors")), &cfg, "").unwrap();
         if copies {
-            model.keep_transposed_weights(true);
-            model.round_transposed_weights();
+            model.linears_mut().for_each(|l| l.keep_bf16_copy(true));
         }
         let tracked = track_vectors(|visit| model.visit_params(&cfg, "", visit), gend_ln_rule);
         let want = &read_json("pe_bf16.json")["ln_grad"];

@@ -51,14 +51,13 @@ pub struct BenchRow {
     pub s_per_img: f64,
     pub img_per_s: f64,
     /// The matrix products' arithmetic per second ([`Work`]).
-    pub gflops: Option<f64>,
+    pub gflops: f64,
     /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
-    pub of_peak: Option<f64>,
+    pub of_peak: f64,
     /// Peak resident memory of the process during this setting, in MiB.
     pub peak_rss_mib: f64,
 }
 
-/// The work of one image through `backbone`'s products, where dfdet counts it (CLIP).
 /// The encoder's products per image at the benchmark's pixel size, in bf16-mixed precision or
 /// not (DINOv3's and the Perception Encoder's attention differ in their backward products).
 fn work(backbone: &Backbone, bf16_mixed: bool) -> Work {
@@ -113,6 +112,7 @@ pub fn inference(
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
     let peak = measured_peak(obs);
+    let gflop_per_img = work(&backbone, false).forward_gflop(1);
     let mut rows = Vec::new();
     for dtype in dtypes.iter().map(|d| d.resolve()) {
         reset_peak_rss();
@@ -125,6 +125,7 @@ pub fn inference(
             let s_per_img = median_seconds(iters, || {
                 detector.probabilities(x.clone());
             }) / b as f64;
+            let gflops = gflop_per_img / s_per_img;
             rows.push(BenchRow {
                 cpu: cpu.model.clone(),
                 isa: cpu.isa.join(" "),
@@ -136,14 +137,11 @@ pub fn inference(
                 threads,
                 s_per_img,
                 img_per_s: 1.0 / s_per_img,
-                gflops: Some(work(&backbone, false).forward_gflop(1) / s_per_img),
-                of_peak: None,
+                gflops,
+                of_peak: gflops / peak,
                 peak_rss_mib: peak_rss_mib(),
             });
         }
-    }
-    for r in &mut rows {
-        r.of_peak = r.gflops.map(|g| g / peak);
     }
     Ok(rows)
 }
@@ -156,16 +154,6 @@ fn measured_peak(obs: &mut dyn Observer) -> f64 {
     (0..3).map(|_| products::peak_gflops()).fold(0.0, f64::max)
 }
 
-/// A share as a percentage for a table, `-` when absent.
-fn percent(x: Option<f64>) -> String {
-    x.map_or_else(|| "-".to_string(), |x| format!("{:.0}%", 100.0 * x))
-}
-
-/// An optional number for a table or CSV: `-` or empty when absent.
-fn optional(x: Option<f64>, digits: usize, absent: &str) -> String {
-    x.map_or_else(|| absent.to_string(), |x| format!("{x:.digits$}"))
-}
-
 /// The inference rows as CSV, one row per setting with the CPU beside it.
 pub fn render_csv(rows: &[BenchRow]) -> String {
     let mut s = String::from(
@@ -173,7 +161,7 @@ pub fn render_csv(rows: &[BenchRow]) -> String {
     );
     for r in rows {
         s += &format!(
-            "\"{}\",{},{},{},{},\"{}\",{},{},{:.6},{:.4},{},{},{:.0}\n",
+            "\"{}\",{},{},{},{},\"{}\",{},{},{:.6},{:.4},{:.2},{:.4},{:.0}\n",
             r.cpu.replace('"', "\"\""),
             r.isa,
             r.backbone,
@@ -184,8 +172,8 @@ pub fn render_csv(rows: &[BenchRow]) -> String {
             r.threads,
             r.s_per_img,
             r.img_per_s,
-            optional(r.gflops, 2, ""),
-            optional(r.of_peak, 4, ""),
+            r.gflops,
+            r.of_peak,
             r.peak_rss_mib
         );
     }
@@ -203,15 +191,15 @@ pub fn render_table(rows: &[BenchRow]) -> String {
     s += "backbone                        dtype  batch  threads  s/img    img/s   GFLOP/s  of peak  peak RSS MiB\n";
     for r in rows {
         s += &format!(
-            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7}  {:>7}  {:>12.0}\n",
+            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7.1}  {:>6.0}%  {:>12.0}\n",
             r.backbone,
             r.dtype,
             r.batch,
             r.threads,
             r.s_per_img,
             r.img_per_s,
-            optional(r.gflops, 1, "-"),
-            percent(r.of_peak),
+            r.gflops,
+            100.0 * r.of_peak,
             r.peak_rss_mib
         );
     }
@@ -237,9 +225,9 @@ pub struct TrainBenchRow {
     pub s_per_step: f64,
     pub s_per_img: f64,
     /// The step's matrix products' arithmetic per second ([`Work`]).
-    pub gflops: Option<f64>,
+    pub gflops: f64,
     /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
-    pub of_peak: Option<f64>,
+    pub of_peak: f64,
     /// Peak resident memory of the process, in MiB.
     pub peak_rss_mib: f64,
 }
@@ -248,7 +236,7 @@ impl TrainBenchRow {
     /// One line for the terminal.
     pub fn render(&self) -> String {
         format!(
-            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, {} GFLOP/s ({} of peak), peak RSS {:.0} MiB\n",
+            "CPU: {} ({}); f32 products: {}; bf16 products: {}\nLN-tuning step  {}  precision {}  batch {}  threads {}: {:.3} s/step, {:.3} s/img, {:.1} GFLOP/s ({:.0}% of peak), peak RSS {:.0} MiB\n",
             self.cpu,
             self.isa,
             self.kernels,
@@ -259,8 +247,8 @@ impl TrainBenchRow {
             self.threads,
             self.s_per_step,
             self.s_per_img,
-            optional(self.gflops, 1, "-"),
-            percent(self.of_peak),
+            self.gflops,
+            100.0 * self.of_peak,
             self.peak_rss_mib
         )
     }
@@ -268,7 +256,7 @@ impl TrainBenchRow {
     /// CSV: a header and one row.
     pub fn render_csv(&self) -> String {
         format!(
-            "cpu,isa,kernels,bf16_products,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,gflops,of_peak,peak_rss_mib\n\"{}\",{},{},\"{}\",{},{},{},{},{},{:.6},{:.6},{},{},{:.0}\n",
+            "cpu,isa,kernels,bf16_products,backbone,precision,batch,threads,trainable,s_per_step,s_per_img,gflops,of_peak,peak_rss_mib\n\"{}\",{},{},\"{}\",{},{},{},{},{},{:.6},{:.6},{:.2},{:.4},{:.0}\n",
             self.cpu.replace('"', "\"\""),
             self.isa,
             self.kernels,
@@ -280,8 +268,8 @@ impl TrainBenchRow {
             self.trainable,
             self.s_per_step,
             self.s_per_img,
-            optional(self.gflops, 2, ""),
-            optional(self.of_peak, 4, ""),
+            self.gflops,
+            self.of_peak,
             self.peak_rss_mib
         )
     }
@@ -325,8 +313,8 @@ pub fn train_step(
     obs.message(&format!("LN-tuning step, mini-batch {batch}: 1 warm-up + {iters} timed steps"));
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
-    let gflops = Some(work(&backbone, bf16_mixed).step_gflop(batch) / s_per_step);
-    let of_peak = gflops.map(|g| g / peak);
+    let gflops = work(&backbone, bf16_mixed).step_gflop(batch) / s_per_step;
+    let of_peak = gflops / peak;
     let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {
         cpu: cpu.model.clone(),

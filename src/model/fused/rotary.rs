@@ -92,39 +92,37 @@ fn rotate_row_backward(g: &[f32], cos: &[f32], sin: &[f32], interleaved: bool, b
     }
 }
 
-/// Where row `row` (row-major over `[b, h, t]`) of `x` `[b, h, t, hd]` starts in its buffer.
-fn row_offset(x: &FlexTensor, row: usize) -> usize {
-    let s = x.shape();
-    let st = x.layout().strides();
-    let (t, h) = (s[2], s[1]);
-    let (ti, bh) = (row % t, row / t);
-    let (hi, bi) = (bh % h, bh / h);
-    let off = x.layout().start_offset() as isize + bi as isize * st[0] + hi as isize * st[1] + ti as isize * st[2];
-    off as usize
-}
-
-/// Applies `kernel(src_row, table_row_index, dst_row)` to every row of `x` `[b, h, t, hd]` into a new
-/// contiguous tensor; the first `t - n` tokens of each head (no table row) are copied.
-fn rows_through(x: FlexTensor, n: usize, kernel: impl Fn(&[f32], usize, &mut [f32]) + Sync) -> FlexTensor {
+/// Applies `kernel(src_row, cos_row, sin_row, dst_row)` to the last `n` tokens (`n` the tables'
+/// rows) of each head of `x` `[b, h, t, hd]` (read through its strides) into a new contiguous
+/// tensor; the first `t - n` tokens are copied.
+fn rows_through(
+    x: FlexTensor,
+    cos: FlexTensor,
+    sin: FlexTensor,
+    kernel: impl Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync,
+) -> FlexTensor {
     assert_eq!(x.dtype(), DType::F32, "the rotary embedding computes on f32 storage");
-    let st = x.layout().strides();
-    let readable = st[3] == 1 && st.iter().all(|&s| s >= 0);
+    let readable = x.layout().strides()[3] == 1 && x.layout().strides().iter().all(|&s| s >= 0);
     let x = if readable { x } else { contiguous(x) };
+    let (cos, sin) = (contiguous(cos), contiguous(sin));
+    let (c, s): (&[f32], &[f32]) = (cos.storage(), sin.storage());
     let shape = x.shape();
-    let (t, hd) = (shape[2], shape[3]);
+    let (h, t, hd) = (shape[1], shape[2], shape[3]);
+    let n = c.len() / hd.max(1);
     assert!(n <= t, "a rotary table of {n} rows for {t} tokens");
-    let rows = shape.num_elements() / hd.max(1);
+    let (start, st) = (x.layout().start_offset() as isize, x.layout().strides());
     let src: &[f32] = x.storage();
-    let mut out = vec![0f32; rows * hd];
+    let mut out = vec![0f32; shape.num_elements()];
     let per_task = rows_per_task(hd);
-    out.par_chunks_mut(per_task).enumerate().for_each(|(c, chunk)| {
-        let first = c * per_task / hd.max(1);
-        for (r, dst) in chunk.chunks_mut(hd).enumerate() {
-            let row = first + r;
-            let at = row_offset(&x, row);
+    out.par_chunks_mut(per_task).enumerate().for_each(|(chunk, rows)| {
+        let first = chunk * per_task / hd.max(1);
+        for (r, dst) in rows.chunks_mut(hd).enumerate() {
+            // Row `first + r`, row-major over `[b, h, t]`.
+            let (ti, bh) = ((first + r) % t, (first + r) / t);
+            let at = (start + (bh / h) as isize * st[0] + (bh % h) as isize * st[1] + ti as isize * st[2]) as usize;
             let x_row = &src[at..at + hd];
-            match (row % t).checked_sub(t - n) {
-                Some(p) => kernel(x_row, p, dst),
+            match ti.checked_sub(t - n) {
+                Some(p) => kernel(x_row, &c[p * hd..(p + 1) * hd], &s[p * hd..(p + 1) * hd], dst),
                 None => dst.copy_from_slice(x_row),
             }
         }
@@ -134,11 +132,7 @@ fn rows_through(x: FlexTensor, n: usize, kernel: impl Fn(&[f32], usize, &mut [f3
 
 /// The rotation on host tensors.
 pub(super) fn rotary_forward(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, interleaved: bool) -> FlexTensor {
-    let (cos, sin) = (contiguous(cos), contiguous(sin));
-    let (c, s): (&[f32], &[f32]) = (cos.storage(), sin.storage());
-    let hd = x.shape()[3];
-    let n = c.len() / hd.max(1);
-    rows_through(x, n, |x, p, out| rotate_row(x, &c[p * hd..(p + 1) * hd], &s[p * hd..(p + 1) * hd], interleaved, out))
+    rows_through(x, cos, sin, |x, c, s, out| rotate_row(x, c, s, interleaved, out))
 }
 
 /// The gradient of [`rotary_forward`] for its input.
@@ -149,13 +143,7 @@ pub(super) fn rotary_backward(
     interleaved: bool,
     bf16: bool,
 ) -> FlexTensor {
-    let (cos, sin) = (contiguous(cos), contiguous(sin));
-    let (c, s): (&[f32], &[f32]) = (cos.storage(), sin.storage());
-    let hd = grad.shape()[3];
-    let n = c.len() / hd.max(1);
-    rows_through(grad, n, |g, p, out| {
-        rotate_row_backward(g, &c[p * hd..(p + 1) * hd], &s[p * hd..(p + 1) * hd], interleaved, bf16, out)
-    })
+    rows_through(grad, cos, sin, |g, c, s, out| rotate_row_backward(g, c, s, interleaved, bf16, out))
 }
 
 pub(super) fn autodiff_rotary<B, C>(
