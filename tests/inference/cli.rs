@@ -280,7 +280,7 @@ fn bench_csv_rows_name_the_cpu() {
     for (row, batch) in rows.iter().zip(["1", "2"]) {
         assert_eq!(&row[3], "f32", "{stdout}");
         assert!(["gemm", "openblas"].contains(&&row[4]), "{stdout}");
-        assert!(row[5].contains("bfloat16"), "{stdout}");
+        assert_eq!(row[5], dfdet::model::fused::onednn::bf16_products(), "{stdout}");
         assert_eq!(&row[6], batch, "{stdout}");
         // A CLIP encoder's products are counted, and put against the measured peak.
         let (gflops, of_peak): (f64, f64) = (row[10].parse().unwrap(), row[11].parse().unwrap());

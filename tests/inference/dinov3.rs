@@ -60,7 +60,9 @@ pub fn track_vectors(
     visit_params(&mut |entry| {
         if select(entry.name) {
             let Slot::Vector(param) = entry.slot else { panic!("{} is not a vector", entry.name) };
-            let t = param.val().require_grad();
+            // Tracked on the autodiff device, whichever device the model was loaded on: as
+            // training binds its parameters, the rest staying plain (frozen) tensors.
+            let t = Tensor::<1>::from_data(param.val().into_data(), &Device::flex().autodiff()).require_grad();
             tracked.push((entry.name.to_string(), t.clone()));
             *param = Param::from_tensor(t);
         }
@@ -292,7 +294,9 @@ fn dinov3_bf16_mixed_layer_norm_gradients_match_pytorch_autocast() {
     // (`Encoder::prepare_bf16_mixed`): the same numbers.
     let cases = [("ln_grad_first_5", 5, None), ("ln_grad", 6, Some(0.6))];
     for ((key, crops, bound), copies) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
-        let mut model = tiny_dinov3(&device).2;
+        // Loaded on the plain device, as training loads the encoder: the frozen weights and
+        // biases are untracked, so the products take the frozen (fused) path.
+        let mut model = tiny_dinov3(&Device::flex()).2;
         if copies {
             model.linears_mut().for_each(|l| l.keep_bf16_copy(true));
         }

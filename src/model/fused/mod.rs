@@ -698,7 +698,14 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
         }
 
         if weight.is_tracked() || bias.is_tracked() {
-            // Not frozen (full fine-tuning, unfrozen layers): burn's linear has every gradient.
+            // Not frozen (full fine-tuning, unfrozen layers, a trained bias): burn's linear has
+            // every gradient. It multiplies f32 only, so a bfloat16 weight (a frozen copy,
+            // [`bf16::frozen_bf16`]) is widened first, exactly.
+            let weight = if weight.dtype() == DType::BF16 {
+                <Self as FloatTensorOps<Self>>::float_cast(weight, burn::tensor::FloatDType::F32)
+            } else {
+                weight
+            };
             return <Self as burn::backend::ops::ModuleOps<Self>>::linear(x, weight, Some(bias));
         }
         let (w, b) = (weight.into_primitive(), bias.into_primitive());
@@ -850,10 +857,37 @@ mod tests {
         assert!(b2.grad(&g2).is_some());
     }
 
-    /// A frozen weight kept in bfloat16 storage multiplies as the same values in f32 storage, bit
-    /// for bit, forward and backward, as `[in, out]` and through a transposed `[out, in]` copy,
-    /// with bf16-mixed on and off (on: oneDNN's native product where it has one, whose f32
-    /// accumulation may sum in another order, hence the tolerance there).
+    /// A bfloat16 weight copy with a trained (tracked) bias goes through burn's linear, which
+    /// multiplies f32 only: it is widened there, and gives the f32 values' product and bias
+    /// gradient (it used to stop on burn's dtype check).
+    #[test]
+    fn bfloat16_weights_with_a_trained_bias_multiply_as_their_f32_values() {
+        use burn::tensor::FloatDType;
+        let device = Device::flex().autodiff();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = bf16::round_bf16(Tensor::<3>::random([2, 9, 24], normal, &device));
+        let w = bf16::round_bf16(Tensor::<2>::random([24, 40], normal, &device)).inner();
+        let w = Tensor::<2>::from_data(w.into_data(), &device);
+        let b = Tensor::<1>::random([40], normal, &device);
+        let run = |w: Tensor<2>| {
+            let bias = b.clone().require_grad();
+            let y = linear(x.clone(), w.clone(), w.transpose(), bias.clone());
+            let g = y.clone().sum().backward();
+            let gb = bias.grad(&g).expect("the bias is tracked");
+            (y.into_data().try_to_vec::<f32>().unwrap(), gb.into_data().try_to_vec::<f32>().unwrap())
+        };
+        let want = run(w.clone());
+        let got = run(w.cast(FloatDType::BF16));
+        assert_eq!(got, want);
+    }
+
+    /// A frozen weight kept in bfloat16 storage multiplies as the same values in f32 storage in
+    /// the same layout, bit for bit, forward and backward, as `[in, out]` and through a
+    /// transposed `[out, in]` copy, with bf16-mixed on and off (on: oneDNN's native product
+    /// where it has one, whose f32 accumulation may sum in another order, hence the tolerance
+    /// there). The layouts are compared with each other's f32 values, not with one reference:
+    /// a BLAS may sum a transposed operand in another order (OpenBLAS's small-matrix kernels for
+    /// AVX-512 do).
     #[test]
     fn bfloat16_weights_multiply_as_their_f32_values() {
         use burn::tensor::FloatDType;
@@ -874,9 +908,11 @@ mod tests {
                 let gx = xg.grad(&g).unwrap();
                 (y.into_data().try_to_vec::<f32>().unwrap(), gx.into_data().try_to_vec::<f32>().unwrap())
             };
-            let want = run(w.clone(), copy_t.clone());
             let (w16, t16) = (w.clone().cast(FloatDType::BF16), copy_t.clone().cast(FloatDType::BF16));
-            for got in [run(w16.clone(), w16.clone().transpose()), run(t16.clone().transpose(), t16.clone())] {
+            for (got, want) in [
+                (run(w16.clone(), w16.clone().transpose()), run(w.clone(), w.clone().transpose())),
+                (run(t16.clone().transpose(), t16.clone()), run(copy_t.clone().transpose(), copy_t.clone())),
+            ] {
                 for (g, e) in [(&got.0, &want.0), (&got.1, &want.1)] {
                     let worst = g.iter().zip(e).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     if autocast && native {
