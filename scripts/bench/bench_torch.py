@@ -41,25 +41,11 @@ DINOV3 = {
 
 
 def dinov3(args):
-    """The DINOv3 encoder alone (random weights) to `pooler_output`, f32."""
+    """The DINOv3 encoder alone (random weights) to `pooler_output`; bf16 under autocast, as
+    GenD evaluates (and as dfdet's bf16 computes)."""
     cfg = transformers.DINOv3ViTConfig(**DINOV3[args.backbone], attn_implementation="sdpa")
     model = transformers.DINOv3ViTModel(cfg).eval()
-    rows = []
-    reset_peak_rss()
-    for b in [int(x) for x in args.batch.split(",")]:
-        x = torch.randn(b, 3, cfg.image_size, cfg.image_size)
-        with torch.inference_mode():
-            model(x)
-            times = []
-            for _ in range(max(args.iters, 1)):
-                t = time.perf_counter()
-                model(x).pooler_output
-                times.append(time.perf_counter() - t)
-        times.sort()
-        s = times[len(times) // 2] / b
-        rows.append(dict(backbone=args.backbone, dtype="f32", batch=b, threads=torch.get_num_threads(),
-                         s_per_img=s, img_per_s=1 / s, peak_rss_mib=peak_rss_mib()))
-    return rows
+    return timed(args, model, lambda m, x: m(x).pooler_output, cfg.image_size)
 
 
 PE = ["vit_pe_core_base_patch16_224", "vit_pe_core_large_patch14_336", "vit_pe_core_gigantic_patch14_448"]
@@ -67,7 +53,7 @@ PE = ["vit_pe_core_base_patch16_224", "vit_pe_core_large_patch14_336", "vit_pe_c
 
 def pe(args):
     """The Perception Encoder (timm, random weights) as GenD builds it (head removed, dynamic
-    image size) at GenD's 224 pixels, to its feature, f32."""
+    image size) at GenD's 224 pixels, to its feature; bf16 under autocast."""
     import timm
 
     model = timm.create_model(args.backbone, pretrained=False, dynamic_img_size=True).eval()
@@ -76,21 +62,24 @@ def pe(args):
 
 
 def timed(args, model, forward, side):
+    """Median seconds per image of `forward(model, x)` for every --dtype (f32, or bf16 under
+    autocast) and --batch."""
     rows = []
-    reset_peak_rss()
-    for b in [int(x) for x in args.batch.split(",")]:
-        x = torch.randn(b, 3, side, side)
-        with torch.inference_mode():
-            forward(model, x)
-            times = []
-            for _ in range(max(args.iters, 1)):
-                t = time.perf_counter()
+    for dtype in args.dtype.split(","):
+        reset_peak_rss()
+        for b in [int(x) for x in args.batch.split(",")]:
+            x = torch.randn(b, 3, side, side)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
                 forward(model, x)
-                times.append(time.perf_counter() - t)
-        times.sort()
-        s = times[len(times) // 2] / b
-        rows.append(dict(backbone=args.backbone, dtype="f32", batch=b, threads=torch.get_num_threads(),
-                         s_per_img=s, img_per_s=1 / s, peak_rss_mib=peak_rss_mib()))
+                times = []
+                for _ in range(max(args.iters, 1)):
+                    t = time.perf_counter()
+                    forward(model, x)
+                    times.append(time.perf_counter() - t)
+            times.sort()
+            s = times[len(times) // 2] / b
+            rows.append(dict(backbone=args.backbone, dtype=dtype, batch=b, threads=torch.get_num_threads(),
+                             s_per_img=s, img_per_s=1 / s, peak_rss_mib=peak_rss_mib()))
     return rows
 
 

@@ -233,10 +233,11 @@ pub struct BenchArgs {
     /// kernel library this machine has, in GFLOP/s and as a share of the CPU's peak, instead.
     #[arg(long)]
     pub products: bool,
-    /// Kernel library for the large f32 products (default: `$DFDET_KERNELS`, else OpenBLAS where
-    /// it loads, else gemm).
-    #[arg(long, value_parser = choice::<Kernels>(&Kernels::NAMES))]
-    pub kernels: Option<Kernels>,
+    /// Kernel library for the large f32 products (default: `$DFDET_KERNELS`, else the CPU's
+    /// default, `dfdet info --system`). Several (`--kernels openblas,onednn`): the forward
+    /// passes alternate between them, one row each (the training step takes the first).
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_parser = choice::<Kernels>(&Kernels::NAMES))]
+    pub kernels: Vec<Kernels>,
     /// Load-test `dfdet serve` instead: a server in this process on 127.0.0.1 gets FILE uploaded
     /// --requests times by --concurrency clients; throughput and p50/p95/p99 latency, against
     /// direct `predict` calls on the same file in the same run.

@@ -203,11 +203,13 @@ pub fn convert(args: ConvertArgs) -> Result<Ended> {
 pub fn bench(args: BenchArgs) -> Result<Ended> {
     set_threads(args.threads)?;
     let mut bars = Bars::new(usize::MAX);
-    if let Some(k) = args.kernels {
-        let used = dfdet::model::fused::products::set_kernels(k);
-        if used != k {
+    for &k in &args.kernels {
+        if !dfdet::model::fused::products::Kernels::available().contains(&k) {
             return Err(anyhow::anyhow!("--kernels {}: the library cannot be loaded on this machine", k.name()));
         }
+    }
+    if let Some(&k) = args.kernels.first() {
+        dfdet::model::fused::products::set_kernels(k);
     }
     let out = if let Some(file) = &args.serve {
         dfdet::serve::load::check_file(file)?;
@@ -265,7 +267,8 @@ pub fn bench(args: BenchArgs) -> Result<Ended> {
             Format::Table => row.render(),
         }
     } else {
-        let rows = commands::bench::inference(&args.backbone, &args.batch, &args.dtype, args.iters, &mut bars)?;
+        let rows =
+            commands::bench::inference(&args.backbone, &args.batch, &args.dtype, &args.kernels, args.iters, &mut bars)?;
         match args.format {
             Format::Json => format!("{}\n", serde_json::to_string_pretty(&rows)?),
             Format::Csv => commands::bench::render_csv(&rows),

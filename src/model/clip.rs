@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 
 use super::config::{EncoderConfig, HiddenAct};
 use super::fused::attention::{attention_bf16, attention_f32};
-use super::fused::bf16::{autocast_bf16, frozen_bf16, quick_gelu_bf16, round_bf16};
+use super::fused::bf16::{autocast_bf16, frozen_bf16, product_input, quick_gelu_bf16, round_bf16};
 use super::fused::norm;
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -133,7 +133,7 @@ impl Projection {
     /// `x W + b` under bf16-mixed precision: bfloat16 input, weight and bias, f32 accumulation,
     /// a bfloat16 output (autocast's `linear`).
     fn linear_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = round_bf16(x);
+        let x = product_input(x);
         let bias = round_bf16(self.bias.val());
         let y = match (&self.weight_t, self.bf16_values) {
             (Some(wt), true) => super::fused::linear(x, wt.clone().transpose(), wt.clone(), bias),

@@ -14,7 +14,7 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::fused::attention::attention_bf16;
-use super::fused::bf16::{autocast_bf16, frozen_bf16, round_bf16, rounded_under_autocast};
+use super::fused::bf16::{autocast_bf16, frozen_bf16, product_input, round_bf16, rounded_under_autocast};
 use super::fused::rotary::{Pairs, rotary};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
@@ -384,7 +384,7 @@ impl Linear {
                 (w.clone(), w.transpose())
             }
         };
-        round_bf16(fused::linear(round_bf16(x), w, wt, bias))
+        round_bf16(fused::linear(product_input(x), w, wt, bias))
     }
 
     /// `x W (+ b)`.

@@ -326,8 +326,11 @@ fn products_benchmark_and_system_info_name_the_kernels() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "cpu,isa,kernels,op,m,n,k,transposed,threads,gflops,of_peak");
     let libraries = dfdet::model::fused::products::Kernels::available();
-    // Seven products of a layer, each with every library.
-    assert_eq!(lines.len(), 1 + 7 * libraries.len(), "{stdout}");
+    // Seven products of a layer, each with every library, and oneDNN's bfloat16 product where
+    // the CPU has it (against the bfloat16 peak).
+    let native = usize::from(dfdet::model::dtype::native_bf16_products());
+    assert_eq!(lines.len(), 1 + 7 * (libraries.len() + native), "{stdout}");
+    assert_eq!(stdout.matches(",onednn-bf16,").count(), 7 * native, "{stdout}");
     for row in &lines[1..] {
         let f: Vec<&str> = row.rsplitn(3, ',').collect();
         let (gflops, of_peak): (f64, f64) = (f[1].parse().unwrap(), f[0].parse().unwrap());

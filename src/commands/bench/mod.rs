@@ -17,8 +17,9 @@ use crate::cpu::CpuInfo;
 use crate::memory::{peak_rss_mib, reset_peak_rss};
 pub use crate::model::checkpoint::random_checkpoint;
 use crate::model::config::Backbone;
+use crate::model::dtype::native_bf16_products;
 use crate::model::fused::bf16::Autocast;
-use crate::model::fused::products::kernels;
+use crate::model::fused::products::{Kernels, kernels, set_kernels};
 use crate::progress::Observer;
 
 use crate::model::{Detector, Dtype};
@@ -98,49 +99,71 @@ pub(crate) fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Measures the forward pass for every combination of `dtypes` x `batches`.
+/// Measures the forward pass for every combination of `dtypes` x `batches` x `libraries` (the
+/// f32 products' kernels; empty: the one in use). With several libraries their timed passes
+/// alternate one by one on the same weights and pixels, so that a machine's drift falls on all
+/// of them alike.
 pub fn inference(
     backbone: &str,
     batches: &[usize],
     dtypes: &[Dtype],
+    libraries: &[Kernels],
     iters: usize,
     obs: &mut dyn Observer,
 ) -> Result<Vec<BenchRow>> {
+    let libraries = if libraries.is_empty() { vec![kernels()] } else { libraries.to_vec() };
     check_batches(batches)?;
     let backbone = Backbone::resolve(backbone)?;
     let device = Device::flex();
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
     let peak = measured_peak(obs);
+    let bf16_peak = products::bf16_peak_gflops();
     let gflop_per_img = work(&backbone, false).forward_gflop(1);
     let mut rows = Vec::new();
     for dtype in dtypes.iter().map(|d| d.resolve()) {
         reset_peak_rss();
         obs.message(&format!("{}: drawing random {dtype} weights", backbone.name));
         let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype)?;
+        // Where bfloat16 products are native, a bf16 row's rate is against their peak.
+        let peak = match bf16_peak {
+            Some(p) if dtype == Dtype::Bf16 && native_bf16_products() => p,
+            _ => peak,
+        };
         for &b in batches {
             obs.message(&format!("{dtype}, batch {b}: 1 warm-up + {iters} timed forward passes"));
             let x = random_pixels(&backbone, b, &device);
-            detector.probabilities(x.clone()); // warm-up
-            let s_per_img = median_seconds(iters, || {
-                detector.probabilities(x.clone());
-            }) / b as f64;
-            let gflops = gflop_per_img / s_per_img;
-            rows.push(BenchRow {
-                cpu: cpu.model.clone(),
-                isa: cpu.isa.join(" "),
-                backbone: backbone.name.clone(),
-                dtype: detector.dtype.to_string(),
-                kernels: kernels().name().into(),
-                bf16_products: crate::model::fused::onednn::bf16_products(),
-                batch: b,
-                threads,
-                s_per_img,
-                img_per_s: 1.0 / s_per_img,
-                gflops,
-                of_peak: gflops / peak,
-                peak_rss_mib: peak_rss_mib(),
-            });
+            let mut times = vec![Vec::new(); libraries.len()];
+            for round in 0..=iters.max(1) {
+                for (library, times) in libraries.iter().zip(&mut times) {
+                    set_kernels(*library);
+                    let start = Instant::now();
+                    detector.probabilities(x.clone());
+                    if round > 0 {
+                        times.push(start.elapsed().as_secs_f64()); // round 0: warm-up
+                    }
+                }
+            }
+            for (library, mut times) in libraries.iter().zip(times) {
+                times.sort_by(f64::total_cmp);
+                let s_per_img = times[times.len() / 2] / b as f64;
+                let gflops = gflop_per_img / s_per_img;
+                rows.push(BenchRow {
+                    cpu: cpu.model.clone(),
+                    isa: cpu.isa.join(" "),
+                    backbone: backbone.name.clone(),
+                    dtype: detector.dtype.to_string(),
+                    kernels: library.name().into(),
+                    bf16_products: crate::model::fused::onednn::bf16_products(),
+                    batch: b,
+                    threads,
+                    s_per_img,
+                    img_per_s: 1.0 / s_per_img,
+                    gflops,
+                    of_peak: gflops / peak,
+                    peak_rss_mib: peak_rss_mib(),
+                });
+            }
         }
     }
     Ok(rows)
@@ -188,12 +211,13 @@ pub fn render_table(rows: &[BenchRow]) -> String {
         }
         None => String::new(),
     };
-    s += "backbone                        dtype  batch  threads  s/img    img/s   GFLOP/s  of peak  peak RSS MiB\n";
+    s += "backbone                        dtype  kernels   batch  threads  s/img    img/s   GFLOP/s  of peak  peak RSS MiB\n";
     for r in rows {
         s += &format!(
-            "{:<30}  {:<5}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7.1}  {:>6.0}%  {:>12.0}\n",
+            "{:<30}  {:<5}  {:<8}  {:>5}  {:>7}  {:>6.3}  {:>6.2}  {:>7.1}  {:>6.0}%  {:>12.0}\n",
             r.backbone,
             r.dtype,
+            r.kernels,
             r.batch,
             r.threads,
             r.s_per_img,
@@ -314,6 +338,11 @@ pub fn train_step(
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
     let gflops = work(&backbone, bf16_mixed).step_gflop(batch) / s_per_step;
+    // Where bfloat16 products are native, bf16-mixed's rate is against their peak.
+    let peak = match products::bf16_peak_gflops() {
+        Some(p) if bf16_mixed && native_bf16_products() => p,
+        _ => peak,
+    };
     let of_peak = gflops / peak;
     let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {

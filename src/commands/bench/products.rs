@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::Result;
 use crate::cpu::CpuInfo;
 use crate::model::config::Backbone;
+use crate::model::fused::onednn::{bf16_products, onednn, to_bf16_bits};
 use crate::model::fused::products::{Kernels, product};
 use crate::progress::Observer;
 use crate::rng::Rng;
@@ -61,6 +62,11 @@ pub fn products(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Observ
     obs.message("measuring the peak of the FMA units on every thread");
     let peak = peak_gflops();
     obs.message(&format!("peak {peak:.1} GFLOP/s ({threads} threads)"));
+    let native_bf16 = onednn().filter(|d| d.bf16);
+    let bf16_peak = native_bf16.and_then(|_| bf16_peak_gflops());
+    if let Some(p) = bf16_peak {
+        obs.message(&format!("bfloat16 dot-product peak {p:.1} GFLOP/s ({threads} threads)"));
+    }
     let mut rng = Rng::new(7);
     let mut rows = Vec::new();
     for (op, m, n, k, transposed) in shapes(&backbone, batch) {
@@ -106,6 +112,48 @@ pub fn products(backbone: &str, batch: usize, iters: usize, obs: &mut dyn Observ
                 of_peak: gflops / peak,
             });
         }
+        // oneDNN's bfloat16 product where the CPU has one: the same operands rounded to bfloat16
+        // beforehand (the weights are stored so; the activations' conversion is a separate pass
+        // in the encoder), f32 accumulation and output, against the bfloat16 dot-product peak.
+        if let (Some(dnnl), Some(bf16_peak)) = (native_bf16, bf16_peak) {
+            obs.status(&format!("onednn-bf16 {op}"));
+            let (l, r) = (to_bf16_bits(&lhs), to_bf16_bits(&rhs));
+            let mut ran = true;
+            // SAFETY: the buffers have the sizes the shapes say.
+            let mut run = || unsafe {
+                ran &= dnnl.gemm_bf16(m, n, k, l.as_ptr(), r.as_ptr(), rs, cs, out.as_mut_ptr(), false);
+            };
+            run(); // warm-up
+            let seconds = super::median_seconds(iters, &mut run);
+            if !ran {
+                return Err(crate::Error::Invalid(format!("oneDNN's bfloat16 product failed on {op} ({m}x{n}x{k})")));
+            }
+            // The same product within bfloat16's rounding of the operands (8 bits of mantissa,
+            // errors of random sign over k terms).
+            if let Some(r) = &reference {
+                let worst = r.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let bound = 4.0 / 256.0 * (k as f32).sqrt() * r.iter().fold(1f32, |a, v| a.max(v.abs())).sqrt();
+                if worst > bound {
+                    return Err(crate::Error::Invalid(format!(
+                        "onednn-bf16 gives another product than gemm for {op} ({m}x{n}x{k}): max |Δ| {worst}"
+                    )));
+                }
+            }
+            let gflops = 2.0 * (m * n * k) as f64 / seconds / 1e9;
+            rows.push(ProductRow {
+                cpu: cpu.model.clone(),
+                isa: cpu.isa.join(" "),
+                kernels: "onednn-bf16".into(),
+                op: op.clone(),
+                m,
+                n,
+                k,
+                transposed,
+                threads,
+                gflops,
+                of_peak: gflops / bf16_peak,
+            });
+        }
     }
     Ok(rows)
 }
@@ -119,10 +167,13 @@ pub fn render_table(rows: &[ProductRow]) -> String {
     for k in Kernels::available() {
         s += &format!("{}: {}\n", k.name(), k.describe());
     }
-    s += "kernels   m      n      k      GFLOP/s  of peak  product\n";
+    if rows.iter().any(|r| r.kernels == "onednn-bf16") {
+        s += &format!("onednn-bf16: {} (of the bfloat16 dot-product peak)\n", bf16_products());
+    }
+    s += "kernels      m      n      k      GFLOP/s  of peak  product\n";
     for r in rows {
         s += &format!(
-            "{:<8}  {:<5}  {:<5}  {:<5}  {:>7.1}  {:>6.0}%  {}\n",
+            "{:<11}  {:<5}  {:<5}  {:<5}  {:>7.1}  {:>6.0}%  {}\n",
             r.kernels,
             r.m,
             r.n,
@@ -221,4 +272,41 @@ unsafe fn fma_avx512(rounds: u64) -> f64 {
     }
     std::hint::black_box(acc);
     rounds as f64 * 12.0 * 16.0 * 2.0
+}
+
+/// The FLOP/s all threads reach in a loop of independent bfloat16 dot products
+/// (`vdpbf16ps`, AVX512-BF16: two products and two additions per f32 lane), in GFLOP/s; `None`
+/// on a CPU without them.
+pub fn bf16_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            const ROUNDS: u64 = 10_000_000;
+            let per_thread = rayon::broadcast(|_| {
+                let start = Instant::now();
+                // SAFETY: the CPU has AVX512-BF16 (and with it AVX-512F).
+                let flops = unsafe { dot_bf16_avx512(ROUNDS) };
+                flops / start.elapsed().as_secs_f64()
+            });
+            return Some(per_thread.iter().sum::<f64>() / 1e9);
+        }
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_bf16_avx512(rounds: u64) -> f64 {
+    use std::arch::x86_64::*;
+    // 0.5 and 1e-3 as bfloat16 in both halves of every lane.
+    let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5), _mm512_set1_ps(0.5));
+    let b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3), _mm512_set1_ps(1e-3));
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..rounds {
+        for x in &mut acc {
+            *x = _mm512_dpbf16_ps(*x, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    rounds as f64 * 12.0 * 16.0 * 4.0
 }

@@ -76,6 +76,16 @@ pub fn for_two_uses<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
     if autocast_bf16() { (round_bf16(x.clone()), round_bf16(x)) } else { (x.clone(), x) }
 }
 
+/// `x` as the input of a bf16-mixed product ([`super::linear`]): rounded to bfloat16, except
+/// where nothing differentiates through it (inference: not an autodiff tensor) and oneDNN
+/// multiplies bfloat16 natively, since the product then rounds it itself as it converts it to
+/// bfloat16 (to nearest even, as [`round_bf16`]): the same values for one pass over the
+/// activations fewer. Should the product not take the native path after all, it rounds its
+/// input before the f32 kernels (`matmul_2d`).
+pub fn product_input<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !x.is_autodiff() && super::onednn::native_bf16_products() { x } else { round_bf16(x) }
+}
+
 /// Every value rounded to bfloat16; differentiable, its gradient rounded to bfloat16 as well.
 pub fn round_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::round_bf16(x.into_dispatch()))

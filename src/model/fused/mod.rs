@@ -279,6 +279,18 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
         unsafe { out.set_len(len) };
         return out;
     }
+    // Under bf16-mixed precision on a CPU with native products, the input may not be rounded
+    // yet ([`bf16::product_input`]): where this product could not take the native path, it is
+    // rounded here, so that the f32 kernels multiply bfloat16 values all the same.
+    let rounded: Vec<f32>;
+    let lhs = if bf16::autocast_bf16() && onednn::native_bf16_products() {
+        let mut copy = lhs[..m * k].to_vec();
+        copy.par_chunks_mut(CHUNK).for_each(kernels::round_bf16);
+        rounded = copy;
+        &rounded[..]
+    } else {
+        lhs
+    };
     // A bfloat16 operand without the native product: its values widened to f32 (exactly) for
     // the f32 kernels.
     let widened: Vec<f32>;
@@ -855,6 +867,33 @@ mod tests {
         assert!(d2(w2.grad(&g2).unwrap(), w0.grad(&g0).unwrap()) < 1e-4);
         assert!(d3(x2.grad(&g2).unwrap(), x0.grad(&g0).unwrap()) < 1e-5);
         assert!(b2.grad(&g2).is_some());
+    }
+
+    /// Under bf16-mixed precision an inference input left unrounded ([`bf16::product_input`])
+    /// multiplies as its bfloat16 values: through oneDNN's native product (outside rayon), and
+    /// through the f32 kernels where the native path is not taken (inside a rayon worker), which
+    /// round it first.
+    #[test]
+    fn unrounded_product_inputs_multiply_as_their_bfloat16_values() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<3>::random([2, 37, 24], normal, &device);
+        let w = bf16::round_bf16(Tensor::<2>::random([24, 40], normal, &device));
+        let b = bf16::round_bf16(Tensor::<1>::random([40], normal, &device));
+        let values = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+        let product = |x: Tensor<3>| linear(x, w.clone(), w.clone().transpose(), b.clone());
+        // f32 products of the rounded input.
+        let want = values(product(bf16::round_bf16(x.clone())));
+        let under_autocast = || {
+            let _autocast = bf16::Autocast::bf16(true);
+            values(product(bf16::product_input(x.clone())))
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for got in [under_autocast(), pool.install(under_autocast)] {
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // Only the summation order may differ (24 terms of bfloat16 products, exact in f32).
+            assert!(worst < 1e-4, "{worst}");
+        }
     }
 
     /// A bfloat16 weight copy with a trained (tracked) bias goes through burn's linear, which
