@@ -29,6 +29,9 @@ pub fn describe_system() -> String {
     line("bf16 kernels", crate::model::fused::onednn::bf16_products());
     let auto = if crate::model::dtype::native_bf16_products() { "bf16" } else { "f32" };
     line("dtype auto", auto.to_string());
+    // dfdet sets PASSIVE where the environment leaves it unset (`restart_with_quiet_openmp`).
+    let wait = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "GNU OpenMP's default".into());
+    line("openmp wait", format!("{wait} (oneDNN's threads after a product; OMP_WAIT_POLICY)"));
     if !Kernels::available().contains(&Kernels::OpenBlas) {
         line("note", "OpenBLAS not found (Debian: apt install libopenblas0-pthread)".into());
     }

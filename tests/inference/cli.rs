@@ -346,6 +346,23 @@ fn products_benchmark_and_system_info_name_the_kernels() {
     }
 }
 
+/// oneDNN's OpenMP threads sleep after each product unless the environment chooses: dfdet runs
+/// itself again with `OMP_WAIT_POLICY=PASSIVE` where it is unset (OpenMP reads it only when it is
+/// loaded, at start), and leaves a policy the environment sets alone.
+#[test]
+fn openmp_threads_wait_passively_unless_the_environment_chooses() {
+    for (env, want) in [(None, "openmp wait  PASSIVE"), (Some("ACTIVE"), "openmp wait  ACTIVE")] {
+        let mut cmd = dfdet();
+        match env {
+            Some(v) => cmd.env("OMP_WAIT_POLICY", v),
+            None => cmd.env_remove("OMP_WAIT_POLICY"),
+        };
+        let out = cmd.args(["info", "--system"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(want), "{env:?}: {text}");
+    }
+}
+
 /// Every command's help ends with the exit codes.
 #[test]
 fn help_states_the_exit_codes() {

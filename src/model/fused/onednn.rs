@@ -149,6 +149,26 @@ unsafe fn call<T>(
     status == SUCCESS
 }
 
+/// Makes sure oneDNN's OpenMP threads sleep as soon as a product ends (`OMP_WAIT_POLICY=PASSIVE`)
+/// unless the environment chooses a policy itself. With GNU OpenMP's default they spin for a while
+/// after each product, on the same cores as rayon's workers running the passes between the
+/// products: the bf16 forward pass on a 2-core AVX512-BF16 CPU was 1.12-1.33x faster passive
+/// (BENCHMARKS.md). GNU OpenMP reads the variable once, when it is loaded, and this binary loads
+/// it at start (FFmpeg's libraries link it), so setting it from inside comes too late: where it is
+/// unset, the program runs itself again with it set (an `exec`: same process, arguments and
+/// streams). Call first thing in `main`. Returns only if no new image was started.
+pub fn restart_with_quiet_openmp() {
+    #[cfg(unix)]
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        if let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) {
+            // `exec` returns only when it could not start the program; then it runs on as it is.
+            let _ = std::process::Command::new(exe).arg0(arg0).args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+        }
+    }
+}
+
 /// oneDNN, if it can be loaded.
 pub fn onednn() -> Option<&'static OneDnn> {
     static DNNL: OnceLock<Option<OneDnn>> = OnceLock::new();
