@@ -53,7 +53,8 @@ pub struct BenchRow {
     pub img_per_s: f64,
     /// The matrix products' arithmetic per second ([`Work`]).
     pub gflops: f64,
-    /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
+    /// `gflops` over the CPU's measured peak of the products that ran ([`measured_peaks`]): f32,
+    /// or bfloat16 dot products for bf16 where oneDNN multiplies bfloat16 natively.
     pub of_peak: f64,
     /// Peak resident memory of the process during this setting, in MiB.
     pub peak_rss_mib: f64,
@@ -88,13 +89,19 @@ fn random_pixels(backbone: &Backbone, b: usize, device: &Device) -> Tensor<4> {
 
 /// The median of `iters` (at least one) timed runs of `f`, in seconds.
 pub(crate) fn median_seconds(iters: usize, mut f: impl FnMut()) -> f64 {
-    let mut times: Vec<f64> = (0..iters.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
+    median(
+        (0..iters.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// The median of timings (the upper one of an even count); at least one.
+fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
@@ -117,19 +124,14 @@ pub fn inference(
     let device = Device::flex();
     let threads = rayon::current_num_threads();
     let cpu = CpuInfo::detect();
-    let peak = measured_peak(obs);
-    let bf16_peak = products::bf16_peak_gflops();
+    let peaks = measured_peaks(obs);
     let gflop_per_img = work(&backbone, false).forward_gflop(1);
     let mut rows = Vec::new();
     for dtype in dtypes.iter().map(|d| d.resolve()) {
         reset_peak_rss();
         obs.message(&format!("{}: drawing random {dtype} weights", backbone.name));
         let detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, dtype)?;
-        // Where bfloat16 products are native, a bf16 row's rate is against their peak.
-        let peak = match bf16_peak {
-            Some(p) if dtype == Dtype::Bf16 && native_bf16_products() => p,
-            _ => peak,
-        };
+        let peak = peaks.of(dtype == Dtype::Bf16);
         for &b in batches {
             obs.message(&format!("{dtype}, batch {b}: 1 warm-up + {iters} timed forward passes"));
             let x = random_pixels(&backbone, b, &device);
@@ -144,9 +146,8 @@ pub fn inference(
                     }
                 }
             }
-            for (library, mut times) in libraries.iter().zip(times) {
-                times.sort_by(f64::total_cmp);
-                let s_per_img = times[times.len() / 2] / b as f64;
+            for (library, times) in libraries.iter().zip(times) {
+                let s_per_img = median(times) / b as f64;
                 let gflops = gflop_per_img / s_per_img;
                 rows.push(BenchRow {
                     cpu: cpu.model.clone(),
@@ -169,12 +170,33 @@ pub fn inference(
     Ok(rows)
 }
 
-/// The CPU's f32 peak ([`products::peak_gflops`]), the best of three, measured before anything
-/// else runs: OpenBLAS's threads keep spinning for a while after a product and would take cores
-/// from the measurement.
-fn measured_peak(obs: &mut dyn Observer) -> f64 {
+/// The CPU's peaks the measured rates are put against.
+struct Peaks {
+    /// f32 FMAs ([`products::peak_gflops`]).
+    f32: f64,
+    /// bfloat16 dot products ([`products::bf16_peak_gflops`]), where oneDNN multiplies bfloat16
+    /// natively.
+    bf16: Option<f64>,
+}
+
+impl Peaks {
+    /// The peak of the products that run: the bfloat16 one for bf16 where it is native.
+    fn of(&self, bf16: bool) -> f64 {
+        match self.bf16 {
+            Some(p) if bf16 => p,
+            _ => self.f32,
+        }
+    }
+}
+
+/// The CPU's peaks, the best of three each, measured before anything else runs: OpenBLAS's
+/// threads keep spinning for a while after a product and would take cores from the measurement.
+fn measured_peaks(obs: &mut dyn Observer) -> Peaks {
     obs.message("measuring the peak of the FMA units on every thread");
-    (0..3).map(|_| products::peak_gflops()).fold(0.0, f64::max)
+    let best = |peak: fn() -> Option<f64>| (0..3).filter_map(|_| peak()).reduce(f64::max);
+    let f32 = best(|| Some(products::peak_gflops())).unwrap_or(0.0);
+    let bf16 = if native_bf16_products() { best(products::bf16_peak_gflops) } else { None };
+    Peaks { f32, bf16 }
 }
 
 /// The inference rows as CSV, one row per setting with the CPU beside it.
@@ -250,7 +272,8 @@ pub struct TrainBenchRow {
     pub s_per_img: f64,
     /// The step's matrix products' arithmetic per second ([`Work`]).
     pub gflops: f64,
-    /// `gflops` over the CPU's measured f32 peak ([`measured_peak`]).
+    /// `gflops` over the CPU's measured peak of the products that ran ([`measured_peaks`]): f32,
+    /// or bfloat16 dot products for bf16 where oneDNN multiplies bfloat16 natively.
     pub of_peak: f64,
     /// Peak resident memory of the process, in MiB.
     pub peak_rss_mib: f64,
@@ -309,7 +332,7 @@ pub fn train_step(
 ) -> Result<TrainBenchRow> {
     check_batches(&[batch])?;
     let backbone = Backbone::resolve(backbone)?;
-    let peak = measured_peak(obs);
+    let peaks = measured_peaks(obs);
     let device = Device::flex();
     let autodiff = crate::train::autodiff_device(&device);
     let mut detector = Detector::from_checkpoint(random_checkpoint(&backbone, 0), &device, Dtype::F32)?;
@@ -338,12 +361,7 @@ pub fn train_step(
     step(); // warm-up
     let s_per_step = median_seconds(iters, &mut step);
     let gflops = work(&backbone, bf16_mixed).step_gflop(batch) / s_per_step;
-    // Where bfloat16 products are native, bf16-mixed's rate is against their peak.
-    let peak = match products::bf16_peak_gflops() {
-        Some(p) if bf16_mixed && native_bf16_products() => p,
-        _ => peak,
-    };
-    let of_peak = gflops / peak;
+    let of_peak = gflops / peaks.of(bf16_mixed);
     let cpu = CpuInfo::detect();
     Ok(TrainBenchRow {
         cpu: cpu.model.clone(),
