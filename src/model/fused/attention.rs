@@ -11,13 +11,14 @@
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata};
 use burn::prelude::*;
-use burn::tensor::{DType, Shape};
+use burn::tensor::{Bytes, DType, Shape};
 use rayon::prelude::*;
 
+use super::dot_bf16::{self, Packed};
 use super::{FusedBackward, FusedOps, contiguous, from_f32, kernels};
 
 /// `softmax(q kᵀ · scale) v` over `[b, h, t, d]` bfloat16 queries, keys and values (any
@@ -64,18 +65,26 @@ fn q_split(tq: usize) -> usize {
 }
 
 /// `dst[m, n] = scale · lhs[m, k] · rhs[k, n]`, operands read through their (row, column)
-/// strides; one thread (the caller runs heads in parallel).
+/// strides; one thread (the caller runs heads in parallel). Where the right operand comes
+/// `packed` too (bfloat16 values, [`Packed`]), the CPU's bfloat16 dot products multiply: the
+/// same products, their f32 sums in another order.
 #[allow(clippy::too_many_arguments)]
 fn mm(
     m: usize,
     n: usize,
     k: usize,
     lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
+    (rhs, packed): ((&[f32], usize, usize), Option<dot_bf16::Block<'_>>),
     scale: f32,
     dst: &mut [f32],
 ) {
     assert!(dst.len() >= m * n && m > 0 && n > 0);
+    if let Some(block) = packed
+        && k > 0
+        && dot_bf16::mm_packed(m, lhs, &block, scale, dst)
+    {
+        return;
+    }
     if k == 0 {
         dst[..m * n].fill(0.0);
         return;
@@ -117,12 +126,24 @@ fn mm(
 /// probabilities meet the values rounded to bfloat16 (unnormalised) and the output is rounded
 /// when `round`. The element-wise passes are [`kernels`]' (vectorised, dispatched by CPU).
 #[allow(clippy::too_many_arguments)]
-fn head_forward(q: &[f32], k: &[f32], v: &[f32], d: usize, scale: f32, round: bool, out: &mut [f32], lse: &mut [f32]) {
-    let (tq, t) = (q.len() / d, k.len() / d);
+fn head_forward(
+    q: Rows<'_>,
+    k: Rows<'_>,
+    v: Rows<'_>,
+    d: usize,
+    scale: f32,
+    round: bool,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (tq, t) = (q.n, k.n);
     let qs = q_split(tq);
     let mut scores = vec![0f32; qs * KV_SPLIT.min(t)];
     let mut probs = vec![0f32; qs * KV_SPLIT.min(t)];
     let mut pv = vec![0f32; qs * d];
+    // kᵀ and v as the bfloat16 dot products read them, once per head.
+    let packed = packed_operands(round, [(d, t, k.transposed()), (t, d, v.plain())]);
+    let (kt, vp) = (packed.first(), packed.get(1));
     for m0 in (0..tq).step_by(qs) {
         let qb = qs.min(tq - m0);
         let mut max = vec![f32::NEG_INFINITY; qb];
@@ -132,7 +153,8 @@ fn head_forward(q: &[f32], k: &[f32], v: &[f32], d: usize, scale: f32, round: bo
         for n0 in (0..t).step_by(KV_SPLIT) {
             let kb = KV_SPLIT.min(t - n0);
             // Scores in f32, scaled after the product.
-            mm(qb, kb, d, (&q[m0 * d..], d, 1), (&k[n0 * d..], 1, d), 1.0, &mut scores);
+            let keys = kt.map(|p| p.block(0, d, n0, kb));
+            mm(qb, kb, d, q.from(m0).plain(), (k.from(n0).transposed(), keys), 1.0, &mut scores);
             for r in 0..qb {
                 let row = &mut scores[r * kb..(r + 1) * kb];
                 let mut block_max = f32::NEG_INFINITY;
@@ -152,7 +174,8 @@ fn head_forward(q: &[f32], k: &[f32], v: &[f32], d: usize, scale: f32, round: bo
                     kernels::scale_by(&mut dst[r * d..(r + 1) * d], rescale, false);
                 }
             }
-            mm(qb, d, kb, (&probs, kb, 1), (&v[n0 * d..], d, 1), 1.0, &mut pv);
+            let values = vp.map(|p| p.block(n0, kb, 0, d));
+            mm(qb, d, kb, (&probs, kb, 1), (v.from(n0).plain(), values), 1.0, &mut pv);
             kernels::scale_add(dst, 1.0, &pv[..qb * d], false);
         }
         for r in 0..qb {
@@ -168,8 +191,8 @@ fn head_forward(q: &[f32], k: &[f32], v: &[f32], d: usize, scale: f32, round: bo
 /// share added to a bfloat16 gradient).
 #[allow(clippy::too_many_arguments)]
 fn head_backward(
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    (out, lse, g): (&[f32], &[f32], &[f32]),
+    (q, k, v): (Rows<'_>, Rows<'_>, Rows<'_>),
+    (out, lse, g): (Rows<'_>, &[f32], Rows<'_>),
     d: usize,
     scale: f32,
     round: bool,
@@ -177,7 +200,7 @@ fn head_backward(
     gk: &mut [f32],
     gv: &mut [f32],
 ) {
-    let (tq, t) = (q.len() / d, k.len() / d);
+    let (tq, t) = (q.n, k.n);
     let qs = q_split(tq);
     let block = qs * KV_SPLIT.min(t);
     let (mut a, mut a16, mut da) = (vec![0f32; block], vec![0f32; block], vec![0f32; block]);
@@ -185,14 +208,19 @@ fn head_backward(
     gq.fill(0.0);
     gk.fill(0.0);
     gv.fill(0.0);
+    // The right operands as the bfloat16 dot products read them, once per head: kᵀ, k, vᵀ, g, q.
+    let packed = packed_operands(
+        round,
+        [(d, t, k.transposed()), (t, d, k.plain()), (d, t, v.transposed()), (tq, d, g.plain()), (tq, d, q.plain())],
+    );
+    let (kt, kp, vt, gp, qp) = (packed.first(), packed.get(1), packed.get(2), packed.get(3), packed.get(4));
     for m0 in (0..tq).step_by(qs) {
         let qb = qs.min(tq - m0);
         let rows = m0 * d..(m0 + qb) * d;
         let dsum: Vec<f32> = (0..qb)
             .map(|r| {
-                let i = (m0 + r) * d..(m0 + r + 1) * d;
                 let mut total = 0.0;
-                kernels::dot_into(&g[i.clone()], &out[i], &mut total);
+                kernels::dot_into(g.row(m0 + r, d), out.row(m0 + r, d), &mut total);
                 total
             })
             .collect();
@@ -200,35 +228,158 @@ fn head_backward(
             let kb = KV_SPLIT.min(t - n0);
             let keys = n0 * d..(n0 + kb) * d;
             // The probabilities again, from the scores and the log-sum-exp.
-            mm(qb, kb, d, (&q[m0 * d..], d, 1), (&k[n0 * d..], 1, d), scale, &mut a);
+            let kt_block = kt.map(|p| p.block(0, d, n0, kb));
+            mm(qb, kb, d, q.from(m0).plain(), (k.from(n0).transposed(), kt_block), scale, &mut a);
             for r in 0..qb {
                 let span = r * kb..(r + 1) * kb;
                 kernels::exp_shifted(&mut a[span.clone()], lse[m0 + r], &mut a16[span], round);
             }
             // gv += aᵀ g, with the rounded probabilities in bfloat16
             let probs = if round { &a16 } else { &a };
-            mm(kb, d, qb, (probs, 1, kb), (&g[m0 * d..], d, 1), 1.0, &mut part);
+            let grads = gp.map(|p| p.block(m0, qb, 0, d));
+            mm(kb, d, qb, (probs, 1, kb), (g.from(m0).plain(), grads), 1.0, &mut part);
             kernels::scale_add(&mut gv[keys.clone()], 1.0, &part[..kb * d], round);
             // ds = a (g vᵀ - Σ g·out)
-            mm(qb, kb, d, (&g[m0 * d..], d, 1), (&v[n0 * d..], 1, d), 1.0, &mut da);
+            let values = vt.map(|p| p.block(0, d, n0, kb));
+            mm(qb, kb, d, g.from(m0).plain(), (v.from(n0).transposed(), values), 1.0, &mut da);
             for ((da, a), sum) in da.chunks_mut(kb).zip(a.chunks(kb)).zip(&dsum) {
                 kernels::attention_ds(a, da, *sum, round);
             }
             // gq += scale · ds k ; gk += scale · dsᵀ q
-            mm(qb, d, kb, (&da, kb, 1), (&k[n0 * d..], d, 1), scale, &mut part);
+            let k_block = kp.map(|p| p.block(n0, kb, 0, d));
+            mm(qb, d, kb, (&da, kb, 1), (k.from(n0).plain(), k_block), scale, &mut part);
             kernels::scale_add(&mut gq[rows.clone()], 1.0, &part[..qb * d], round);
-            mm(kb, d, qb, (&da, 1, kb), (&q[m0 * d..], d, 1), scale, &mut part);
+            let queries = qp.map(|p| p.block(m0, qb, 0, d));
+            mm(kb, d, qb, (&da, 1, kb), (q.from(m0).plain(), queries), scale, &mut part);
             kernels::scale_add(&mut gk[keys], 1.0, &part[..kb * d], round);
         }
     }
 }
 
-/// `[b, h, t, d]` as (b·h, t, d) and its contiguous values.
-fn heads(x: FlexTensor) -> (FlexTensor, usize, usize, usize) {
-    assert_eq!(x.dtype(), DType::F32, "the fused attention computes on f32 storage");
-    let x = contiguous(x);
-    let s = x.shape();
-    (x, s[0] * s[1], s[2], s[3])
+/// The operands `(k, n, (values, row stride, column stride))` packed for the bfloat16 dot
+/// products ([`Packed`]) where `bf16` and the CPU has them; none otherwise (f32 products).
+fn packed_operands<const N: usize>(bf16: bool, operands: [(usize, usize, (&[f32], usize, usize)); N]) -> Vec<Packed> {
+    if !(bf16 && dot_bf16::available()) {
+        return Vec::new();
+    }
+    operands.into_iter().map(|(k, n, rhs)| Packed::new(k, n, rhs)).collect()
+}
+
+/// One head's rows in place: row `r` is `values[r · stride..][..d]`, `n` rows.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    values: &'a [f32],
+    stride: usize,
+    n: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// The rows from `r` on.
+    fn from(self, r: usize) -> Self {
+        Self { values: &self.values[(r * self.stride).min(self.values.len())..], stride: self.stride, n: self.n - r }
+    }
+
+    fn row(self, r: usize, d: usize) -> &'a [f32] {
+        &self.values[r * self.stride..][..d]
+    }
+
+    /// As a `[rows, d]` operand of [`mm`] (`(values, row stride, column stride)`).
+    fn plain(self) -> (&'a [f32], usize, usize) {
+        (self.values, self.stride, 1)
+    }
+
+    /// As a `[d, rows]` operand (the transpose).
+    fn transposed(self) -> (&'a [f32], usize, usize) {
+        (self.values, 1, self.stride)
+    }
+}
+
+/// A `[b, h, t, d]` f32 tensor read in place through its strides (the heads of a `[b, t, h·d]`
+/// projection are a strided view of it: no copy), made contiguous first only where its last
+/// stride is not 1 or a stride is negative.
+struct Heads {
+    x: FlexTensor,
+    /// Batch and head strides.
+    strides: [usize; 2],
+    row: usize,
+    start: usize,
+    dims: [usize; 4],
+}
+
+impl Heads {
+    fn new(x: FlexTensor) -> Self {
+        assert_eq!(x.dtype(), DType::F32, "the fused attention computes on f32 storage");
+        let usable = |x: &FlexTensor| {
+            let st = x.layout().strides();
+            st.len() == 4 && st[3] == 1 && st.iter().all(|s| *s >= 0)
+        };
+        let x = if usable(&x) { x } else { contiguous(x) };
+        let (st, s) = (x.layout().strides().to_vec(), x.shape());
+        let start = x.layout().start_offset();
+        Self {
+            strides: [st[0] as usize, st[1] as usize],
+            row: st[2] as usize,
+            start,
+            dims: [s[0], s[1], s[2], s[3]],
+            x,
+        }
+    }
+
+    /// Head `i` of the `b·h` (batch-major).
+    fn head(&self, i: usize) -> Rows<'_> {
+        let [_, h, t, d] = self.dims;
+        let first = self.start + (i / h) * self.strides[0] + (i % h) * self.strides[1];
+        let values: &[f32] = self.x.storage();
+        let len = if t == 0 { 0 } else { (t - 1) * self.row + d };
+        Rows { values: &values[first..first + len], stride: self.row, n: t }
+    }
+}
+
+/// A new `[b, h, t, d]` f32 tensor laid out as `[b, t, h, d]` (so that the heads' `[b, t, h·d]`
+/// is contiguous, as the projection after attention reads it), written head by head from
+/// parallel tasks.
+struct HeadsOut {
+    values: Vec<f32>,
+    dims: [usize; 4],
+}
+
+/// The output's buffer, shared by the tasks that write disjoint heads of it.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: each task writes only its own head's values ([`HeadsOut::write`]).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl HeadsOut {
+    fn new(dims: [usize; 4]) -> Self {
+        Self { values: vec![0f32; dims.iter().product()], dims }
+    }
+
+    fn shared(&mut self) -> Shared {
+        Shared(self.values.as_mut_ptr())
+    }
+
+    /// Head `i`'s values `[t, d]` (contiguous) into their places.
+    ///
+    /// # Safety
+    /// `to` is this output's buffer, and no other task writes head `i`.
+    unsafe fn write(&self, to: Shared, i: usize, head: &[f32]) {
+        let [_, h, t, d] = self.dims;
+        let (b, hi) = (i / h, i % h);
+        assert_eq!(head.len(), t * d);
+        for (r, row) in head.chunks_exact(d).enumerate() {
+            let at = ((b * t + r) * h + hi) * d;
+            assert!(at + d <= self.values.len());
+            // SAFETY: in bounds (assert above); the caller keeps the heads' writes disjoint.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), to.0.add(at), d) };
+        }
+    }
+
+    fn tensor(self) -> FlexTensor {
+        let [_, h, t, d] = self.dims;
+        let strides = vec![(t * h * d) as isize, d as isize, (h * d) as isize, 1];
+        FlexTensor::new(Bytes::from_elems(self.values), Layout::new(Shape::new(self.dims), strides, 0), DType::F32)
+    }
 }
 
 /// The forward pass on host tensors: the output and the log-sum-exp `[b, h, tq]`.
@@ -239,18 +390,18 @@ pub(super) fn attention_forward(
     scale: f64,
     bf16: bool,
 ) -> (FlexTensor, FlexTensor) {
-    let shape = q.shape();
-    let (q, bh, tq, d) = heads(q);
-    let (k, _, t, _) = heads(k);
-    let (v, ..) = heads(v);
-    let (qv, kv, vv): (&[f32], &[f32], &[f32]) = (q.storage(), k.storage(), v.storage());
-    let mut out = vec![0f32; bh * tq * d];
-    let mut lse = vec![0f32; bh * tq];
-    out.par_chunks_mut(tq * d).zip(lse.par_chunks_mut(tq)).enumerate().for_each(|(i, (o, l))| {
-        let (qi, ki) = (i * tq * d..(i + 1) * tq * d, i * t * d..(i + 1) * t * d);
-        head_forward(&qv[qi], &kv[ki.clone()], &vv[ki], d, scale as f32, bf16, o, l);
+    let (q, k, v) = (Heads::new(q), Heads::new(k), Heads::new(v));
+    let [b, h, tq, d] = q.dims;
+    let mut out = HeadsOut::new(q.dims);
+    let to = out.shared();
+    let mut lse = vec![0f32; b * h * tq];
+    lse.par_chunks_mut(tq.max(1)).enumerate().for_each(|(i, l)| {
+        let mut o = vec![0f32; tq * d];
+        head_forward(q.head(i), k.head(i), v.head(i), d, scale as f32, bf16, &mut o, l);
+        // SAFETY: `to` is `out`'s buffer; task i alone writes head i.
+        unsafe { out.write(to, i, &o) };
     });
-    (from_f32(out, shape.clone()), from_f32(lse, Shape::new([shape[0], shape[1], tq])))
+    (out.tensor(), from_f32(lse, Shape::new([b, h, tq])))
 }
 
 /// The backward pass on host tensors: the gradients of `q`, `k` and `v`.
@@ -261,25 +412,26 @@ pub(super) fn attention_backward(
     scale: f64,
     bf16: bool,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let (q_shape, k_shape) = (q.shape(), k.shape());
-    let (q, bh, tq, d) = heads(q);
-    let (k, _, t, _) = heads(k);
-    let (v, ..) = heads(v);
-    let (out, lse, grad) = (contiguous(out), contiguous(lse), contiguous(grad));
-    let (qv, kv, vv): (&[f32], &[f32], &[f32]) = (q.storage(), k.storage(), v.storage());
-    let (ov, lv, gv_in): (&[f32], &[f32], &[f32]) = (out.storage(), lse.storage(), grad.storage());
-    let mut gq = vec![0f32; bh * tq * d];
-    let mut gk = vec![0f32; bh * t * d];
-    let mut gv = vec![0f32; bh * t * d];
-    gq.par_chunks_mut(tq * d).zip(gk.par_chunks_mut(t * d)).zip(gv.par_chunks_mut(t * d)).enumerate().for_each(
-        |(i, ((gq, gk), gv))| {
-            let (qi, ki) = (i * tq * d..(i + 1) * tq * d, i * t * d..(i + 1) * t * d);
-            let inputs = (&qv[qi.clone()], &kv[ki.clone()], &vv[ki]);
-            let outputs = (&ov[qi.clone()], &lv[i * tq..(i + 1) * tq], &gv_in[qi]);
-            head_backward(inputs, outputs, d, scale as f32, bf16, gq, gk, gv);
-        },
-    );
-    (from_f32(gq, q_shape), from_f32(gk, k_shape.clone()), from_f32(gv, k_shape))
+    let (q, k, v) = (Heads::new(q), Heads::new(k), Heads::new(v));
+    let (out, grad, lse) = (Heads::new(out), Heads::new(grad), contiguous(lse));
+    let lv: &[f32] = lse.storage();
+    let [b, h, tq, d] = q.dims;
+    let t = k.dims[2];
+    let (mut gq, mut gk, mut gv) = (HeadsOut::new(q.dims), HeadsOut::new(k.dims), HeadsOut::new(k.dims));
+    let to = (gq.shared(), gk.shared(), gv.shared());
+    (0..b * h).into_par_iter().for_each(|i| {
+        let (mut hq, mut hk, mut hv) = (vec![0f32; tq * d], vec![0f32; t * d], vec![0f32; t * d]);
+        let inputs = (q.head(i), k.head(i), v.head(i));
+        let outputs = (out.head(i), &lv[i * tq..(i + 1) * tq], grad.head(i));
+        head_backward(inputs, outputs, d, scale as f32, bf16, &mut hq, &mut hk, &mut hv);
+        // SAFETY: the three buffers are theirs; task i alone writes head i.
+        unsafe {
+            gq.write(to.0, i, &hq);
+            gk.write(to.1, i, &hk);
+            gv.write(to.2, i, &hv);
+        }
+    });
+    (gq.tensor(), gk.tensor(), gv.tensor())
 }
 
 pub(super) fn autodiff_attention<B, C>(

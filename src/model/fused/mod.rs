@@ -764,6 +764,7 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
 pub mod attention;
 pub mod bf16;
 pub mod blas;
+mod dot_bf16;
 mod kernels;
 pub mod onednn;
 pub mod products;
