@@ -12,7 +12,9 @@ use burn::tensor::activation::gelu;
 
 use super::config::{EncoderConfig, HiddenAct};
 use super::fused::attention::{attention_bf16, attention_f32};
-use super::fused::bf16::{autocast_bf16, frozen_bf16, product_input, quick_gelu_bf16, round_bf16};
+use super::fused::bf16::{
+    activation_bits, autocast_bf16, bits_between_products, frozen_bf16, product_input, quick_gelu_bf16, round_bf16,
+};
 use super::fused::norm;
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
@@ -133,6 +135,11 @@ impl Projection {
     /// `x W + b` under bf16-mixed precision: bfloat16 input, weight and bias, f32 accumulation,
     /// a bfloat16 output (autocast's `linear`).
     fn linear_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        round_bf16(self.product_bf16(x))
+    }
+
+    /// [`Self::linear_bf16`] before its output is rounded.
+    fn product_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = product_input(x);
         let bias = round_bf16(self.bias.val());
         let y = match (&self.weight_t, self.bf16_values) {
@@ -146,7 +153,7 @@ impl Projection {
                 super::fused::linear(x, w.clone(), w.transpose(), bias)
             }
         };
-        round_bf16(y)
+        y
     }
 
     /// `x W + b`: one fused matrix product with bias in f32 (its backward pass computes only
@@ -255,6 +262,12 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if autocast_bf16() && bits_between_products(&x) && self.fc1.lora.is_none() && self.fc2.lora.is_none() {
+            // Inference on native bfloat16 products: fc1's rounding, the activation and fc2's
+            // conversion of its input in one pass, the activation kept in bfloat16 storage.
+            let quick = self.act == HiddenAct::QuickGelu;
+            return self.fc2.linear_bf16(activation_bits(self.fc1.product_bf16(x), quick));
+        }
         let x = self.fc1.forward(x); // [b, t, m]
         let x = match (self.act, autocast_bf16()) {
             (HiddenAct::QuickGelu, false) => quick_gelu(x),

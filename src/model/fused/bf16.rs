@@ -96,6 +96,21 @@ pub fn quick_gelu_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::quick_gelu_bf16(x.into_dispatch()))
 }
 
+/// Whether `x`, a bf16-mixed product's output, may pass to the next product in bfloat16 storage
+/// ([`activation_bits`]): in inference (not an autodiff tensor), where oneDNN multiplies
+/// bfloat16 natively and so reads those bits as they are.
+pub fn bits_between_products<const D: usize>(x: &Tensor<D>) -> bool {
+    !x.is_autodiff() && super::onednn::native_bf16_products()
+}
+
+/// A bf16-mixed MLP's activation on `x`, its first product's output before rounding: the
+/// rounding, the activation (CLIP's quick GELU where `quick`, else the exact GELU) and the next
+/// product's conversion to bfloat16 in one pass, into bfloat16 storage
+/// ([`FusedOps::gelu_bf16_bits`]); the values of `activation(round_bf16(x))` rounded.
+pub fn activation_bits<const D: usize>(x: Tensor<D>, quick: bool) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_bf16_bits(x.into_dispatch(), quick))
+}
+
 // ------------------------------------------------------------------------------------------------
 // Autodiff: the backward steps.
 

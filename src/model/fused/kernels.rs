@@ -155,14 +155,20 @@ dispatched! {
     }
 }
 
+/// `x` as bfloat16 bits, as [`to_bf16_bits`].
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() { (bits >> 16) as u16 | 0x0040 } else { rounded }
+}
+
 dispatched! {
     /// `src` as bfloat16 bits in `dst` (as long): rounded to nearest even as [`bf16`], a NaN a
     /// quiet NaN (as `half::bf16::from_f32`). The operands of oneDNN's native products.
     fn to_bf16_bits(src: &[f32], dst: &mut [u16]) {
         for (d, x) in dst.iter_mut().zip(src) {
-            let bits = x.to_bits();
-            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-            *d = if x.is_nan() { (bits >> 16) as u16 | 0x0040 } else { rounded };
+            *d = bf16_bits(*x);
         }
     }
 }
@@ -174,6 +180,27 @@ dispatched! {
         for x in xs.iter_mut() {
             let s = bf16(sigmoid(bf16(1.702 * *x)));
             *x = bf16(*x * s);
+        }
+    }
+}
+
+dispatched! {
+    /// `src`, a bf16-mixed product's output before its rounding, rounded, through the
+    /// activation as ATen computes it on a bfloat16 tensor ([`quick_gelu_bf16`] where `quick`,
+    /// else the exact GELU rounded once), as bfloat16 bits in `dst`: three passes over the
+    /// activations (the rounding, the activation, the next product's conversion) in one.
+    fn gelu_bf16_bits(src: &[f32], dst: &mut [u16], quick: bool) {
+        if quick {
+            for (d, x) in dst.iter_mut().zip(src) {
+                let x = bf16(*x);
+                let s = bf16(sigmoid(bf16(1.702 * x)));
+                *d = bf16_bits(x * s);
+            }
+        } else {
+            for (d, x) in dst.iter_mut().zip(src) {
+                let x = bf16(*x);
+                *d = bf16_bits(x * (0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))));
+            }
         }
     }
 }

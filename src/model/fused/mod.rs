@@ -49,6 +49,11 @@ pub trait FusedOps: Backend {
     fn round_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x · sigmoid(1.702 x)` on a bfloat16 tensor, as PyTorch computes it.
     fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// A bf16-mixed MLP's activation on `x`, its first product's output before rounding:
+    /// rounded to bfloat16, then the quick GELU as [`FusedOps::quick_gelu_bf16`] where `quick`,
+    /// else the exact GELU rounded once; into bfloat16 storage, which the next product reads
+    /// as it is. For inference; autodiff gets the same values in f32 storage.
+    fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self>;
     /// `softmax(q kᵀ · scale) v` over `[b, h, t, d]` queries, keys and values, blockwise as
     /// PyTorch's CPU flash attention; on bfloat16 values with its roundings when `bf16`.
     fn fused_attention(
@@ -186,7 +191,7 @@ pub fn transposed_copy(weight: Tensor<2>) -> Tensor<2> {
 
 /// `x` as a contiguous tensor whose buffer holds exactly its values.
 fn contiguous(x: FlexTensor) -> FlexTensor {
-    let exact = x.bytes().len() == x.layout().num_elements() * 4;
+    let exact = x.bytes().len() == x.layout().num_elements() * x.dtype().size();
     if x.is_contiguous() && x.layout().start_offset() == 0 && exact { x } else { x.to_contiguous() }
 }
 
@@ -241,10 +246,18 @@ fn zip_rows(grad: FlexTensor, other: FlexTensor, row: usize, kernel: impl Fn(&[f
     grad
 }
 
+/// The left operand of [`matmul_2d`]: f32 values, or bfloat16 bits (an activation kept in
+/// bfloat16 between two bf16-mixed products, [`FusedOps::gelu_bf16_bits`]).
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    Values(&'a [f32]),
+    Bits(&'a [u16]),
+}
+
 /// `lhs · rhs (+ bias on every row)`, `lhs` contiguous `[m, k]`, `rhs` a 2-D tensor `[k, n]` of
 /// any strides (a transposed view included), f32 or bfloat16 (a frozen weight kept in bfloat16,
 /// [`bf16`]), into a new row-major `[m, n]` buffer.
-fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f32]>) -> Vec<f32> {
+fn matmul_2d(m: usize, k: usize, lhs: Lhs<'_>, rhs: &FlexTensor, bias: Option<&[f32]>) -> Vec<f32> {
     let n = rhs.layout().shape()[1];
     let strides = rhs.layout().strides();
     let (rhs_rs, rhs_cs) = (strides[0], strides[1]);
@@ -282,14 +295,20 @@ fn matmul_2d(m: usize, k: usize, lhs: &[f32], rhs: &FlexTensor, bias: Option<&[f
     // Under bf16-mixed precision on a CPU with native products, the input may not be rounded
     // yet ([`bf16::product_input`]): where this product could not take the native path, it is
     // rounded here, so that the f32 kernels multiply bfloat16 values all the same.
+    // A bfloat16 input is widened (exactly).
     let rounded: Vec<f32>;
-    let lhs = if bf16::autocast_bf16() && onednn::native_bf16_products() {
-        let mut copy = lhs[..m * k].to_vec();
-        copy.par_chunks_mut(CHUNK).for_each(kernels::round_bf16);
-        rounded = copy;
-        &rounded[..]
-    } else {
-        lhs
+    let lhs = match lhs {
+        Lhs::Values(lhs) if bf16::autocast_bf16() && onednn::native_bf16_products() => {
+            let mut copy = lhs[..m * k].to_vec();
+            copy.par_chunks_mut(CHUNK).for_each(kernels::round_bf16);
+            rounded = copy;
+            &rounded[..]
+        }
+        Lhs::Values(lhs) => lhs,
+        Lhs::Bits(bits) => {
+            rounded = bits[..m * k].par_iter().map(|b| f32::from_bits(u32::from(*b) << 16)).collect();
+            &rounded[..]
+        }
     };
     // A bfloat16 operand without the native product: its values widened to f32 (exactly) for
     // the f32 kernels.
@@ -343,7 +362,7 @@ fn native_bf16_product(
     m: usize,
     n: usize,
     k: usize,
-    lhs: &[f32],
+    lhs: Lhs<'_>,
     rhs: &Rhs<'_>,
     (rs, cs): (isize, isize),
     out: &mut Vec<f32>,
@@ -354,7 +373,14 @@ fn native_bf16_product(
         return false;
     }
     let span = span(n, k, rs, cs);
-    let l = onednn::to_bf16_bits(&lhs[..m * k]);
+    let converted_lhs;
+    let l = match lhs {
+        Lhs::Values(values) => {
+            converted_lhs = onednn::to_bf16_bits(&values[..m * k]);
+            &converted_lhs[..]
+        }
+        Lhs::Bits(bits) => &bits[..m * k],
+    };
     let converted;
     let r = match rhs {
         Rhs::Bits(bits) => &bits[..span],
@@ -374,7 +400,11 @@ fn last_axis_times(x: FlexTensor, matrix: &FlexTensor, bias: Option<&[f32]>) -> 
     let last = shape.num_dims() - 1;
     let k = shape[last];
     let m = shape.num_elements() / k.max(1);
-    let out = matmul_2d(m, k, x.storage(), matrix, bias);
+    let lhs = match x.dtype() {
+        DType::BF16 => Lhs::Bits(bytemuck::cast_slice(x.storage::<half::bf16>())),
+        _ => Lhs::Values(x.storage()),
+    };
+    let out = matmul_2d(m, k, lhs, matrix, bias);
     shape[last] = matrix.shape()[1];
     from_f32(out, shape)
 }
@@ -429,7 +459,7 @@ impl FusedOps for Flex {
         _weight_t: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if !all_f32(&[&x, &bias]) || !f32_or_bf16(&weight) {
+        if !all_f32(&[&bias]) || !f32_or_bf16(&x) || !f32_or_bf16(&weight) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(x, weight, Some(bias));
         }
         let bias = contiguous(bias);
@@ -448,6 +478,19 @@ impl FusedOps for Flex {
             return Self::quick_gelu(x);
         }
         map_rows(x, CHUNK, kernels::quick_gelu_bf16)
+    }
+
+    fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
+        if !all_f32(&[&x]) {
+            let x = Self::round_bf16(x);
+            return if quick { Self::quick_gelu_bf16(x) } else { Self::round_bf16(Self::erf_gelu(x)) };
+        }
+        let x = contiguous(x);
+        let src: &[f32] = x.storage();
+        let mut out = vec![half::bf16::ZERO; src.len()];
+        let bits: &mut [u16] = bytemuck::cast_slice_mut(&mut out);
+        bits.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| kernels::gelu_bf16_bits(s, d, quick));
+        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::BF16)
     }
 
     fn fused_attention(
@@ -740,6 +783,12 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
         elementwise::<B, C>(x, B::quick_gelu_bf16, B::quick_gelu_bf16_backward)
     }
 
+    fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
+        // The same values through the differentiable operations, in f32 storage.
+        let x = Self::round_bf16(x);
+        if quick { Self::quick_gelu_bf16(x) } else { Self::round_bf16(Self::erf_gelu(x)) }
+    }
+
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -894,6 +943,44 @@ mod tests {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             // Only the summation order may differ (24 terms of bfloat16 products, exact in f32).
             assert!(worst < 1e-4, "{worst}");
+        }
+    }
+
+    /// The MLP's activation into bfloat16 storage ([`bf16::activation_bits`]): the values of
+    /// the separate passes it replaces (rounding, the activation on bfloat16 values), bit for
+    /// bit, for both activations; and the next product reads those bits as the f32 product of
+    /// their values, natively and through the f32 kernels (inside a rayon worker), with the
+    /// same result up to summation order. The autodiff backend gives the same values.
+    #[test]
+    fn activations_kept_in_bfloat16_are_the_rounded_activations() {
+        use burn::tensor::DType;
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 3.0);
+        let x = Tensor::<3>::random([2, 37, 64], normal, &device);
+        let w = bf16::round_bf16(Tensor::<2>::random([64, 40], normal, &device));
+        let b = bf16::round_bf16(Tensor::<1>::random([40], normal, &device));
+        let values = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        for quick in [true, false] {
+            let rounded = bf16::round_bf16(x.clone());
+            let separate = if quick { bf16::quick_gelu_bf16(rounded) } else { bf16::round_bf16(super::gelu(rounded)) };
+            let fused = bf16::activation_bits(x.clone(), quick);
+            assert_eq!(fused.dtype(), DType::BF16);
+            let (want, got) = (values(separate.clone()), values(fused.clone()));
+            assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "quick {quick}");
+            let tracked = bf16::activation_bits(x.clone().autodiff(), quick).inner();
+            assert_eq!(values(tracked), want, "autodiff, quick {quick}");
+            // The next product.
+            let product = |x: Tensor<3>| values(linear(x, w.clone(), w.clone().transpose(), b.clone()));
+            let reference = product(separate);
+            let under_autocast = || {
+                let _autocast = bf16::Autocast::bf16(true);
+                product(fused.clone())
+            };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            for got in [under_autocast(), pool.install(under_autocast)] {
+                let worst = got.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-3, "quick {quick}: {worst}");
+            }
         }
     }
 
