@@ -14,7 +14,10 @@ use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
 use super::fused::attention::attention_bf16;
-use super::fused::bf16::{autocast_bf16, frozen_bf16, product_input, round_bf16, rounded_under_autocast};
+use super::fused::bf16::{
+    activation_bits, autocast_bf16, bits_between_products, frozen_bf16, product_input, round_bf16,
+    rounded_under_autocast,
+};
 use super::fused::rotary::{Pairs, rotary};
 use super::fused::{self, norm};
 use super::lora::{Lora, Rows, Site};
@@ -375,6 +378,11 @@ impl Linear {
     /// `x W (+ b)` under bf16-mixed precision (autocast's `linear`): bfloat16 input, weight and
     /// bias, f32 accumulation, a bfloat16 output.
     fn base_bf16(&self, x: Tensor<3>) -> Tensor<3> {
+        round_bf16(self.product_bf16(x))
+    }
+
+    /// [`Self::base_bf16`] before its output is rounded.
+    fn product_bf16(&self, x: Tensor<3>) -> Tensor<3> {
         let bias = round_bf16(self.bias_or_zeros());
         let (w, wt) = match (&self.weight_t, self.bf16_values) {
             (Some(wt), true) => (wt.clone().transpose(), wt.clone()),
@@ -384,7 +392,16 @@ impl Linear {
                 (w.clone(), w.transpose())
             }
         };
-        round_bf16(fused::linear(product_input(x), w, wt, bias))
+        fused::linear(product_input(x), w, wt, bias)
+    }
+
+    /// `next(gelu(x W + b))` under bf16-mixed precision in inference, where the activation may
+    /// pass to `next` in bfloat16 storage ([`bits_between_products`]): this product's rounding,
+    /// the exact GELU and `next`'s conversion of its input in one pass ([`activation_bits`]).
+    /// None where it may not (training, f32, no native bfloat16 products, an adapter).
+    pub fn gelu_into(&self, next: &Linear, x: &Tensor<3>) -> Option<Tensor<3>> {
+        let fused = autocast_bf16() && bits_between_products(x) && self.lora.is_none() && next.lora.is_none();
+        fused.then(|| next.forward(activation_bits(self.product_bf16(x.clone()), false)))
     }
 
     /// `x W (+ b)`.
@@ -509,6 +526,12 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.gate_proj.is_none()
+            && self.act == Activation::Gelu
+            && let Some(out) = self.up_proj.gelu_into(&self.down_proj, &x)
+        {
+            return out;
+        }
         let hidden = match &self.gate_proj {
             Some(gate) => rounded_under_autocast(self.act(gate.forward(x.clone())) * self.up_proj.forward(x)),
             None => self.act(self.up_proj.forward(x)),

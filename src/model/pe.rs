@@ -301,6 +301,9 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Some(out) = self.fc1.gelu_into(&self.fc2, &x) {
+            return out;
+        }
         self.fc2.forward(rounded_under_autocast(fused::gelu(self.fc1.forward(x))))
     }
 
