@@ -140,55 +140,48 @@ pub fn mm_packed(m: usize, (s, rs, cs): (&[f32], usize, usize), rhs: &Block<'_>,
     let kp = k.div_ceil(2);
     assert!(dst.len() >= m * n && m > 0 && k > 0);
     assert!((m - 1) * rs + (k - 1) * cs < s.len());
-    // lhs as [m rounded up to MR][kp] pairs, zeros past m and k.
-    let mp = m.next_multiple_of(MR);
-    let mut a = vec![0u32; mp * kp];
+    // lhs in blocks of MR rows (zeros past m and k), each `kp` pairs of MR rows: row by row
+    // (`[MR][kp]`) where its rows are contiguous, pair by pair (`[kp][MR]`) where its columns
+    // are (fewer scattered writes either way).
+    let mut a = vec![0u32; m.div_ceil(MR) * kp * MR];
+    let by_pairs = cs != 1 && rs == 1;
+    let (row_step, pair_step) = if by_pairs { (1, MR) } else { (kp, 1) };
+    let at = |i: usize, p: usize| (i / MR) * kp * MR + (i % MR) * row_step + p * pair_step;
     if cs == 1 {
-        for (i, row) in a.chunks_exact_mut(kp).take(m).enumerate() {
-            to_pairs(&s[i * rs..][..k], row);
+        for i in 0..m {
+            to_pairs(&s[i * rs..][..k], &mut a[at(i, 0)..][..kp]);
         }
-    } else if rs == 1 {
+    } else if by_pairs {
         // Columns contiguous (a transposed view): two columns make one pair in every row.
         let mut column = vec![0u32; m];
         for p in 0..kp {
             interleave(&s[2 * p * cs..][..m], (2 * p + 1 < k).then(|| &s[(2 * p + 1) * cs..][..m]), &mut column);
             for (i, x) in column.iter().enumerate() {
-                a[i * kp + p] = *x;
+                a[at(i, p)] = *x;
             }
         }
     } else {
-        for (i, row) in a.chunks_exact_mut(kp).take(m).enumerate() {
-            for (p, x) in row.iter_mut().enumerate() {
-                let at = |kk: usize| if kk < k { s[i * rs + kk * cs] } else { 0.0 };
-                *x = pair(at(2 * p), at(2 * p + 1));
+        for i in 0..m {
+            for p in 0..kp {
+                let value = |kk: usize| if kk < k { s[i * rs + kk * cs] } else { 0.0 };
+                a[at(i, p)] = pair(value(2 * p), value(2 * p + 1));
             }
         }
     }
     #[cfg(target_arch = "x86_64")]
-    {
-        let mut tile = [[0f32; 4 * LANES]; MR];
-        let np = n.next_multiple_of(LANES);
-        for i0 in (0..m).step_by(MR) {
-            for j0 in (0..n).step_by(4 * LANES) {
-                let vectors = (np - j0).min(4 * LANES) / LANES;
-                let (ap, bp) = (&a[i0 * kp..], &rhs.data[j0..]);
-                // SAFETY: the CPU has AVX512-BF16 (`available`); `ap` holds MR rows of kp pairs
-                // and `bp` kp rows of `stride` pairs from j0, of which the tile reads
-                // `vectors` · 16 (within the padded row).
-                unsafe {
-                    match vectors {
-                        4 => tile_avx512::<4>(kp, ap, bp, rhs.stride, &mut tile),
-                        3 => tile_avx512::<3>(kp, ap, bp, rhs.stride, &mut tile),
-                        2 => tile_avx512::<2>(kp, ap, bp, rhs.stride, &mut tile),
-                        _ => tile_avx512::<1>(kp, ap, bp, rhs.stride, &mut tile),
-                    }
-                }
-                let cols = (n - j0).min(4 * LANES);
-                for (r, t) in tile.iter().enumerate().take(m - i0) {
-                    let out = &mut dst[(i0 + r) * n + j0..(i0 + r) * n + j0 + cols];
-                    for (o, x) in out.iter_mut().zip(t) {
-                        *o = scale * x;
-                    }
+    for (panel, i0) in (0..m).step_by(MR).enumerate() {
+        let ap = &a[panel * kp * MR..(panel + 1) * kp * MR];
+        for j0 in (0..n).step_by(4 * LANES) {
+            let out = Out { rows: MR.min(m - i0), cols: (n - j0).min(4 * LANES), stride: n, scale };
+            let ap = (ap, row_step, pair_step);
+            let (bp, dp) = (&rhs.data[j0..], &mut dst[i0 * n + j0..]);
+            // SAFETY: the CPU has AVX512-BF16 (`available`); the tile checks its slices' lengths.
+            unsafe {
+                match out.cols.div_ceil(LANES) {
+                    4 => tile_avx512::<4>(kp, ap, bp, rhs.stride, out, dp),
+                    3 => tile_avx512::<3>(kp, ap, bp, rhs.stride, out, dp),
+                    2 => tile_avx512::<2>(kp, ap, bp, rhs.stride, out, dp),
+                    _ => tile_avx512::<1>(kp, ap, bp, rhs.stride, out, dp),
                 }
             }
         }
@@ -196,18 +189,34 @@ pub fn mm_packed(m: usize, (s, rs, cs): (&[f32], usize, usize), rhs: &Block<'_>,
     true
 }
 
-/// One `MR x 16·V` tile of sums: `a` `[MR][kp]` pairs, `b` `kp` rows of `stride` pairs.
+/// Where a tile's sums go: `rows x cols` of a row-major destination `stride` apart, scaled.
+#[derive(Clone, Copy)]
+struct Out {
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    scale: f32,
+}
+
+/// One `MR x 16·V` tile: `a` MR rows of `kp` pairs (row `r`'s pair `p` at `r · row_step + p ·
+/// pair_step`), `b` `kp` rows of `stride` pairs; `out.rows x out.cols` of the sums, scaled,
+/// into `dst` (the rest of the tile is padding, not stored).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile_avx512<const V: usize>(
     kp: usize,
-    a: &[u32],
+    (a, row_step, pair_step): (&[u32], usize, usize),
     b: &[u32],
     stride: usize,
-    tile: &mut [[f32; 4 * LANES]; MR],
+    out: Out,
+    dst: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= MR * kp && (kp == 0 || b.len() >= (kp - 1) * stride + V * LANES));
+    assert!(kp > 0 && a.len() > (MR - 1) * row_step + (kp - 1) * pair_step);
+    assert!(b.len() >= (kp - 1) * stride + V * LANES);
+    assert!(
+        out.rows <= MR && out.cols <= V * LANES && out.rows > 0 && dst.len() >= (out.rows - 1) * out.stride + out.cols
+    );
     let mut acc = [[_mm512_setzero_ps(); V]; MR];
     for p in 0..kp {
         // 16 lanes of bfloat16 pairs are the bits of a __m512bh.
@@ -217,16 +226,25 @@ unsafe fn tile_avx512<const V: usize>(
         });
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: as above.
-            let pair: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(a[r * kp + p] as i32)) };
+            let pair: __m512bh =
+                unsafe { std::mem::transmute(_mm512_set1_epi32(a[r * row_step + p * pair_step] as i32)) };
             for (x, bv) in row.iter_mut().zip(&bv) {
                 *x = _mm512_dpbf16_ps(*x, pair, *bv);
             }
         }
     }
-    for (t, row) in tile.iter_mut().zip(&acc) {
+    let scale = _mm512_set1_ps(out.scale);
+    for (r, row) in acc.iter().enumerate().take(out.rows) {
         for (v, x) in row.iter().enumerate() {
-            // SAFETY: v · 16 + 16 <= 4 · 16 values of the tile's row.
-            unsafe { _mm512_storeu_ps(t.as_mut_ptr().add(v * LANES), *x) };
+            let first = v * LANES;
+            if first >= out.cols {
+                break;
+            }
+            let mask = (u32::MAX >> (32 - (out.cols - first).min(LANES))) as u16;
+            // SAFETY: the masked lanes lie within the row's `cols` values (assert above).
+            unsafe {
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(r * out.stride + first), mask, _mm512_mul_ps(*x, scale))
+            };
         }
     }
 }
