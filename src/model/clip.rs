@@ -142,7 +142,7 @@ impl Projection {
     fn product_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = product_input(x);
         let bias = round_bf16(self.bias.val());
-        let y = match (&self.weight_t, self.bf16_values) {
+        match (&self.weight_t, self.bf16_values) {
             (Some(wt), true) => super::fused::linear(x, wt.clone().transpose(), wt.clone(), bias),
             (None, true) => {
                 let w = self.weight.val();
@@ -152,8 +152,7 @@ impl Projection {
                 let w = round_bf16(self.weight.val());
                 super::fused::linear(x, w.clone(), w.transpose(), bias)
             }
-        };
-        y
+        }
     }
 
     /// `x W + b`: one fused matrix product with bias in f32 (its backward pass computes only

@@ -256,9 +256,12 @@ fn head_backward(
     }
 }
 
+/// A `[k, n]` operand: its values and (row, column) strides.
+type Operand<'a> = (&'a [f32], usize, usize);
+
 /// The operands `(k, n, (values, row stride, column stride))` packed for the bfloat16 dot
 /// products ([`Packed`]) where `bf16` and the CPU has them; none otherwise (f32 products).
-fn packed_operands<const N: usize>(bf16: bool, operands: [(usize, usize, (&[f32], usize, usize)); N]) -> Vec<Packed> {
+fn packed_operands<const N: usize>(bf16: bool, operands: [(usize, usize, Operand<'_>); N]) -> Vec<Packed> {
     if !(bf16 && dot_bf16::available()) {
         return Vec::new();
     }

@@ -39,7 +39,7 @@ fn bits(x: f32) -> u32 {
 fn to_pairs(src: &[f32], dst: &mut [u32]) {
     let halves: &mut [u16] = bytemuck::cast_slice_mut(&mut dst[..src.len().div_ceil(2)]);
     kernels::to_bf16_bits(src, &mut halves[..src.len()]);
-    if src.len() % 2 == 1 {
+    if !src.len().is_multiple_of(2) {
         halves[src.len()] = 0;
     }
 }
@@ -113,8 +113,8 @@ impl Packed {
     /// Rows `k0..k0 + k` and columns `j0..j0 + n` of the operand: `k0` even, `k` even unless
     /// the block ends where the operand does, `j0` a multiple of 16.
     pub fn block(&self, k0: usize, k: usize, j0: usize, n: usize) -> Block<'_> {
-        assert!(k0 % 2 == 0 && (k % 2 == 0 || k0 + k == self.k) && k0 + k <= self.k);
-        assert!(j0 % LANES == 0 && j0 + n <= self.n && n > 0);
+        assert!(k0.is_multiple_of(2) && (k.is_multiple_of(2) || k0 + k == self.k) && k0 + k <= self.k);
+        assert!(j0.is_multiple_of(LANES) && j0 + n <= self.n && n > 0);
         Block { data: &self.data[k0 / 2 * self.stride + j0..], k, n, stride: self.stride }
     }
 }
