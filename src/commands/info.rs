@@ -27,6 +27,7 @@ pub fn describe_system() -> String {
     };
     line("in use", format!("{} ({why})", used.name()));
     line("bf16 kernels", crate::model::fused::onednn::bf16_products());
+    line("bf16 attn", crate::model::fused::attention::bf16_products().to_string());
     let auto = if crate::model::dtype::native_bf16_products() { "bf16" } else { "f32" };
     line("dtype auto", auto.to_string());
     // dfdet sets PASSIVE where the environment leaves it unset (`restart_with_quiet_openmp`).

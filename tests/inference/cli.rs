@@ -343,6 +343,9 @@ fn products_benchmark_and_system_info_name_the_kernels() {
         let out = dfdet().env("DFDET_KERNELS", env).args(["info", "--system"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && text.contains(used) && text.contains("kernels      gemm"), "{text}");
+        // The attention's bfloat16 products: the CPU's dot products exactly where it has them.
+        let dot = std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f");
+        assert_eq!(text.contains("bf16 attn    bfloat16 dot products"), dot, "{text}");
     }
 }
 

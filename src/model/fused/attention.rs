@@ -21,6 +21,15 @@ use rayon::prelude::*;
 use super::dot_bf16::{self, Packed};
 use super::{FusedBackward, FusedOps, contiguous, from_f32, kernels};
 
+/// What the bf16-mixed attention's per-head products run on here, for `dfdet info --system`.
+pub fn bf16_products() -> &'static str {
+    if dot_bf16::available() {
+        "bfloat16 dot products (AVX512-BF16 vdpbf16ps)"
+    } else {
+        "f32 products of bfloat16 values (gemm crate; the CPU has no AVX512-BF16)"
+    }
+}
+
 /// `softmax(q kᵀ · scale) v` over `[b, h, t, d]` bfloat16 queries, keys and values (any
 /// layout), as PyTorch's CPU `scaled_dot_product_attention` computes it in bfloat16;
 /// differentiable in all three.
