@@ -11,7 +11,7 @@
 
 use super::kernels;
 
-/// Whether the CPU has bfloat16 dot products ([`mm`] runs on them).
+/// Whether the CPU has bfloat16 dot products ([`mm_packed`] runs on them).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -25,13 +25,6 @@ pub fn available() -> bool {
     {
         false
     }
-}
-
-/// `f32 -> bfloat16` bits, to nearest even (NaN stays NaN), as [`super::kernels::to_bf16_bits`].
-#[inline(always)]
-fn bits(x: f32) -> u32 {
-    let b = x.to_bits();
-    if x.is_nan() { (b >> 16) | 0x0040 } else { b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16 }
 }
 
 /// `src` as bfloat16 pairs of consecutive values in `dst` (`⌈len/2⌉` of them; an odd length's
@@ -65,7 +58,7 @@ const LANES: usize = 16;
 /// `(even, odd)` bfloat16 bits in one 32-bit lane, as `vdpbf16ps` reads a pair.
 #[inline(always)]
 fn pair(even: f32, odd: f32) -> u32 {
-    bits(even) | (bits(odd) << 16)
+    u32::from(kernels::bf16_bits(even)) | u32::from(kernels::bf16_bits(odd)) << 16
 }
 
 /// A right operand `[k, n]` as the kernel reads it: `⌈k/2⌉` rows of `n` (padded to 16) lanes of

@@ -157,7 +157,7 @@ dispatched! {
 
 /// `x` as bfloat16 bits, as [`to_bf16_bits`].
 #[inline(always)]
-fn bf16_bits(x: f32) -> u16 {
+pub fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
     if x.is_nan() { (bits >> 16) as u16 | 0x0040 } else { rounded }
