@@ -261,7 +261,7 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if autocast_bf16() && bits_between_products(&x) && self.fc1.lora.is_none() && self.fc2.lora.is_none() {
+        if bits_between_products(&x) && self.fc1.lora.is_none() && self.fc2.lora.is_none() {
             // Inference on native bfloat16 products: fc1's rounding, the activation and fc2's
             // conversion of its input in one pass, the activation kept in bfloat16 storage.
             let quick = self.act == HiddenAct::QuickGelu;

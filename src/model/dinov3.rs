@@ -400,7 +400,7 @@ impl Linear {
     /// the exact GELU and `next`'s conversion of its input in one pass ([`activation_bits`]).
     /// None where it may not (training, f32, no native bfloat16 products, an adapter).
     pub fn gelu_into(&self, next: &Linear, x: &Tensor<3>) -> Option<Tensor<3>> {
-        let fused = autocast_bf16() && bits_between_products(x) && self.lora.is_none() && next.lora.is_none();
+        let fused = bits_between_products(x) && self.lora.is_none() && next.lora.is_none();
         fused.then(|| next.forward(activation_bits(self.product_bf16(x.clone()), false)))
     }
 

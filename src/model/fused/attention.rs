@@ -265,13 +265,18 @@ fn head_backward(
     }
 }
 
+/// Whether the products of a `bf16` attention run on the CPU's bfloat16 dot products.
+fn dot_products(bf16: bool) -> bool {
+    bf16 && dot_bf16::available()
+}
+
 /// A `[k, n]` operand: its values and (row, column) strides.
 type Operand<'a> = (&'a [f32], usize, usize);
 
 /// The operands `(k, n, (values, row stride, column stride))` packed for the bfloat16 dot
 /// products ([`Packed`]) where `bf16` and the CPU has them; none otherwise (f32 products).
 fn packed_operands<const N: usize>(bf16: bool, operands: [(usize, usize, Operand<'_>); N]) -> Vec<Packed> {
-    if !(bf16 && dot_bf16::available()) {
+    if !dot_products(bf16) {
         return Vec::new();
     }
     operands.into_iter().map(|(k, n, rhs)| Packed::new(k, n, rhs)).collect()
@@ -426,7 +431,7 @@ pub(super) fn attention_forward(
     let mut out = HeadsOut::new(q.dims);
     let to = out.shared();
     let mut lse = vec![0f32; b * h * tq];
-    let in_place = bf16 && dot_bf16::available();
+    let in_place = dot_products(bf16);
     lse.par_chunks_mut(tq.max(1)).enumerate().for_each(|(i, l)| {
         let mut o = vec![0f32; tq * d];
         let mut bufs: [Vec<f32>; 3] = Default::default();
@@ -458,7 +463,7 @@ pub(super) fn attention_backward(
     let t = k.dims[2];
     let (mut gq, mut gk, mut gv) = (HeadsOut::new(q.dims), HeadsOut::new(k.dims), HeadsOut::new(k.dims));
     let to = (gq.shared(), gk.shared(), gv.shared());
-    let in_place = bf16 && dot_bf16::available();
+    let in_place = dot_products(bf16);
     (0..b * h).into_par_iter().for_each(|i| {
         let (mut hq, mut hk, mut hv) = (vec![0f32; tq * d], vec![0f32; t * d], vec![0f32; t * d]);
         let mut bufs: [Vec<f32>; 5] = Default::default();

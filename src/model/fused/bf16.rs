@@ -96,11 +96,11 @@ pub fn quick_gelu_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::quick_gelu_bf16(x.into_dispatch()))
 }
 
-/// Whether `x`, a bf16-mixed product's output, may pass to the next product in bfloat16 storage
-/// ([`activation_bits`]): in inference (not an autodiff tensor), where oneDNN multiplies
-/// bfloat16 natively and so reads those bits as they are.
+/// Whether `x`, the input of a bf16-mixed MLP, may pass from its first product to the second in
+/// bfloat16 storage ([`activation_bits`]): under bf16-mixed precision, in inference (not an
+/// autodiff tensor), where oneDNN multiplies bfloat16 natively and so reads those bits as they are.
 pub fn bits_between_products<const D: usize>(x: &Tensor<D>) -> bool {
-    !x.is_autodiff() && super::onednn::native_bf16_products()
+    autocast_bf16() && !x.is_autodiff() && super::onednn::native_bf16_products()
 }
 
 /// A bf16-mixed MLP's activation on `x`, its first product's output before rounding: the

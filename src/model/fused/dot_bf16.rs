@@ -37,16 +37,28 @@ fn to_pairs(src: &[f32], dst: &mut [u32]) {
     }
 }
 
-/// `dst[i] = (even[i], odd[i])` as bfloat16 pairs, `odd` zeros where absent.
-fn interleave(even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
-    let mut lo = vec![0u16; even.len()];
-    kernels::to_bf16_bits(even, &mut lo);
-    let mut hi = vec![0u16; even.len()];
-    if let Some(odd) = odd {
-        kernels::to_bf16_bits(odd, &mut hi);
+/// Pairs of two rows: `dst[i] = (even[i], odd[i])` as bfloat16, `odd` zeros where absent; its
+/// two buffers of converted rows made once for all the rows of an operand.
+struct Interleave {
+    lo: Vec<u16>,
+    hi: Vec<u16>,
+}
+
+impl Interleave {
+    fn new(len: usize) -> Self {
+        Self { lo: vec![0; len], hi: vec![0; len] }
     }
-    for ((x, l), h) in dst.iter_mut().zip(&lo).zip(&hi) {
-        *x = *l as u32 | (*h as u32) << 16;
+
+    fn pairs(&mut self, even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+        let len = even.len();
+        kernels::to_bf16_bits(even, &mut self.lo[..len]);
+        match odd {
+            Some(odd) => kernels::to_bf16_bits(odd, &mut self.hi[..len]),
+            None => self.hi[..len].fill(0),
+        }
+        for ((x, l), h) in dst.iter_mut().zip(&self.lo[..len]).zip(&self.hi[..len]) {
+            *x = u32::from(*l) | u32::from(*h) << 16;
+        }
     }
 }
 
@@ -79,8 +91,9 @@ impl Packed {
         let mut data = vec![0u32; kp * stride];
         if cs == 1 {
             // Rows contiguous: two rows make one row of pairs.
+            let mut rows = Interleave::new(n);
             for (p, row) in data.chunks_exact_mut(stride).enumerate() {
-                interleave(&s[2 * p * rs..][..n], (2 * p + 1 < k).then(|| &s[(2 * p + 1) * rs..][..n]), &mut row[..n]);
+                rows.pairs(&s[2 * p * rs..][..n], (2 * p + 1 < k).then(|| &s[(2 * p + 1) * rs..][..n]), &mut row[..n]);
             }
         } else if rs == 1 {
             // Columns contiguous (a transposed view): each column is a run of pairs, which
@@ -146,9 +159,9 @@ pub fn mm_packed(m: usize, (s, rs, cs): (&[f32], usize, usize), rhs: &Block<'_>,
         }
     } else if by_pairs {
         // Columns contiguous (a transposed view): two columns make one pair in every row.
-        let mut column = vec![0u32; m];
+        let (mut column, mut columns) = (vec![0u32; m], Interleave::new(m));
         for p in 0..kp {
-            interleave(&s[2 * p * cs..][..m], (2 * p + 1 < k).then(|| &s[(2 * p + 1) * cs..][..m]), &mut column);
+            columns.pairs(&s[2 * p * cs..][..m], (2 * p + 1 < k).then(|| &s[(2 * p + 1) * cs..][..m]), &mut column);
             for (i, x) in column.iter().enumerate() {
                 a[at(i, p)] = *x;
             }

@@ -246,6 +246,17 @@ fn zip_rows(grad: FlexTensor, other: FlexTensor, row: usize, kernel: impl Fn(&[f
     grad
 }
 
+/// [`FusedOps::gelu_bf16_bits`]'s values by the separate operations, in the backend's own storage.
+fn rounded_activation<B: FusedOps>(x: FloatTensor<B>, quick: bool) -> FloatTensor<B> {
+    let x = B::round_bf16(x);
+    if quick { B::quick_gelu_bf16(x) } else { B::round_bf16(B::erf_gelu(x)) }
+}
+
+/// bfloat16 bits as their f32 values (exactly).
+fn widen(bits: &[u16]) -> Vec<f32> {
+    bits.par_iter().map(|b| f32::from_bits(u32::from(*b) << 16)).collect()
+}
+
 /// The left operand of [`matmul_2d`]: f32 values, or bfloat16 bits (an activation kept in
 /// bfloat16 between two bf16-mixed products, [`FusedOps::gelu_bf16_bits`]).
 #[derive(Clone, Copy)]
@@ -306,7 +317,7 @@ fn matmul_2d(m: usize, k: usize, lhs: Lhs<'_>, rhs: &FlexTensor, bias: Option<&[
         }
         Lhs::Values(lhs) => lhs,
         Lhs::Bits(bits) => {
-            rounded = bits[..m * k].par_iter().map(|b| f32::from_bits(u32::from(*b) << 16)).collect();
+            rounded = widen(&bits[..m * k]);
             &rounded[..]
         }
     };
@@ -317,7 +328,7 @@ fn matmul_2d(m: usize, k: usize, lhs: Lhs<'_>, rhs: &FlexTensor, bias: Option<&[
         Rhs::Values(values) => values,
         Rhs::Bits(bits) => {
             let span = span(n, k, rhs_rs, rhs_cs).min(bits.len());
-            widened = bits[..span].par_iter().map(|b| f32::from_bits(u32::from(*b) << 16)).collect();
+            widened = widen(&bits[..span]);
             &widened
         }
     };
@@ -482,8 +493,7 @@ impl FusedOps for Flex {
 
     fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
         if !all_f32(&[&x]) {
-            let x = Self::round_bf16(x);
-            return if quick { Self::quick_gelu_bf16(x) } else { Self::round_bf16(Self::erf_gelu(x)) };
+            return rounded_activation::<Self>(x, quick);
         }
         let x = contiguous(x);
         let src: &[f32] = x.storage();
@@ -785,8 +795,7 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
 
     fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
         // The same values through the differentiable operations, in f32 storage.
-        let x = Self::round_bf16(x);
-        if quick { Self::quick_gelu_bf16(x) } else { Self::round_bf16(Self::erf_gelu(x)) }
+        rounded_activation::<Self>(x, quick)
     }
 
     fn fused_attention(
@@ -919,6 +928,21 @@ mod tests {
         assert!(b2.grad(&g2).is_some());
     }
 
+    /// `run` under bf16-mixed precision twice: where oneDNN's native product may run, and inside
+    /// a rayon worker, where the products fall back to the f32 kernels.
+    fn under_autocast_both_ways(run: impl Fn() -> Vec<f32> + Send + Sync) -> [Vec<f32>; 2] {
+        let autocast = || {
+            let _autocast = bf16::Autocast::bf16(true);
+            run()
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        [autocast(), pool.install(autocast)]
+    }
+
+    fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    }
+
     /// Under bf16-mixed precision an inference input left unrounded ([`bf16::product_input`])
     /// multiplies as its bfloat16 values: through oneDNN's native product (outside rayon), and
     /// through the f32 kernels where the native path is not taken (inside a rayon worker), which
@@ -934,13 +958,8 @@ mod tests {
         let product = |x: Tensor<3>| linear(x, w.clone(), w.clone().transpose(), b.clone());
         // f32 products of the rounded input.
         let want = values(product(bf16::round_bf16(x.clone())));
-        let under_autocast = || {
-            let _autocast = bf16::Autocast::bf16(true);
-            values(product(bf16::product_input(x.clone())))
-        };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        for got in [under_autocast(), pool.install(under_autocast)] {
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        for got in under_autocast_both_ways(|| values(product(bf16::product_input(x.clone())))) {
+            let worst = worst_difference(&got, &want);
             // Only the summation order may differ (24 terms of bfloat16 products, exact in f32).
             assert!(worst < 1e-4, "{worst}");
         }
@@ -972,13 +991,8 @@ mod tests {
             // The next product.
             let product = |x: Tensor<3>| values(linear(x, w.clone(), w.clone().transpose(), b.clone()));
             let reference = product(separate);
-            let under_autocast = || {
-                let _autocast = bf16::Autocast::bf16(true);
-                product(fused.clone())
-            };
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-            for got in [under_autocast(), pool.install(under_autocast)] {
-                let worst = got.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            for got in under_autocast_both_ways(|| product(fused.clone())) {
+                let worst = worst_difference(&got, &reference);
                 assert!(worst < 1e-3, "quick {quick}: {worst}");
             }
         }
