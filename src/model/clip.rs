@@ -13,7 +13,8 @@ use burn::tensor::activation::gelu;
 use super::config::{EncoderConfig, HiddenAct};
 use super::fused::attention::{attention_bf16, attention_f32};
 use super::fused::bf16::{
-    activation_bits, autocast_bf16, bits_between_products, frozen_bf16, product_input, quick_gelu_bf16, round_bf16,
+    activation_bits, autocast_bf16, bits_between_products, frozen, frozen_bf16, product_input, quick_gelu_bf16,
+    round_bf16,
 };
 use super::fused::norm;
 use super::lora::Lora;
@@ -155,6 +156,11 @@ impl Projection {
         }
     }
 
+    /// Whether the projection is frozen: no adapter, no gradient asked of its weight or bias.
+    fn frozen(&self) -> bool {
+        self.lora.is_none() && frozen(&self.weight.val(), Some(&self.bias.val()))
+    }
+
     /// `x W + b`: one fused matrix product with bias in f32 (its backward pass computes only
     /// the input's gradient when the weight is frozen), burn's `linear` otherwise.
     fn linear<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -261,9 +267,10 @@ impl Mlp {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if bits_between_products(&x) && self.fc1.lora.is_none() && self.fc2.lora.is_none() {
-            // Inference on native bfloat16 products: fc1's rounding, the activation and fc2's
-            // conversion of its input in one pass, the activation kept in bfloat16 storage.
+        if bits_between_products() && self.fc1.frozen() && self.fc2.frozen() {
+            // On native bfloat16 products: fc1's rounding, the activation and fc2's conversion
+            // of its input in one pass, the activation kept in bfloat16 storage (and in
+            // training, their backward passes in one too).
             let quick = self.act == HiddenAct::QuickGelu;
             return self.fc2.linear_bf16(activation_bits(self.fc1.product_bf16(x), quick));
         }

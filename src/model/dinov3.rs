@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fused::attention::attention_bf16;
 use super::fused::bf16::{
-    activation_bits, autocast_bf16, bits_between_products, frozen_bf16, product_input, round_bf16,
+    activation_bits, autocast_bf16, bits_between_products, frozen, frozen_bf16, product_input, round_bf16,
     rounded_under_autocast,
 };
 use super::fused::rotary::{Pairs, rotary};
@@ -395,13 +395,19 @@ impl Linear {
         fused::linear(product_input(x), w, wt, bias)
     }
 
-    /// `next(gelu(x W + b))` under bf16-mixed precision in inference, where the activation may
-    /// pass to `next` in bfloat16 storage ([`bits_between_products`]): this product's rounding,
-    /// the exact GELU and `next`'s conversion of its input in one pass ([`activation_bits`]).
-    /// None where it may not (training, f32, no native bfloat16 products, an adapter).
+    /// `next(gelu(x W + b))` under bf16-mixed precision, where the activation may pass to
+    /// `next` in bfloat16 storage ([`bits_between_products`]): this product's rounding, the
+    /// exact GELU and `next`'s conversion of its input in one pass ([`activation_bits`]), and
+    /// in training their backward passes in one too. None where it may not (f32, no native
+    /// bfloat16 products, an adapter or a trained weight or bias in either).
     pub fn gelu_into(&self, next: &Linear, x: &Tensor<3>) -> Option<Tensor<3>> {
-        let fused = bits_between_products(x) && self.lora.is_none() && next.lora.is_none();
+        let fused = bits_between_products() && self.frozen() && next.frozen();
         fused.then(|| next.forward(activation_bits(self.product_bf16(x.clone()), false)))
+    }
+
+    /// Whether the layer is frozen: no adapter, no gradient asked of its weight or bias.
+    fn frozen(&self) -> bool {
+        self.lora.is_none() && frozen(&self.weight.val(), self.bias.as_ref().map(Param::val).as_ref())
     }
 
     /// `x W (+ b)`.

@@ -20,10 +20,11 @@ use std::cell::Cell;
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch};
+use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata};
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use super::{FusedBackward, FusedOps};
 
@@ -82,8 +83,12 @@ pub fn for_two_uses<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
 /// bfloat16 (to nearest even, as [`round_bf16`]): the same values for one pass over the
 /// activations fewer. Should the product not take the native path after all, it rounds its
 /// input before the f32 kernels (`matmul_2d`).
+///
+/// A tensor in bfloat16 storage ([`activation_bits`]) passes as it is: its values are bfloat16
+/// already, and the operation that made it rounds its gradient itself.
 pub fn product_input<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !x.is_autodiff() && super::onednn::native_bf16_products() { x } else { round_bf16(x) }
+    let as_it_is = x.dtype() == DType::BF16 || (!x.is_autodiff() && super::onednn::native_bf16_products());
+    if as_it_is { x } else { round_bf16(x) }
 }
 
 /// Every value rounded to bfloat16; differentiable, its gradient rounded to bfloat16 as well.
@@ -96,11 +101,18 @@ pub fn quick_gelu_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::quick_gelu_bf16(x.into_dispatch()))
 }
 
-/// Whether `x`, the input of a bf16-mixed MLP, may pass from its first product to the second in
-/// bfloat16 storage ([`activation_bits`]): under bf16-mixed precision, in inference (not an
-/// autodiff tensor), where oneDNN multiplies bfloat16 natively and so reads those bits as they are.
-pub fn bits_between_products<const D: usize>(x: &Tensor<D>) -> bool {
-    autocast_bf16() && !x.is_autodiff() && super::onednn::native_bf16_products()
+/// Whether a bf16-mixed MLP's activation may pass from its first product to the second in
+/// bfloat16 storage ([`activation_bits`]): under bf16-mixed precision where oneDNN multiplies
+/// bfloat16 natively and so reads those bits as they are, in inference and in training. The
+/// caller checks that both products are frozen ([`frozen`]): a trained one is burn's f32
+/// `linear`, which reads and gives f32 only.
+pub fn bits_between_products() -> bool {
+    autocast_bf16() && super::onednn::native_bf16_products()
+}
+
+/// Whether a projection's parameters are frozen: no gradient is asked of them.
+pub fn frozen(weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> bool {
+    !weight.is_require_grad() && !bias.is_some_and(Tensor::is_require_grad)
 }
 
 /// A bf16-mixed MLP's activation on `x`, its first product's output before rounding: the
@@ -132,6 +144,48 @@ where
 
     let prep = Round.prepare::<C>([x.node()]).compute_bound();
     prep.stateless(B::round_bf16(x.into_primitive()))
+}
+
+/// [`FusedOps::gelu_bf16_bits`] under autodiff: the activation in bfloat16 storage, its rounded
+/// input kept as bits for the backward pass, which gives the input's gradient in bfloat16
+/// storage too ([`FusedBackward::gelu_bf16_bits_backward`]). In training this replaces five
+/// passes over the MLP's widest activations forward (the rounding of the first product's
+/// output, the activation, the rounding and conversion of the second's input) and four backward
+/// with one each, and keeps half the bytes for the backward pass.
+///
+/// Its output's gradient may arrive unrounded (the second product's backward pass); the input's
+/// gradient is bfloat16 storage, which the first product's backward pass reads as it is.
+pub(super) fn autodiff_activation_bits<B, C>(x: FloatTensor<Autodiff<B, C>>, quick: bool) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend + FusedOps + FusedBackward,
+    C: CheckpointStrategy,
+{
+    #[derive(Debug)]
+    struct ActivationBits {
+        quick: bool,
+    }
+
+    impl<B: Backend + FusedBackward> Backward<B, 1> for ActivationBits {
+        /// The rounded input, in bfloat16 storage.
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let input = ops.state;
+            unary::<B, _>(ops.parents, ops.node, grads, |g| B::gelu_bf16_bits_backward(input, g, self.quick));
+        }
+    }
+
+    if x.dtype() != DType::F32 {
+        // Not a product's f32 output: the separate operations.
+        return super::rounded_activation::<Autodiff<B, C>>(x, quick);
+    }
+    match (ActivationBits { quick }).prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (out, input) = B::gelu_bf16_bits_forward(x.into_primitive(), quick);
+            prep.finish(input, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::gelu_bf16_bits(x.into_primitive(), quick)),
+    }
 }
 
 #[cfg(test)]

@@ -80,14 +80,20 @@ dispatched! {
     }
 }
 
+/// `Φ(x) + x φ(x)`, the exact GELU's derivative.
+#[inline(always)]
+fn gelu_derivative(x: f32) -> f32 {
+    // 1 / √(2π)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
 dispatched! {
     /// `g ← g · (Φ(x) + x φ(x))`, the exact GELU's derivative.
     fn gelu_grad(xs: &[f32], gs: &mut [f32]) {
-        // 1 / √(2π)
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         for (g, &x) in gs.iter_mut().zip(xs) {
-            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            *g *= cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x);
+            *g *= gelu_derivative(x);
         }
     }
 }
@@ -173,13 +179,39 @@ dispatched! {
     }
 }
 
+/// `x · sigmoid(1.702 x)` as PyTorch computes it on a bfloat16 tensor, three operations each
+/// rounded to bfloat16: `a = 1.702 x`, `s = sigmoid(a)`, `x · s` (before the last rounding).
+#[inline(always)]
+fn quick_gelu_bf16_unrounded(x: f32) -> f32 {
+    x * bf16(sigmoid(bf16(1.702 * x)))
+}
+
+/// The gradient `g` of [`quick_gelu_bf16_unrounded`]'s rounded output, back at `x`, as PyTorch's
+/// autograd computes it in bfloat16: `g·s` (the product's), `1.702 · sigmoid_backward(g·x, s)`
+/// (the scaled sigmoid's), each rounded, and their sum rounded.
+#[inline(always)]
+fn quick_gelu_bf16_backward(x: f32, g: f32) -> f32 {
+    let s = bf16(sigmoid(bf16(1.702 * x)));
+    let through_product = bf16(g * s);
+    let ds = bf16(g * x);
+    let da = bf16(ds * (1.0 - s) * s);
+    bf16(through_product + bf16(da * 1.702))
+}
+
+/// A bf16-mixed MLP's activation of a bfloat16 value, before its rounding: CLIP's quick GELU
+/// as ATen computes it on bfloat16 ([`quick_gelu_bf16_unrounded`]) where `QUICK`, else the
+/// exact GELU (one operation). A constant, so that a loop over it has no branch and vectorises.
+#[inline(always)]
+fn activation_bf16_unrounded<const QUICK: bool>(x: f32) -> f32 {
+    if QUICK { quick_gelu_bf16_unrounded(x) } else { x * (0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))) }
+}
+
 dispatched! {
-    /// In place: `x · sigmoid(1.702 x)` as PyTorch computes it on a bfloat16 tensor, three
-    /// operations each rounded to bfloat16: `a = 1.702 x`, `s = sigmoid(a)`, `x · s`.
+    /// In place: `x · sigmoid(1.702 x)` as PyTorch computes it on a bfloat16 tensor
+    /// ([`quick_gelu_bf16_unrounded`], rounded).
     fn quick_gelu_bf16(xs: &mut [f32]) {
         for x in xs.iter_mut() {
-            let s = bf16(sigmoid(bf16(1.702 * *x)));
-            *x = bf16(*x * s);
+            *x = bf16(quick_gelu_bf16_unrounded(*x));
         }
     }
 }
@@ -190,32 +222,56 @@ dispatched! {
     /// else the exact GELU rounded once), as bfloat16 bits in `dst`: three passes over the
     /// activations (the rounding, the activation, the next product's conversion) in one.
     fn gelu_bf16_bits(src: &[f32], dst: &mut [u16], quick: bool) {
-        if quick {
+        #[inline(always)]
+        fn each<const QUICK: bool>(src: &[f32], dst: &mut [u16]) {
             for (d, x) in dst.iter_mut().zip(src) {
-                let x = bf16(*x);
-                let s = bf16(sigmoid(bf16(1.702 * x)));
-                *d = bf16_bits(x * s);
-            }
-        } else {
-            for (d, x) in dst.iter_mut().zip(src) {
-                let x = bf16(*x);
-                *d = bf16_bits(x * (0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))));
+                *d = bf16_bits(activation_bf16_unrounded::<QUICK>(bf16(*x)));
             }
         }
+        if quick { each::<true>(src, dst) } else { each::<false>(src, dst) }
     }
 }
 
 dispatched! {
-    /// The gradient of [`quick_gelu_bf16`] as PyTorch's autograd computes it in bfloat16:
-    /// `g·s` (the product's), `1.702 · sigmoid_backward(g·x, s)` (the scaled sigmoid's), each
-    /// rounded, and their sum rounded.
+    /// [`gelu_bf16_bits`] that also keeps the rounded input, as bits in `input`: what the
+    /// backward pass ([`gelu_bf16_grad_bits`]) reads.
+    fn gelu_bf16_bits_keeping_input(src: &[f32], input: &mut [u16], dst: &mut [u16], quick: bool) {
+        #[inline(always)]
+        fn each<const QUICK: bool>(src: &[f32], input: &mut [u16], dst: &mut [u16]) {
+            for ((d, i), x) in dst.iter_mut().zip(input.iter_mut()).zip(src) {
+                let x = bf16(*x);
+                *i = bf16_bits(x);
+                *d = bf16_bits(activation_bf16_unrounded::<QUICK>(x));
+            }
+        }
+        if quick { each::<true>(src, input, dst) } else { each::<false>(src, input, dst) }
+    }
+}
+
+dispatched! {
+    /// The gradient of [`gelu_bf16_bits`] for its input, as bfloat16 bits in `dst`, from the
+    /// kept rounded input `xs` (bits) and the gradient `gs` of the output, which the next
+    /// product's backward pass gives unrounded: the passes of autocast's backward in one (the
+    /// gradient rounded as a bfloat16 tensor's; through the activation, [`quick_gelu_bf16_grad`]
+    /// or the exact GELU's derivative; rounded again for the first product's output).
+    fn gelu_bf16_grad_bits(xs: &[u16], gs: &[f32], dst: &mut [u16], quick: bool) {
+        #[inline(always)]
+        fn each<const QUICK: bool>(xs: &[u16], gs: &[f32], dst: &mut [u16]) {
+            for ((d, x), g) in dst.iter_mut().zip(xs).zip(gs) {
+                let (x, g) = (f32::from_bits(u32::from(*x) << 16), bf16(*g));
+                *d = bf16_bits(if QUICK { quick_gelu_bf16_backward(x, g) } else { g * gelu_derivative(x) });
+            }
+        }
+        if quick { each::<true>(xs, gs, dst) } else { each::<false>(xs, gs, dst) }
+    }
+}
+
+dispatched! {
+    /// The gradient of [`quick_gelu_bf16`] as PyTorch's autograd computes it in bfloat16
+    /// ([`quick_gelu_bf16_backward`]).
     fn quick_gelu_bf16_grad(xs: &[f32], gs: &mut [f32]) {
         for (g, &x) in gs.iter_mut().zip(xs) {
-            let s = bf16(sigmoid(bf16(1.702 * x)));
-            let through_product = bf16(*g * s);
-            let ds = bf16(*g * x);
-            let da = bf16(ds * (1.0 - s) * s);
-            *g = bf16(through_product + bf16(da * 1.702));
+            *g = quick_gelu_bf16_backward(x, *g);
         }
     }
 }

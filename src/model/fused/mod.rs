@@ -96,6 +96,12 @@ pub trait FusedBackward: Backend {
     fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`FusedOps::quick_gelu_bf16`] at `x`, in bfloat16 as PyTorch's autograd.
     fn quick_gelu_bf16_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`FusedOps::gelu_bf16_bits`] and its input rounded, both in bfloat16 storage: the
+    /// activation, and what its backward pass reads.
+    fn gelu_bf16_bits_forward(x: FloatTensor<Self>, quick: bool) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The gradient of [`FusedOps::gelu_bf16_bits`] for its input, in bfloat16 storage, from its
+    /// kept rounded input and the activation's (unrounded) gradient.
+    fn gelu_bf16_bits_backward(input: FloatTensor<Self>, grad: FloatTensor<Self>, quick: bool) -> FloatTensor<Self>;
     /// [`FusedOps::fused_attention`] and the log-sum-exp of each query's scores `[b, h, tq]`.
     fn fused_attention_forward(
         q: FloatTensor<Self>,
@@ -198,6 +204,11 @@ fn contiguous(x: FlexTensor) -> FlexTensor {
 /// A new f32 tensor over `values`.
 fn from_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
+}
+
+/// A new bfloat16 tensor over `bits`.
+fn bf16_tensor(bits: Vec<u16>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(bits), Layout::contiguous(shape), DType::BF16)
 }
 
 fn all_f32(xs: &[&FlexTensor]) -> bool {
@@ -497,10 +508,9 @@ impl FusedOps for Flex {
         }
         let x = contiguous(x);
         let src: &[f32] = x.storage();
-        let mut out = vec![half::bf16::ZERO; src.len()];
-        let bits: &mut [u16] = bytemuck::cast_slice_mut(&mut out);
+        let mut bits = vec![0u16; src.len()];
         bits.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| kernels::gelu_bf16_bits(s, d, quick));
-        FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(x.shape()), DType::BF16)
+        bf16_tensor(bits, x.shape())
     }
 
     fn fused_attention(
@@ -581,7 +591,7 @@ impl FusedBackward for Flex {
     }
 
     fn frozen_linear_backward(grad: FloatTensor<Self>, weight_t: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !all_f32(&[&grad]) || !f32_or_bf16(&weight_t) {
+        if !f32_or_bf16(&grad) || !f32_or_bf16(&weight_t) {
             return <Flex as burn::backend::ops::ModuleOps<Flex>>::linear(grad, weight_t, None);
         }
         last_axis_times(grad, &weight_t, None)
@@ -589,6 +599,32 @@ impl FusedBackward for Flex {
 
     fn quick_gelu_bf16_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         zip_rows(grad, x, CHUNK, kernels::quick_gelu_bf16_grad)
+    }
+
+    fn gelu_bf16_bits_forward(x: FloatTensor<Self>, quick: bool) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let x = contiguous(x);
+        let src: &[f32] = x.storage();
+        let (mut input, mut out) = (vec![0u16; src.len()], vec![0u16; src.len()]);
+        input.par_chunks_mut(CHUNK).zip(out.par_chunks_mut(CHUNK)).zip(src.par_chunks(CHUNK)).for_each(
+            |((i, d), s)| {
+                kernels::gelu_bf16_bits_keeping_input(s, i, d, quick);
+            },
+        );
+        (bf16_tensor(out, x.shape()), bf16_tensor(input, x.shape()))
+    }
+
+    fn gelu_bf16_bits_backward(input: FloatTensor<Self>, grad: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
+        // The gradient comes from a product's backward pass, in f32; any other is widened.
+        let grad =
+            if grad.dtype() == DType::F32 { grad } else { Flex::float_cast(grad, burn::tensor::FloatDType::F32) };
+        let (input, grad) = (contiguous(input), contiguous(grad));
+        let (xs, gs): (&[half::bf16], &[f32]) = (input.storage(), grad.storage());
+        let xs: &[u16] = bytemuck::cast_slice(xs);
+        let mut bits = vec![0u16; gs.len()];
+        bits.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(gs.par_chunks(CHUNK)).for_each(|((d, x), g)| {
+            kernels::gelu_bf16_grad_bits(x, g, d, quick);
+        });
+        bf16_tensor(bits, grad.shape())
     }
 
     fn fused_attention_forward(
@@ -794,8 +830,7 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
     }
 
     fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
-        // The same values through the differentiable operations, in f32 storage.
-        rounded_activation::<Self>(x, quick)
+        bf16::autodiff_activation_bits::<B, C>(x, quick)
     }
 
     fn fused_attention(
@@ -941,6 +976,53 @@ mod tests {
 
     fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    }
+
+    /// In training, the MLP's activation in bfloat16 storage ([`bf16::activation_bits`] under
+    /// autodiff, its rounded input kept as bits, its backward pass one kernel) gives the input's
+    /// gradient of the separate operations it replaces (the rounding of the first product's
+    /// output, the activation, the second product's input rounding), bit for bit, for both
+    /// activations, through oneDNN's native products and the f32 kernels.
+    #[test]
+    fn training_through_bfloat16_activations_gives_the_separate_operations_gradients() {
+        use burn::tensor::DType;
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<3>::random([2, 37, 24], normal, &device);
+        let w1 = bf16::round_bf16(Tensor::<2>::random([24, 64], normal, &device));
+        let b1 = bf16::round_bf16(Tensor::<1>::random([64], normal, &device));
+        let w2 = bf16::round_bf16(Tensor::<2>::random([64, 16], normal, &device) * 0.3);
+        let b2 = bf16::round_bf16(Tensor::<1>::random([16], normal, &device));
+        // A loss whose gradient differs per output, so that every rounding on the way back shows.
+        let weights = Tensor::<3>::random([2, 37, 16], normal, &device);
+        for quick in [true, false] {
+            let gradient = |fused: bool| {
+                let x = x.clone().autodiff().require_grad();
+                let h = linear(bf16::product_input(x.clone()), w1.clone(), w1.clone().transpose(), b1.clone());
+                let a = match (fused, quick) {
+                    (true, _) => {
+                        let a = bf16::activation_bits(h, quick);
+                        assert_eq!(a.dtype(), DType::BF16);
+                        a
+                    }
+                    (false, true) => bf16::quick_gelu_bf16(bf16::round_bf16(h)),
+                    (false, false) => bf16::round_bf16(super::gelu(bf16::round_bf16(h))),
+                };
+                let y =
+                    bf16::round_bf16(linear(bf16::product_input(a), w2.clone(), w2.clone().transpose(), b2.clone()));
+                let grads = (y * weights.clone().autodiff()).sum().backward();
+                let grad = x.grad(&grads).unwrap();
+                assert_eq!(grad.dtype(), DType::F32);
+                grad.into_data().try_to_vec::<f32>().unwrap()
+            };
+            let [native, fallback] = under_autocast_both_ways(|| [gradient(false), gradient(true)].concat());
+            for both in [native, fallback] {
+                let (separate, fused) = both.split_at(both.len() / 2);
+                assert!(separate.iter().any(|g| *g != 0.0));
+                let same = separate.iter().zip(fused).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "quick {quick}: worst {}", worst_difference(separate, fused));
+            }
+        }
     }
 
     /// Under bf16-mixed precision an inference input left unrounded ([`bf16::product_input`])
