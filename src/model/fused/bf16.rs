@@ -84,11 +84,19 @@ pub fn for_two_uses<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
 /// activations fewer. Should the product not take the native path after all, it rounds its
 /// input before the f32 kernels (`matmul_2d`).
 ///
-/// A tensor in bfloat16 storage ([`activation_bits`]) passes as it is: its values are bfloat16
-/// already, and the operation that made it rounds its gradient itself.
+/// In training on native products, `x` is rounded into bfloat16 storage, which the product
+/// reads as it is: the rounding and the product's conversion in one pass, its gradient rounded
+/// as [`round_bf16`]'s. A tensor in bfloat16 storage ([`activation_bits`]) passes as it is: its
+/// values are bfloat16 already, and the operation that made it rounds its gradient itself.
 pub fn product_input<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let as_it_is = x.dtype() == DType::BF16 || (!x.is_autodiff() && super::onednn::native_bf16_products());
-    if as_it_is { x } else { round_bf16(x) }
+    let native = super::onednn::native_bf16_products();
+    if x.dtype() == DType::BF16 || (!x.is_autodiff() && native) {
+        x
+    } else if native {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::bf16_storage(x.into_dispatch()))
+    } else {
+        round_bf16(x)
+    }
 }
 
 /// Every value rounded to bfloat16; differentiable, its gradient rounded to bfloat16 as well.
@@ -144,6 +152,31 @@ where
 
     let prep = Round.prepare::<C>([x.node()]).compute_bound();
     prep.stateless(B::round_bf16(x.into_primitive()))
+}
+
+/// [`FusedOps::bf16_storage`] under autodiff: the gradient rounded to bfloat16, in f32 storage
+/// (a bfloat16 one, which a cast back from this storage gives, widened).
+pub(super) fn autodiff_bf16_storage<B, C>(x: FloatTensor<Autodiff<B, C>>) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend + FusedOps + FusedBackward,
+    C: CheckpointStrategy,
+{
+    #[derive(Debug)]
+    struct Storage;
+
+    impl<B: Backend + FusedOps> Backward<B, 1> for Storage {
+        type State = ();
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            unary::<B, _>(ops.parents, ops.node, grads, |g| match g.dtype() {
+                DType::F32 => B::round_bf16(g),
+                _ => B::float_cast(g, burn::tensor::FloatDType::F32),
+            });
+        }
+    }
+
+    let prep = Storage.prepare::<C>([x.node()]).compute_bound();
+    prep.stateless(B::bf16_storage(x.into_primitive()))
 }
 
 /// [`FusedOps::gelu_bf16_bits`] under autodiff: the activation in bfloat16 storage, its rounded

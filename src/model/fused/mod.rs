@@ -52,8 +52,12 @@ pub trait FusedOps: Backend {
     /// A bf16-mixed MLP's activation on `x`, its first product's output before rounding:
     /// rounded to bfloat16, then the quick GELU as [`FusedOps::quick_gelu_bf16`] where `quick`,
     /// else the exact GELU rounded once; into bfloat16 storage, which the next product reads
-    /// as it is. For inference; autodiff gets the same values in f32 storage.
+    /// as it is. Under autodiff its gradient is bfloat16 storage too
+    /// ([`bf16::activation_bits`]).
     fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self>;
+    /// Every value rounded to bfloat16, into bfloat16 storage (one pass), which a bf16-mixed
+    /// product reads as it is; differentiable, its gradient rounded to bfloat16 in f32 storage.
+    fn bf16_storage(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `softmax(q kᵀ · scale) v` over `[b, h, t, d]` queries, keys and values, blockwise as
     /// PyTorch's CPU flash attention; on bfloat16 values with its roundings when `bf16`.
     fn fused_attention(
@@ -495,6 +499,20 @@ impl FusedOps for Flex {
         map_rows(x, CHUNK, kernels::round_bf16)
     }
 
+    fn bf16_storage(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match x.dtype() {
+            DType::BF16 => x,
+            DType::F32 => {
+                let x = contiguous(x);
+                let src: &[f32] = x.storage();
+                let mut bits = vec![0u16; src.len()];
+                bits.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| kernels::to_bf16_bits(s, d));
+                bf16_tensor(bits, x.shape())
+            }
+            _ => Flex::float_cast(x, burn::tensor::FloatDType::BF16),
+        }
+    }
+
     fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
         if !all_f32(&[&x]) {
             return Self::quick_gelu(x);
@@ -802,12 +820,14 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
             // Not frozen (full fine-tuning, unfrozen layers, a trained bias): burn's linear has
             // every gradient. It multiplies f32 only, so a bfloat16 weight (a frozen copy,
             // [`bf16::frozen_bf16`]) is widened first, exactly.
-            let weight = if weight.dtype() == DType::BF16 {
-                <Self as FloatTensorOps<Self>>::float_cast(weight, burn::tensor::FloatDType::F32)
-            } else {
-                weight
+            let widened = |t: FloatTensor<Self>| {
+                if t.dtype() == DType::BF16 {
+                    <Self as FloatTensorOps<Self>>::float_cast(t, burn::tensor::FloatDType::F32)
+                } else {
+                    t
+                }
             };
-            return <Self as burn::backend::ops::ModuleOps<Self>>::linear(x, weight, Some(bias));
+            return <Self as burn::backend::ops::ModuleOps<Self>>::linear(widened(x), widened(weight), Some(bias));
         }
         let (w, b) = (weight.into_primitive(), bias.into_primitive());
         match FrozenLinear.prepare::<C>([x.node()]).compute_bound().stateful() {
@@ -827,6 +847,10 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
 
     fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
         elementwise::<B, C>(x, B::quick_gelu_bf16, B::quick_gelu_bf16_backward)
+    }
+
+    fn bf16_storage(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        bf16::autodiff_bf16_storage::<B, C>(x)
     }
 
     fn gelu_bf16_bits(x: FloatTensor<Self>, quick: bool) -> FloatTensor<Self> {
@@ -976,6 +1000,38 @@ mod tests {
 
     fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    }
+
+    /// In training, a product's input rounded into bfloat16 storage ([`bf16::product_input`]
+    /// on native products) gives the values and the input's gradient of the rounding in f32
+    /// storage it replaces, bit for bit, with the weight frozen and trained (burn's `linear`,
+    /// which reads the input widened), through the native products and the f32 kernels.
+    #[test]
+    fn product_inputs_in_bfloat16_storage_train_as_rounded_ones() {
+        let device = Device::flex();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<3>::random([2, 37, 24], normal, &device);
+        let w = bf16::round_bf16(Tensor::<2>::random([24, 40], normal, &device));
+        let b = bf16::round_bf16(Tensor::<1>::random([40], normal, &device));
+        let weights = Tensor::<3>::random([2, 37, 40], normal, &device);
+        for trained in [false, true] {
+            let run = |storage: bool| {
+                let x = x.clone().autodiff().require_grad();
+                let w = if trained { w.clone().autodiff().require_grad() } else { w.clone().autodiff() };
+                let input = if storage { bf16::product_input(x.clone()) } else { bf16::round_bf16(x.clone()) };
+                let y = linear(input, w.clone(), w.transpose(), b.clone().autodiff());
+                let grads = (y.clone() * weights.clone().autodiff()).sum().backward();
+                let grad = x.grad(&grads).unwrap();
+                assert_eq!(grad.dtype(), burn::tensor::DType::F32);
+                [y.inner().into_data().try_to_vec::<f32>().unwrap(), grad.into_data().try_to_vec::<f32>().unwrap()]
+                    .concat()
+            };
+            for both in under_autocast_both_ways(|| [run(false), run(true)].concat()) {
+                let (rounded, storage) = both.split_at(both.len() / 2);
+                let same = rounded.iter().zip(storage).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "trained {trained}: worst {}", worst_difference(rounded, storage));
+            }
+        }
     }
 
     /// In training, the MLP's activation in bfloat16 storage ([`bf16::activation_bits`] under
