@@ -527,7 +527,8 @@ impl FusedOps for Flex {
         let x = contiguous(x);
         let src: &[f32] = x.storage();
         let mut bits = vec![0u16; src.len()];
-        bits.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| kernels::gelu_bf16_bits(s, d, quick));
+        let tables = kernels::ActivationTables::get(quick);
+        bits.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| kernels::gelu_bf16_bits(s, d, tables));
         bf16_tensor(bits, x.shape())
     }
 
@@ -623,9 +624,10 @@ impl FusedBackward for Flex {
         let x = contiguous(x);
         let src: &[f32] = x.storage();
         let (mut input, mut out) = (vec![0u16; src.len()], vec![0u16; src.len()]);
+        let tables = kernels::ActivationTables::get(quick);
         input.par_chunks_mut(CHUNK).zip(out.par_chunks_mut(CHUNK)).zip(src.par_chunks(CHUNK)).for_each(
             |((i, d), s)| {
-                kernels::gelu_bf16_bits_keeping_input(s, i, d, quick);
+                kernels::gelu_bf16_bits_keeping_input(s, i, d, tables);
             },
         );
         (bf16_tensor(out, x.shape()), bf16_tensor(input, x.shape()))
@@ -639,8 +641,9 @@ impl FusedBackward for Flex {
         let (xs, gs): (&[half::bf16], &[f32]) = (input.storage(), grad.storage());
         let xs: &[u16] = bytemuck::cast_slice(xs);
         let mut bits = vec![0u16; gs.len()];
+        let tables = kernels::ActivationTables::get(quick);
         bits.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(gs.par_chunks(CHUNK)).for_each(|((d, x), g)| {
-            kernels::gelu_bf16_grad_bits(x, g, d, quick);
+            kernels::gelu_bf16_grad_bits(x, g, d, tables, quick);
         });
         bf16_tensor(bits, grad.shape())
     }
