@@ -30,9 +30,14 @@ pub fn describe_system() -> String {
     line("bf16 attn", crate::model::fused::attention::bf16_products().to_string());
     let auto = if crate::model::dtype::native_bf16_products() { "bf16" } else { "f32" };
     line("dtype auto", auto.to_string());
-    // dfdet sets PASSIVE where the environment leaves it unset (`restart_with_quiet_openmp`).
+    // dfdet sets both where the environment leaves them unset (`restart_with_quiet_threads`).
     let wait = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "GNU OpenMP's default".into());
     line("openmp wait", format!("{wait} (oneDNN's threads after a product; OMP_WAIT_POLICY)"));
+    let timeout = std::env::var("OPENBLAS_THREAD_TIMEOUT").unwrap_or_else(|_| "OpenBLAS's default".into());
+    line(
+        "blas wait",
+        format!("{timeout} (2^n clock ticks OpenBLAS's threads yield before they sleep; OPENBLAS_THREAD_TIMEOUT)"),
+    );
     if !Kernels::available().contains(&Kernels::OpenBlas) {
         line("note", "OpenBLAS not found (Debian: apt install libopenblas0-pthread)".into());
     }

@@ -349,20 +349,32 @@ fn products_benchmark_and_system_info_name_the_kernels() {
     }
 }
 
-/// oneDNN's OpenMP threads sleep after each product unless the environment chooses: dfdet runs
-/// itself again with `OMP_WAIT_POLICY=PASSIVE` where it is unset (OpenMP reads it only when it is
-/// loaded, at start), and leaves a policy the environment sets alone.
+/// oneDNN's OpenMP threads and OpenBLAS's threads sleep soon after each product unless the
+/// environment chooses: dfdet runs itself again with `OMP_WAIT_POLICY=PASSIVE` and
+/// `OPENBLAS_THREAD_TIMEOUT=4` where they are unset (OpenMP reads its variable only when it is
+/// loaded, at start), and leaves what the environment sets alone, each on its own.
 #[test]
-fn openmp_threads_wait_passively_unless_the_environment_chooses() {
-    for (env, want) in [(None, "openmp wait  PASSIVE"), (Some("ACTIVE"), "openmp wait  ACTIVE")] {
+fn library_threads_wait_quietly_unless_the_environment_chooses() {
+    let cases = [
+        (None, None, ["openmp wait  PASSIVE", "blas wait    4 ("]),
+        (Some("ACTIVE"), None, ["openmp wait  ACTIVE", "blas wait    4 ("]),
+        (None, Some("20"), ["openmp wait  PASSIVE", "blas wait    20 ("]),
+        (Some("ACTIVE"), Some("20"), ["openmp wait  ACTIVE", "blas wait    20 ("]),
+    ];
+    for (policy, timeout, want) in cases {
         let mut cmd = dfdet();
-        match env {
-            Some(v) => cmd.env("OMP_WAIT_POLICY", v),
-            None => cmd.env_remove("OMP_WAIT_POLICY"),
-        };
+        for (name, value) in [("OMP_WAIT_POLICY", policy), ("OPENBLAS_THREAD_TIMEOUT", timeout)] {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
         let out = cmd.args(["info", "--system"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains(want), "{env:?}: {text}");
+        assert!(out.status.success(), "{policy:?} {timeout:?}: {text}");
+        for line in want {
+            assert!(text.contains(line), "{policy:?} {timeout:?}: no {line:?} in {text}");
+        }
     }
 }
 

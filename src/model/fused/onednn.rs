@@ -149,22 +149,36 @@ unsafe fn call<T>(
     status == SUCCESS
 }
 
-/// Makes sure oneDNN's OpenMP threads sleep as soon as a product ends (`OMP_WAIT_POLICY=PASSIVE`)
-/// unless the environment chooses a policy itself. With GNU OpenMP's default they spin for a while
-/// after each product, on the same cores as rayon's workers running the passes between the
-/// products: the bf16 forward pass on a 2-core AVX512-BF16 CPU was 1.12-1.33x faster passive
-/// (BENCHMARKS.md). GNU OpenMP reads the variable once, when it is loaded, and this binary loads
-/// it at start (FFmpeg's libraries link it), so setting it from inside comes too late: where it is
-/// unset, the program runs itself again with it set (an `exec`: same process, arguments and
-/// streams). Call first thing in `main`. Returns only if no new image was started.
-pub fn restart_with_quiet_openmp() {
+/// How the libraries' own threads wait after a product, where the environment does not say:
+/// they sleep soon instead of spinning on the cores where rayon's workers run the passes between
+/// the products.
+/// - oneDNN's OpenMP threads: `OMP_WAIT_POLICY=PASSIVE`. With GNU OpenMP's default they spin for
+///   a while after each product; the bf16 forward pass on a 2-core AVX512-BF16 CPU was
+///   1.12-1.33x faster passive (BENCHMARKS.md).
+/// - OpenBLAS's threads: `OPENBLAS_THREAD_TIMEOUT=4`, 2^4 clock ticks of `sched_yield` before they
+///   sleep, against 2^28 (about 0.1 s) by default; the f32 LN-tuning step spent 5 % of its time in
+///   the kernel's scheduler before and 1.5 % after, and ran 1.01-1.11x faster (BENCHMARKS.md).
+pub const QUIET_THREADS: [(&str, &str); 2] = [("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4")];
+
+/// Sets [`QUIET_THREADS`] where the environment leaves them unset. GNU OpenMP reads its variable
+/// once, when it is loaded, and this binary loads it at start (FFmpeg's libraries link it), so
+/// setting it from inside comes too late: where one is unset, the program runs itself again with
+/// them set (an `exec`: same process, arguments and streams). Call first thing in `main`.
+/// Returns only if no new image was started.
+pub fn restart_with_quiet_threads() {
     #[cfg(unix)]
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+    {
+        let unset: Vec<_> = QUIET_THREADS.iter().filter(|(name, _)| std::env::var_os(name).is_none()).collect();
+        if unset.is_empty() {
+            return;
+        }
         use std::os::unix::process::CommandExt;
         let mut args = std::env::args_os();
         if let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) {
+            let mut command = std::process::Command::new(exe);
+            command.arg0(arg0).args(args).envs(unset.iter().map(|(name, value)| (name, value)));
             // `exec` returns only when it could not start the program; then it runs on as it is.
-            let _ = std::process::Command::new(exe).arg0(arg0).args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+            let _ = command.exec();
         }
     }
 }
