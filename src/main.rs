@@ -20,7 +20,7 @@ const EXIT_FATAL: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
-    dfdet::model::fused::onednn::restart_with_quiet_threads();
+    dfdet::model::fused::threads::restart_with_quiet_threads();
     dfdet::memory::keep_freed_memory();
     let cli = Cli::parse();
     let ended = match cli.command {

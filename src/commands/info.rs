@@ -23,21 +23,20 @@ pub fn describe_system() -> String {
     let used = kernels();
     let why = match std::env::var("DFDET_KERNELS") {
         Ok(v) if v != "auto" => format!("DFDET_KERNELS={v}"),
-        _ => "OpenBLAS where it loads; DFDET_KERNELS=gemm|openblas|onednn chooses".into(),
+        _ => {
+            "oneDNN on AVX-512 CPUs, else OpenBLAS, where they load; DFDET_KERNELS=gemm|openblas|onednn chooses".into()
+        }
     };
     line("in use", format!("{} ({why})", used.name()));
     line("bf16 kernels", crate::model::fused::onednn::bf16_products());
     line("bf16 attn", crate::model::fused::attention::bf16_products().to_string());
     let auto = if crate::model::dtype::native_bf16_products() { "bf16" } else { "f32" };
     line("dtype auto", auto.to_string());
-    // dfdet sets both where the environment leaves them unset (`restart_with_quiet_threads`).
-    let wait = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "GNU OpenMP's default".into());
-    line("openmp wait", format!("{wait} (oneDNN's threads after a product; OMP_WAIT_POLICY)"));
-    let timeout = std::env::var("OPENBLAS_THREAD_TIMEOUT").unwrap_or_else(|_| "OpenBLAS's default".into());
-    line(
-        "blas wait",
-        format!("{timeout} (2^n clock ticks OpenBLAS's threads yield before they sleep; OPENBLAS_THREAD_TIMEOUT)"),
-    );
+    // dfdet sets these where the environment leaves them unset (`restart_with_quiet_threads`).
+    for q in crate::model::fused::threads::QUIET_THREADS {
+        let value = std::env::var(q.variable).unwrap_or_else(|_| q.unset.into());
+        line(q.key, format!("{value} ({}; {})", q.means, q.variable));
+    }
     if !Kernels::available().contains(&Kernels::OpenBlas) {
         line("note", "OpenBLAS not found (Debian: apt install libopenblas0-pthread)".into());
     }

@@ -889,6 +889,7 @@ mod kernels;
 pub mod onednn;
 pub mod products;
 pub mod rotary;
+pub mod threads;
 
 #[cfg(test)]
 mod tests {

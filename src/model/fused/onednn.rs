@@ -149,40 +149,6 @@ unsafe fn call<T>(
     status == SUCCESS
 }
 
-/// How the libraries' own threads wait after a product, where the environment does not say:
-/// they sleep soon instead of spinning on the cores where rayon's workers run the passes between
-/// the products.
-/// - oneDNN's OpenMP threads: `OMP_WAIT_POLICY=PASSIVE`. With GNU OpenMP's default they spin for
-///   a while after each product; the bf16 forward pass on a 2-core AVX512-BF16 CPU was
-///   1.12-1.33x faster passive (BENCHMARKS.md).
-/// - OpenBLAS's threads: `OPENBLAS_THREAD_TIMEOUT=4`, 2^4 clock ticks of `sched_yield` before they
-///   sleep, against 2^28 (about 0.1 s) by default; the f32 LN-tuning step spent 5 % of its time in
-///   the kernel's scheduler before and 1.5 % after, and ran 1.01-1.11x faster (BENCHMARKS.md).
-pub const QUIET_THREADS: [(&str, &str); 2] = [("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4")];
-
-/// Sets [`QUIET_THREADS`] where the environment leaves them unset. GNU OpenMP reads its variable
-/// once, when it is loaded, and this binary loads it at start (FFmpeg's libraries link it), so
-/// setting it from inside comes too late: where one is unset, the program runs itself again with
-/// them set (an `exec`: same process, arguments and streams). Call first thing in `main`.
-/// Returns only if no new image was started.
-pub fn restart_with_quiet_threads() {
-    #[cfg(unix)]
-    {
-        let unset: Vec<_> = QUIET_THREADS.iter().filter(|(name, _)| std::env::var_os(name).is_none()).collect();
-        if unset.is_empty() {
-            return;
-        }
-        use std::os::unix::process::CommandExt;
-        let mut args = std::env::args_os();
-        if let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) {
-            let mut command = std::process::Command::new(exe);
-            command.arg0(arg0).args(args).envs(unset.iter().map(|(name, value)| (name, value)));
-            // `exec` returns only when it could not start the program; then it runs on as it is.
-            let _ = command.exec();
-        }
-    }
-}
-
 /// oneDNN, if it can be loaded.
 pub fn onednn() -> Option<&'static OneDnn> {
     static DNNL: OnceLock<Option<OneDnn>> = OnceLock::new();

@@ -76,23 +76,50 @@ pub fn set_kernels(kernels: Kernels) -> Kernels {
     used
 }
 
-/// The kernels in use: `DFDET_KERNELS` (`gemm` or `openblas`) when set, else OpenBLAS where it
-/// loads, else gemm.
-///
-/// OpenBLAS was faster on every product of the encoder on each CPU measured (BENCHMARKS.md:
-/// 1.1-1.5x on an AVX2 Zen 3; the issue that asked for it measured 1.7x on an AVX-512 Zen 5),
-/// so presence decides rather than a timing at start-up: a timed choice would flip between
-/// libraries from run to run on a busy machine, and with it the last bits of every score.
+/// The kernels in use: `DFDET_KERNELS` (`gemm`, `openblas` or `onednn`) when set, else
+/// [`default_kernels`].
 pub fn kernels() -> Kernels {
     match CHOSEN.load(Ordering::Relaxed) {
         1 => Kernels::Gemm,
         2 => Kernels::OpenBlas,
         3 => Kernels::OneDnn,
         _ => {
-            let wanted = std::env::var("DFDET_KERNELS").ok().and_then(|v| v.parse().ok()).unwrap_or(Kernels::OpenBlas);
+            let wanted =
+                std::env::var("DFDET_KERNELS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(default_kernels);
             set_kernels(wanted)
         }
     }
+}
+
+/// The library this CPU multiplies f32 matrices fastest with, by what is present and the
+/// instruction sets: oneDNN where the CPU has AVX-512 (F, BW, VL) and oneDNN loads, else
+/// OpenBLAS where it loads, else gemm.
+///
+/// Presence and instruction sets decide rather than a timing at start-up: a timed choice would
+/// flip between libraries from run to run on a busy machine, and with it the last bits of every
+/// score. Measured (BENCHMARKS.md): on an AVX2 Zen 3 OpenBLAS beat oneDNN and gemm on every
+/// product (1.1-1.5x over gemm; the issue that asked for it measured 1.7x on an AVX-512 Zen 5);
+/// on an AVX-512 Zen 4, with the libraries' threads sleeping between products, oneDNN beat
+/// OpenBLAS by 5-9 % on the f32 forward pass and 4-10 % on the f32 training step.
+pub fn default_kernels() -> Kernels {
+    let available = Kernels::available();
+    if available.contains(&Kernels::OneDnn) && avx512() {
+        Kernels::OneDnn
+    } else if available.contains(&Kernels::OpenBlas) {
+        Kernels::OpenBlas
+    } else {
+        Kernels::Gemm
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512() -> bool {
+    false
 }
 
 /// Each library's GFLOP/s on a product of the encoder's kind (`[514, 1024] · [1024, 1024]`, two
