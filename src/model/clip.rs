@@ -16,7 +16,7 @@ use super::fused::bf16::{
     activation_bits, autocast_bf16, bits_between_products, frozen, frozen_bf16, product_input, quick_gelu_bf16,
     round_bf16,
 };
-use super::fused::norm;
+use super::fused::{norm, norm_bf16_bits};
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
@@ -326,18 +326,42 @@ impl EncoderLayer {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, h: Tensor<3>) -> Tensor<3> {
-        let h = h.clone() + self.self_attn.forward(norm(&self.layer_norm1, self.eps, h));
-        h.clone() + self.mlp.forward(norm(&self.layer_norm2, self.eps, h))
+        let h = h.clone() + self.self_attn.forward(self.norm1(h));
+        h.clone() + self.mlp.forward(self.norm2(h))
+    }
+
+    /// `layer_norm1` of `h`, the input of the attention's projections.
+    fn norm1(&self, h: Tensor<3>) -> Tensor<3> {
+        let a = &self.self_attn;
+        self.normed_for(&self.layer_norm1, h, &[&a.q_proj, &a.k_proj, &a.v_proj])
+    }
+
+    /// `layer_norm2` of `h`, the input of the MLP.
+    fn norm2(&self, h: Tensor<3>) -> Tensor<3> {
+        self.normed_for(&self.layer_norm2, h, &[&self.mlp.fc1])
+    }
+
+    /// LayerNorm `ln` of `h` for `projections`, the products that alone read it. In inference on
+    /// native bfloat16 products (nothing differentiates through it, and no adapter reads it),
+    /// it goes straight into the bfloat16 storage the products read as it is: the bits each
+    /// product's own conversion would make, in one pass instead of a LayerNorm and a conversion
+    /// per product. f32 otherwise.
+    fn normed_for(&self, ln: &LayerNorm, h: Tensor<3>, projections: &[&Projection]) -> Tensor<3> {
+        if !h.is_autodiff() && bits_between_products() && projections.iter().all(|p| p.lora.is_none()) {
+            norm_bf16_bits(ln, self.eps, h)
+        } else {
+            norm(ln, self.eps, h)
+        }
     }
 
     /// The layer's output at the class token only, `[b, t, d]` -> `[b, 1, d]`: what the last
     /// layer must compute for `pooler_output` (keys and values still come from every token).
     pub fn forward_class_token(&self, h: Tensor<3>) -> Tensor<3> {
         let [b, _, d] = h.dims();
-        let x = norm(&self.layer_norm1, self.eps, h.clone()); // [b, t, d]
+        let x = self.norm1(h.clone()); // [b, t, d]
         let xq = x.clone().slice([0..b, 0..1, 0..d]); // [b, 1, d]
         let h = h.slice([0..b, 0..1, 0..d]) + self.self_attn.forward_queries(xq, x); // [b, 1, d]
-        h.clone() + self.mlp.forward(norm(&self.layer_norm2, self.eps, h))
+        h.clone() + self.mlp.forward(self.norm2(h))
     }
 }
 

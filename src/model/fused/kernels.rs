@@ -478,6 +478,17 @@ dispatched! {
 }
 
 dispatched! {
+    /// One row's [`layer_norm`] as bfloat16 bits in `dst` (as [`to_bf16_bits`] of its values):
+    /// the input of bf16 products in one pass, without the f32 row in between.
+    fn layer_norm_bf16_bits(row: &[f32], gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [u16]) {
+        let (mean, rstd) = moments(row, eps);
+        for (((d, x), g), b) in dst.iter_mut().zip(row).zip(gamma).zip(beta) {
+            *d = bf16_bits((*x - mean) * rstd * g + b);
+        }
+    }
+}
+
+dispatched! {
     /// One row: adds `g · x̂` to `dgamma` and `g` to `dbeta`, and (if `want_x`) replaces `g`
     /// by `rstd · (g γ - mean(g γ) - x̂ · mean(g γ x̂))`.
     fn layer_norm_grad(
@@ -530,6 +541,30 @@ mod tests {
         super::to_bf16_bits(&xs, &mut bits);
         for (x, b) in xs.iter().zip(&bits) {
             assert_eq!(*b, half::bf16::from_f32(*x).to_bits(), "{:#010x}", x.to_bits());
+        }
+    }
+
+    /// The LayerNorm that writes bfloat16 bits gives the bits of the f32 LayerNorm converted
+    /// after it, row by row, over widths around the vector lengths and values of many scales.
+    #[test]
+    fn layer_norm_bits_are_the_converted_layer_norm() {
+        let mut seed = 7u32;
+        let mut value = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2f32.powi((seed % 13) as i32 - 6)
+        };
+        for n in [1, 7, 16, 33, 64, 100, 1024] {
+            let (gamma, beta): (Vec<f32>, Vec<f32>) = (0..n).map(|_| (value(), value())).unzip();
+            for _ in 0..20 {
+                let row: Vec<f32> = (0..n).map(|_| value()).collect();
+                let mut want = row.clone();
+                super::layer_norm(&mut want, &gamma, &beta, 1e-5);
+                let mut want_bits = vec![0u16; n];
+                super::to_bf16_bits(&want, &mut want_bits);
+                let mut bits = vec![0u16; n];
+                super::layer_norm_bf16_bits(&row, &gamma, &beta, 1e-5, &mut bits);
+                assert_eq!(bits, want_bits, "width {n}");
+            }
         }
     }
 

@@ -58,6 +58,14 @@ pub trait FusedOps: Backend {
     /// Every value rounded to bfloat16, into bfloat16 storage (one pass), which a bf16-mixed
     /// product reads as it is; differentiable, its gradient rounded to bfloat16 in f32 storage.
     fn bf16_storage(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`Self::layer_norm_last`] into bfloat16 storage, as [`Self::bf16_storage`] of it: the
+    /// input of bf16 products in one pass. Differentiable as that composition.
+    fn layer_norm_bf16_bits(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
     /// `softmax(q kᵀ · scale) v` over `[b, h, t, d]` queries, keys and values, blockwise as
     /// PyTorch's CPU flash attention; on bfloat16 values with its roundings when `bf16`.
     fn fused_attention(
@@ -167,6 +175,20 @@ pub fn norm<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Tensor<D>) ->
     match &ln.beta {
         Some(beta) if x.dtype() == DType::F32 => layer_norm(x, ln.gamma.val(), beta.val(), eps),
         _ => ln.forward(x),
+    }
+}
+
+/// [`norm`] into bfloat16 storage (its values rounded to bfloat16), in one pass where the
+/// values are f32: the input of bf16 products that nothing else reads.
+pub fn norm_bf16_bits<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    match &ln.beta {
+        Some(beta) if x.dtype() == DType::F32 => Tensor::from_dispatch(<Dispatch as FusedOps>::layer_norm_bf16_bits(
+            x.into_dispatch(),
+            ln.gamma.val().into_dispatch(),
+            beta.val().into_dispatch(),
+            eps,
+        )),
+        _ => Tensor::from_dispatch(<Dispatch as FusedOps>::bf16_storage(norm(ln, eps, x).into_dispatch())),
     }
 }
 
@@ -511,6 +533,28 @@ impl FusedOps for Flex {
             }
             _ => Flex::float_cast(x, burn::tensor::FloatDType::BF16),
         }
+    }
+
+    fn layer_norm_bf16_bits(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if !all_f32(&[&x, &gamma, &beta]) {
+            return Self::bf16_storage(Self::layer_norm_last(x, gamma, beta, eps));
+        }
+        let x = contiguous(x);
+        let (g, b) = (contiguous(gamma), contiguous(beta));
+        let (g, b): (&[f32], &[f32]) = (g.storage(), b.storage());
+        let n = x.shape()[x.shape().num_dims() - 1];
+        let (eps, per_task) = (eps as f32, rows_per_task(n));
+        let src: &[f32] = x.storage();
+        let mut bits = vec![0u16; src.len()];
+        bits.par_chunks_mut(per_task).zip(src.par_chunks(per_task)).for_each(|(d, s)| {
+            d.chunks_mut(n).zip(s.chunks(n)).for_each(|(d, s)| kernels::layer_norm_bf16_bits(s, g, b, eps, d));
+        });
+        bf16_tensor(bits, x.shape())
     }
 
     fn quick_gelu_bf16(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -860,6 +904,15 @@ impl<B: Backend + FusedOps + FusedBackward, C: CheckpointStrategy> FusedOps for 
         bf16::autodiff_activation_bits::<B, C>(x, quick)
     }
 
+    fn layer_norm_bf16_bits(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        Self::bf16_storage(Self::layer_norm_last(x, gamma, beta, eps))
+    }
+
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -957,6 +1010,29 @@ mod tests {
         let y3 = layer_norm(x.clone().inner(), g3.clone(), b3.clone(), 1e-5);
         let gr3 = y3.sum().backward();
         assert!(g3.grad(&gr3).is_some() && b3.grad(&gr3).is_some());
+    }
+
+    /// [`norm_bf16_bits`] is the LayerNorm rounded to bfloat16, in bfloat16 storage: the same
+    /// values bit for bit as the f32 LayerNorm rounded after it, for a contiguous input and for a
+    /// view (the class token's rows), with and without autodiff.
+    #[test]
+    fn layer_norm_into_bfloat16_is_the_rounded_layer_norm() {
+        use burn::module::Param;
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let normal = |mean, sd| burn::tensor::Distribution::Normal(mean, sd);
+            let mut ln = burn::nn::LayerNormConfig::new(1024).init(&device);
+            ln.gamma = Param::from_tensor(Tensor::<1>::random([1024], normal(1.0, 0.2), &device));
+            ln.beta = Some(Param::from_tensor(Tensor::<1>::random([1024], normal(0.0, 0.2), &device)));
+            let x = Tensor::<3>::random([2, 9, 1024], normal(0.3, 2.0), &device);
+            for x in [x.clone(), x.slice([0..2, 0..1, 0..1024])] {
+                let bits = norm_bf16_bits(&ln, 1e-5, x.clone());
+                assert_eq!(bits.dtype(), DType::BF16);
+                let want = bf16::round_bf16(norm(&ln, 1e-5, x)).into_data().try_to_vec::<f32>().unwrap();
+                let got = bits.cast(burn::tensor::FloatDType::F32).into_data().try_to_vec::<f32>().unwrap();
+                let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "{device:?}");
+            }
+        }
     }
 
     #[test]
