@@ -16,7 +16,7 @@ use super::fused::bf16::{
     activation_bits, autocast_bf16, bits_between_products, frozen, frozen_bf16, product_input, quick_gelu_bf16,
     round_bf16,
 };
-use super::fused::{norm, norm_bf16_bits};
+use super::fused::{norm, norm_for_products};
 use super::lora::Lora;
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
@@ -341,17 +341,10 @@ impl EncoderLayer {
         self.normed_for(&self.layer_norm2, h, &[&self.mlp.fc1])
     }
 
-    /// LayerNorm `ln` of `h` for `projections`, the products that alone read it. In inference on
-    /// native bfloat16 products (nothing differentiates through it, and no adapter reads it),
-    /// it goes straight into the bfloat16 storage the products read as it is: the bits each
-    /// product's own conversion would make, in one pass instead of a LayerNorm and a conversion
-    /// per product. f32 otherwise.
+    /// LayerNorm `ln` of `h` for `projections`, the products that alone read it
+    /// ([`norm_for_products`]).
     fn normed_for(&self, ln: &LayerNorm, h: Tensor<3>, projections: &[&Projection]) -> Tensor<3> {
-        if !h.is_autodiff() && bits_between_products() && projections.iter().all(|p| p.lora.is_none()) {
-            norm_bf16_bits(ln, self.eps, h)
-        } else {
-            norm(ln, self.eps, h)
-        }
+        norm_for_products(ln, self.eps, h, projections.iter().any(|p| p.lora.is_some()))
     }
 
     /// The layer's output at the class token only, `[b, t, d]` -> `[b, 1, d]`: what the last

@@ -19,7 +19,7 @@ use super::fused::bf16::{
     rounded_under_autocast,
 };
 use super::fused::rotary::{Pairs, rotary};
-use super::fused::{self, norm};
+use super::fused::{self, norm, norm_for_products};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
@@ -596,8 +596,22 @@ impl Layer {
         let d = self.layer_scale1.dims()[0];
         let scale1 = self.layer_scale1.val().reshape([1, 1, d]);
         let scale2 = self.layer_scale2.val().reshape([1, 1, d]);
-        let h = h.clone() + self.attention.forward(norm(&self.norm1, self.eps, h), cos, sin) * scale1;
-        h.clone() + self.mlp.forward(norm(&self.norm2, self.eps, h)) * scale2
+        let h = h.clone() + self.attention.forward(self.norm1(h), cos, sin) * scale1;
+        h.clone() + self.mlp.forward(self.norm2(h)) * scale2
+    }
+
+    /// `norm1` of `h`, the input of the attention's projections ([`norm_for_products`]).
+    fn norm1(&self, h: Tensor<3>) -> Tensor<3> {
+        let a = &self.attention;
+        let adapters = [&a.q_proj, &a.k_proj, &a.v_proj].iter().any(|p| p.lora.is_some());
+        norm_for_products(&self.norm1, self.eps, h, adapters)
+    }
+
+    /// `norm2` of `h`, the input of the MLP's first products ([`norm_for_products`]).
+    fn norm2(&self, h: Tensor<3>) -> Tensor<3> {
+        let m = &self.mlp;
+        let adapters = m.up_proj.lora.is_some() || m.gate_proj.as_ref().is_some_and(|g| g.lora.is_some());
+        norm_for_products(&self.norm2, self.eps, h, adapters)
     }
     /// The layer's output at the class token only, `[b, t, d]` -> `[b, 1, d]`: what the last
     /// layer must compute for `pooler_output` (keys and values still come from every token).
@@ -605,10 +619,10 @@ impl Layer {
         let [b, _, d] = h.dims();
         let scale1 = self.layer_scale1.val().reshape([1, 1, d]);
         let scale2 = self.layer_scale2.val().reshape([1, 1, d]);
-        let x = norm(&self.norm1, self.eps, h.clone()); // [b, t, d]
+        let x = self.norm1(h.clone()); // [b, t, d]
         let xq = x.clone().slice([0..b, 0..1, 0..d]); // [b, 1, d]
         let h = h.slice([0..b, 0..1, 0..d]) + self.attention.forward_queries(xq, x, cos, sin) * scale1;
-        h.clone() + self.mlp.forward(norm(&self.norm2, self.eps, h)) * scale2
+        h.clone() + self.mlp.forward(self.norm2(h)) * scale2
     }
 }
 

@@ -36,7 +36,7 @@ use super::dinov3::Linear;
 use super::fused::attention::attention_bf16;
 use super::fused::bf16::{autocast_bf16, for_two_uses, round_bf16, rounded_under_autocast};
 use super::fused::rotary::{Pairs, rotary};
-use super::fused::{self, norm};
+use super::fused::{self, norm, norm_for_products};
 use super::lora::{Lora, Rows, Site};
 use super::params::{Layout, Loader, Visit, Walker, empty};
 use super::tensors::TensorMap;
@@ -384,8 +384,11 @@ impl Block {
 
     /// `[b, t, d]` -> `[b, t, d]`
     pub fn forward(&self, x: Tensor<3>, sin: &Tensor<4>, cos: &Tensor<4>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(norm(&self.norm1, self.eps, x), sin, cos);
-        x.clone() + self.mlp.forward(norm(&self.norm2, self.eps, x))
+        // Each LayerNorm's output is read by one product alone ([`norm_for_products`]).
+        let normed1 = norm_for_products(&self.norm1, self.eps, x.clone(), self.attn.qkv.lora.is_some());
+        let x = x + self.attn.forward(normed1, sin, cos);
+        let normed2 = norm_for_products(&self.norm2, self.eps, x.clone(), self.mlp.fc1.lora.is_some());
+        x + self.mlp.forward(normed2)
     }
 }
 

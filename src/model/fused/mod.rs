@@ -192,6 +192,24 @@ pub fn norm_bf16_bits<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Ten
     }
 }
 
+/// [`norm`] of `x` for the products that alone read it (`adapters`: whether an adapter reads it
+/// too). In inference on native bfloat16 products, where nothing differentiates through it and
+/// no adapter reads it, it goes straight into the bfloat16 storage the products read as it is
+/// ([`norm_bf16_bits`]): the bits each product's own conversion would make, in one pass instead
+/// of a LayerNorm and a conversion per product. f32 otherwise.
+pub fn norm_for_products<const D: usize>(
+    ln: &burn::nn::LayerNorm,
+    eps: f64,
+    x: Tensor<D>,
+    adapters: bool,
+) -> Tensor<D> {
+    if !adapters && !x.is_autodiff() && bf16::bits_between_products() {
+        norm_bf16_bits(ln, eps, x)
+    } else {
+        norm(ln, eps, x)
+    }
+}
+
 /// `x · weight + bias` over the last axis of `x` (`weight` `[in, out]`, burn's `Linear` layout),
 /// differentiable in `x` only: for frozen projections. `weight_t` is `weight` as `[out, in]`,
 /// used by the backward pass; pass `weight.transpose()` when no contiguous copy is at hand.
