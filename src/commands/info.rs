@@ -10,7 +10,7 @@ use crate::{Error, Result};
 /// What this machine computes with: the CPU and its instruction sets, the worker threads, the
 /// matrix-product libraries present with their speed here and now, and the one in use.
 pub fn describe_system() -> String {
-    use crate::model::fused::products::{Kernels, kernels, speeds};
+    use crate::model::fused::products::{Kernels, kernels, requested_kernels, speeds};
     let cpu = crate::cpu::CpuInfo::detect();
     let mut s = String::new();
     let mut line = |key: &str, value: String| writeln!(s, "{key:<12} {value}").expect("writing to a String");
@@ -21,9 +21,10 @@ pub fn describe_system() -> String {
         line("kernels", format!("{:<9} {gflops:>6.1} GFLOP/s  {}", k.name(), k.describe()));
     }
     let used = kernels();
-    let why = match std::env::var("DFDET_KERNELS") {
-        Ok(v) if v != "auto" => format!("DFDET_KERNELS={v}"),
-        _ => {
+    let why = match requested_kernels() {
+        Some(Ok(k)) => format!("DFDET_KERNELS={}", k.name()),
+        Some(Err(e)) => format!("DFDET_KERNELS: {e}; the default"),
+        None => {
             "oneDNN on AVX-512 CPUs, else OpenBLAS, where they load; DFDET_KERNELS=gemm|openblas|onednn chooses".into()
         }
     };

@@ -613,6 +613,7 @@ impl Layer {
         let adapters = m.up_proj.lora.is_some() || m.gate_proj.as_ref().is_some_and(|g| g.lora.is_some());
         norm_for_products(&self.norm2, self.eps, h, adapters)
     }
+
     /// The layer's output at the class token only, `[b, t, d]` -> `[b, 1, d]`: what the last
     /// layer must compute for `pooler_output` (keys and values still come from every token).
     pub fn forward_class_token(&self, h: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {

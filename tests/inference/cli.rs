@@ -350,6 +350,18 @@ fn products_benchmark_and_system_info_name_the_kernels() {
     }
 }
 
+/// A `DFDET_KERNELS` that names no library is said on stderr, with the choices, and the
+/// default library runs instead of the variable being ignored in silence.
+#[test]
+fn an_unknown_kernels_library_is_named_and_the_default_used() {
+    let out = dfdet().env("DFDET_KERNELS", "blas").args(["info", "--system"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("DFDET_KERNELS: unknown kernels `blas`: one of gemm, openblas, onednn"), "{stderr}");
+    let default = dfdet::model::fused::products::default_kernels().name();
+    assert!(stdout.contains(&format!("in use       {default} (DFDET_KERNELS: unknown kernels `blas`")), "{stdout}");
+}
+
 /// oneDNN's OpenMP threads and OpenBLAS's threads sleep soon after each product unless the
 /// environment chooses: dfdet runs itself again with `OMP_WAIT_POLICY=PASSIVE` and
 /// `OPENBLAS_THREAD_TIMEOUT=4` where they are unset (OpenMP reads its variable only when it is

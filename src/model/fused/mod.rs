@@ -180,7 +180,7 @@ pub fn norm<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Tensor<D>) ->
 
 /// [`norm`] into bfloat16 storage (its values rounded to bfloat16), in one pass where the
 /// values are f32: the input of bf16 products that nothing else reads.
-pub fn norm_bf16_bits<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+fn norm_bf16_bits<const D: usize>(ln: &burn::nn::LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
     match &ln.beta {
         Some(beta) if x.dtype() == DType::F32 => Tensor::from_dispatch(<Dispatch as FusedOps>::layer_norm_bf16_bits(
             x.into_dispatch(),

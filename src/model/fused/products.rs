@@ -77,18 +77,31 @@ pub fn set_kernels(kernels: Kernels) -> Kernels {
 }
 
 /// The kernels in use: `DFDET_KERNELS` (`gemm`, `openblas` or `onednn`) when set, else
-/// [`default_kernels`].
+/// [`default_kernels`]. An unknown name is said once on stderr, and the default used.
 pub fn kernels() -> Kernels {
     match CHOSEN.load(Ordering::Relaxed) {
         1 => Kernels::Gemm,
         2 => Kernels::OpenBlas,
         3 => Kernels::OneDnn,
         _ => {
-            let wanted =
-                std::env::var("DFDET_KERNELS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(default_kernels);
+            let wanted = match requested_kernels() {
+                Some(Ok(kernels)) => kernels,
+                Some(Err(why)) => {
+                    eprintln!("warning: DFDET_KERNELS: {why}; using {}", default_kernels().name());
+                    default_kernels()
+                }
+                None => default_kernels(),
+            };
             set_kernels(wanted)
         }
     }
+}
+
+/// What `DFDET_KERNELS` asks for: none where it is unset, empty or `auto`, else the library or
+/// why the name is not one.
+pub fn requested_kernels() -> Option<Result<Kernels, String>> {
+    let value = std::env::var("DFDET_KERNELS").ok().filter(|v| !v.is_empty() && v != "auto")?;
+    Some(value.parse())
 }
 
 /// The library this CPU multiplies f32 matrices fastest with, by what is present and the
@@ -99,8 +112,9 @@ pub fn kernels() -> Kernels {
 /// flip between libraries from run to run on a busy machine, and with it the last bits of every
 /// score. Measured (BENCHMARKS.md): on an AVX2 Zen 3 OpenBLAS beat oneDNN and gemm on every
 /// product (1.1-1.5x over gemm; the issue that asked for it measured 1.7x on an AVX-512 Zen 5);
-/// on an AVX-512 Zen 4, with the libraries' threads sleeping between products, oneDNN beat
-/// OpenBLAS by 5-9 % on the f32 forward pass and 4-10 % on the f32 training step.
+/// on an AVX-512 Zen 4, with the libraries' threads sleeping between products, oneDNN was
+/// 1.07-1.09x OpenBLAS on the f32 forward pass and won 4 of 5 alternating f32 training steps
+/// (0.94-1.13x).
 pub fn default_kernels() -> Kernels {
     let available = Kernels::available();
     if available.contains(&Kernels::OneDnn) && avx512() {
